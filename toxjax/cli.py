@@ -1,0 +1,46 @@
+"""The `toxjax` console command: dispatches to each entry point's `main(argv)`.
+
+Entry points are imported lazily so that `toxjax score` does not pay for importing
+the training stack and vice versa.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# subcommand -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("toxjax.train", "gin-configured pretraining run"),
+    "score": ("toxjax.toxicity.annotate", "score a corpus for toxicity (resumable)"),
+    "vocab": ("toxjax.vocab", "train a SentencePiece vocabulary"),
+    "eval": ("toxjax.eval", "toxicity / utility / bias evaluation of a checkpoint"),
+    "report": ("toxjax.evaluation.report", "gather metrics of several runs into tables and a plot"),
+    "demo": ("toxjax.demo", "end-to-end demo on the embedded corpus"),
+    "compile-check": ("toxjax.compile_check", "AOT-compile a train step for a TPU topology"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: toxjax <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"toxjax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
