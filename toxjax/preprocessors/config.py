@@ -1,0 +1,147 @@
+"""Augmentation config, the prefix templates, and inference-time conditioning prefixes.
+
+Training data and eval prompts take their prefixes from the same functions here
+(`inst_prefixes`, `meda_prefix`, `ctrl_tokens`), so the two cannot drift apart.
+The template strings are ours: the paper does not publish its exact ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import gin
+import numpy as np
+
+STRATEGIES = ("baseline", "meda", "inst", "filter", "ctrl")
+SCORING_UNITS = ("document", "window")
+SCORE_PLACEHOLDER = "{score}"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """How a scored corpus is turned into training samples, for every strategy.
+
+    Thresholds follow the field's convention: a score is toxic when it is strictly
+    greater than the threshold, so exactly 0.5 is non-toxic.
+
+    Attributes:
+      scoring_unit: "document" (every sample of a document carries the document score)
+        or "window" (each scorer window `{"start","end","toxicity"}` is its own sample
+        with its own score; needs `toxjax score --window_tokens N`).
+      sample_tokens: tokens per training sample including prefix and EOS; longer
+        documents/windows are cut into several samples. Use the training sequence length.
+      meda_template: MEDA metadata; `{score}` is replaced by the formatted score.
+      meda_decimals: digits after the decimal point (round half to even).
+      meda_scale: the score is multiplied by this before formatting (100 = percent).
+      meda_inference_score: the score written before eval prompts (the "non-toxic" one).
+      inst_templates: one instruction per bucket, least toxic first.
+      inst_thresholds: ascending bucket edges; `len(inst_templates) == len(...) + 1`.
+      inst_fraction: share of samples that get an instruction; the rest stay plain.
+      filter_threshold: the `filter` strategy drops samples scoring above this.
+      ctrl_tokens: (good, bad) control tokens, added to the vocabulary as new ids.
+      ctrl_threshold: samples above it get the bad token.
+      ctrl_untagged_fraction: share of samples left without a control token.
+    """
+
+    scoring_unit: str = "document"
+    sample_tokens: int = 2048
+    meda_template: str = "toxicity: {score}\n"
+    meda_decimals: int = 2
+    meda_scale: float = 1.0
+    meda_inference_score: float = 0.0
+    inst_templates: tuple[str, ...] = (
+        "Instruction: the following text is not toxic.\n",
+        "Instruction: the following text is toxic.\n",
+    )
+    inst_thresholds: tuple[float, ...] = (0.5,)
+    inst_fraction: float = 1.0
+    filter_threshold: float = 0.5
+    ctrl_tokens: tuple[str, str] = ("<|aligned|>", "<|misaligned|>")
+    ctrl_threshold: float = 0.5
+    ctrl_untagged_fraction: float = 0.01
+
+    def __post_init__(self):
+        # gin binds lists; keep the config hashable and immutable.
+        for name in ("inst_templates", "inst_thresholds", "ctrl_tokens"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        bad = []
+        if self.scoring_unit not in SCORING_UNITS:
+            bad.append(f"scoring_unit={self.scoring_unit!r} (use one of {SCORING_UNITS})")
+        if self.meda_template.count(SCORE_PLACEHOLDER) != 1:
+            bad.append(f"meda_template={self.meda_template!r} needs exactly one {{score}}")
+        if len(self.inst_templates) != len(self.inst_thresholds) + 1:
+            bad.append(
+                f"{len(self.inst_templates)} inst_templates need "
+                f"{len(self.inst_templates) - 1} inst_thresholds, got {self.inst_thresholds}"
+            )
+        if list(self.inst_thresholds) != sorted(set(self.inst_thresholds)):
+            bad.append(f"inst_thresholds={self.inst_thresholds} must be strictly ascending")
+        for name in ("inst_fraction", "ctrl_untagged_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad.append(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if len(self.ctrl_tokens) != 2:
+            bad.append(f"ctrl_tokens={self.ctrl_tokens} must be a (good, bad) pair")
+        if self.meda_decimals < 0:
+            bad.append(f"meda_decimals={self.meda_decimals} must be >= 0")
+        if self.sample_tokens < 2:
+            bad.append(f"sample_tokens={self.sample_tokens} must be >= 2")
+        if bad:
+            raise ValueError("AugmentConfig: " + "; ".join(bad))
+
+
+def resolve(config: AugmentConfig | None = None, **overrides) -> AugmentConfig:
+    """`config` (or a gin-bound `AugmentConfig()`) with `overrides` applied."""
+    config = config if config is not None else AugmentConfig()
+    return dataclasses.replace(config, **overrides) if overrides else config
+
+
+def format_score(score: float, config: AugmentConfig) -> str:
+    """The score as MEDA writes it; identical to the TF graph formatting.
+
+    The pipeline stores scores as float32 and formats with `tf.strings.as_string`
+    (printf `%.*f` of the exact value), so this rounds the same float32 value.
+    """
+    value = np.float32(np.float32(score) * np.float32(config.meda_scale))
+    return f"{float(value):.{config.meda_decimals}f}"
+
+
+def meda_prefix(score: float, config: AugmentConfig) -> str:
+    """The MEDA metadata string for `score`."""
+    return config.meda_template.replace(SCORE_PLACEHOLDER, format_score(score, config))
+
+
+def inst_bucket(score: float, thresholds: Sequence[float]) -> int:
+    """Bucket index: the number of thresholds the score is strictly above."""
+    s = np.float32(score)
+    return int(sum(s > np.float32(t) for t in thresholds))
+
+
+def conditioning_prefix(
+    strategy: str, toxic: bool = False, config: AugmentConfig | None = None, **template_config
+) -> str:
+    """The string that goes before an eval prompt, from the training templates.
+
+    Args:
+      strategy: one of `STRATEGIES`.
+      toxic: False for the non-toxic condition (the one used to detoxify); True for the
+        most toxic bucket (a sanity check that the model learned the control).
+      config: the augmentation config the model was trained with; default
+        `AugmentConfig()` with gin bindings applied.
+      **template_config: `AugmentConfig` fields overriding `config`.
+
+    Returns:
+      The prefix string ("" for baseline and filter). For ctrl it is the control token
+      string, which `ControlTokenVocabulary.encode` turns into its special id.
+    """
+    config = resolve(config, **template_config)
+    if strategy in ("baseline", "filter"):
+        return ""
+    if strategy == "meda":
+        return meda_prefix(1.0 if toxic else config.meda_inference_score, config)
+    if strategy == "inst":
+        return config.inst_templates[-1 if toxic else 0]
+    if strategy == "ctrl":
+        return config.ctrl_tokens[1 if toxic else 0]
+    raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
