@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from toxjax.toxicity import DETOXIFY_MODELS
 from toxjax.toxicity.windows import WindowedClassifier
-
-DETOXIFY_MODELS = ("original", "unbiased", "multilingual", "original-small", "unbiased-small")
 
 # Detoxify renames these Jigsaw labels so that every model reports the same names.
 _RENAME = {
