@@ -1,0 +1,291 @@
+"""Tests of the model-agnostic sampler (toxjax/decode.py).
+
+Two tiny models: a pure-JAX toy whose "cache" is the token buffer itself (the callback
+recomputes the full forward pass; leaves carry a leading layer axis so the batch is on
+axis 1, like DecoderLM), and the real `toxjax.model.DecoderLM` with its KV cache.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.core import meta
+
+from toxjax import decode
+from toxjax.sharding import make_mesh
+
+VOCAB = 48
+
+
+# ---------------------------------------------------------------- toy model
+def toy_params(seed=0, vocab=VOCAB, width=16, max_len=64):
+    rng = np.random.default_rng(seed)
+    return {
+        "emb": jnp.asarray(rng.normal(size=(vocab, width)), jnp.float32),
+        "pos": jnp.asarray(rng.normal(size=(max_len, width)) * 0.5, jnp.float32),
+        "qk": jnp.asarray(rng.normal(size=(width, width)) / width**0.5, jnp.float32),
+        "out": jnp.asarray(rng.normal(size=(width, vocab)) * 2, jnp.float32),
+    }
+
+
+def toy_forward(params, tokens, positions, segment_ids):
+    """Full forward: `[b, L]` -> logits `[b, L, vocab]`, causal, padding masked."""
+    x = params["emb"][tokens] + params["pos"][positions]
+    scores = jnp.einsum("bld,de,bse->bls", x, params["qk"], x)
+    slots = jnp.arange(tokens.shape[1])
+    mask = (slots[None, :, None] >= slots[None, None, :]) & (segment_ids[:, None, :] != 0)
+    scores = jnp.where(mask, scores, -1e9)
+    h = jnp.einsum("bls,bsd->bld", jax.nn.softmax(scores, -1), x) + x
+    return jnp.tanh(h) @ params["out"]
+
+
+def toy_init_cache(batch, max_length):
+    # A leading "layer" axis of size 1, so the batch sits on axis 1 as in DecoderLM.
+    z = jnp.zeros((1, batch, max_length), jnp.int32)
+    return {"tokens": z, "segments": z, "positions": z}
+
+
+def buffer_tokens_to_logits(forward):
+    """A decode callback whose cache is the token buffer: recompute everything from it."""
+
+    def tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index):
+        def write(buf, x):
+            return jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype),
+                                                (0, 0, cache_index))
+
+        cache = {"tokens": write(cache["tokens"], tokens),
+                 "segments": write(cache["segments"], segment_ids),
+                 "positions": write(cache["positions"], positions)}
+        logits = forward(params, cache["tokens"][0], cache["positions"][0],
+                         cache["segments"][0])
+        return jax.lax.dynamic_slice_in_dim(logits, cache_index, tokens.shape[1], 1), cache
+
+    return tokens_to_logits
+
+
+toy_tokens_to_logits = buffer_tokens_to_logits(toy_forward)
+
+
+def toy_sampler(config, mesh=None):
+    return decode.Sampler(toy_tokens_to_logits, toy_init_cache, config, cache_batch_axis=1,
+                          mesh=mesh)
+
+
+def reference_greedy(forward, prompt, steps, length=16):
+    """Greedy continuation by re-running the full forward pass over the sequence so far.
+
+    The sequence is right-padded to a fixed `length` (causal: padding after a position
+    cannot change its logits), so the jitted forward compiles once.
+    """
+    forward = jax.jit(forward)
+    seq, lps = list(prompt), []
+    for _ in range(steps):
+        toks = jnp.asarray([seq + [0] * (length - len(seq))], jnp.int32)
+        logits = forward(toks, jnp.arange(length)[None], jnp.ones_like(toks))[0, len(seq) - 1]
+        nxt = int(jnp.argmax(logits))
+        lps.append(float(jax.nn.log_softmax(logits)[nxt]))
+        seq.append(nxt)
+    return seq[len(prompt):], lps
+
+
+PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6], [11, 12]]
+
+
+# ---------------------------------------------------------------- top-p
+def sort_reference_keep(probs, p):
+    """Sort-based nucleus set (tie-safe): keep probs >= the last probability needed."""
+    order = np.argsort(-probs, kind="stable")
+    csum = np.cumsum(probs[order].astype(np.float64))
+    k = min(int(np.searchsorted(csum, p - 1e-12)), len(order) - 1)
+    return probs >= probs[order[k]]
+
+
+def test_top_p_threshold_hand_computed_with_ties():
+    probs = jnp.asarray([[0.5, 0.125, 0.25, 0.125], [0.5, 0.125, 0.25, 0.125]], jnp.float32)
+    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.75)[:, None])
+    assert keep.tolist()[0] == [True, False, True, False]  # 0.5 + 0.25 = 0.75 >= 0.75
+    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.76)[:, None])
+    assert keep.tolist()[0] == [True, True, True, True]  # the two tied 0.125 both kept
+    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.4)[:, None])
+    assert keep.tolist()[0] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9, 0.95])
+def test_top_p_threshold_matches_sort_reference(p):
+    rng = np.random.default_rng(int(p * 100))
+    logits = rng.normal(size=(64, 1000)) * rng.uniform(0.5, 4, size=(64, 1))
+    logits[::2] = np.round(logits[::2])  # integer logits: many exact ties
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), -1))
+    thr = np.asarray(decode.top_p_threshold(jnp.asarray(probs), p))
+    for row in range(len(probs)):
+        np.testing.assert_array_equal(probs[row] >= thr[row], sort_reference_keep(probs[row], p))
+
+
+def test_sample_logits_frequencies_follow_truncated_distribution():
+    logits = jnp.log(jnp.asarray([0.4, 0.3, 0.2, 0.06, 0.04] + [0.0] * 200 + [1e-9]))
+    n = 20000
+    keys = jax.random.split(jax.random.key(3), n)
+    cfg = decode.SamplingConfig(top_p=0.85)
+    toks, lps = jax.jit(lambda k, lg: decode.sample_logits(k, lg, cfg))(
+        keys, jnp.broadcast_to(logits, (n, logits.shape[0])))
+    freq = np.bincount(np.asarray(toks), minlength=logits.shape[0]) / n
+    # kept set {0.4, 0.3, 0.2} (0.9 >= 0.85), renormalised to 4/9, 3/9, 2/9
+    np.testing.assert_allclose(freq[:3], [4 / 9, 3 / 9, 2 / 9], atol=0.012)
+    assert freq[3:].sum() == 0
+    np.testing.assert_allclose(np.asarray(lps), np.log([0.4, 0.3, 0.2])[np.asarray(toks)],
+                               rtol=1e-5)
+
+
+def test_top_k_limits_tokens():
+    logits = jnp.asarray(np.random.default_rng(0).normal(size=(500, 30)), jnp.float32)
+    cfg = decode.SamplingConfig(top_p=1.0, top_k=2)
+    toks, _ = decode.sample_logits(jax.random.split(jax.random.key(0), 500), logits, cfg)
+    top2 = np.argsort(-np.asarray(logits), axis=1)[:, :2]
+    assert all(int(t) in top2[i] for i, t in enumerate(np.asarray(toks)))
+    assert {int(t) == top2[i, 0] for i, t in enumerate(np.asarray(toks))} == {True, False}
+
+
+# ---------------------------------------------------------------- sampler on the toy
+def test_greedy_matches_full_forward_for_padded_batch():
+    params = toy_params()
+    cfg = decode.SamplingConfig(num_decodes=2, max_new_tokens=5, temperature=0.0)
+    tokens, mask = decode.left_pad(PROMPTS, multiple=4)
+    out = toy_sampler(cfg)(params, tokens, mask, jax.random.key(0))
+    assert out.tokens.shape == (4, 2, 5)
+    def fwd(t, p, s):
+        return toy_forward(params, t, p, s)
+
+    for i, prompt in enumerate(PROMPTS):
+        want, want_lps = reference_greedy(fwd, prompt, 5)
+        for d in range(2):
+            assert np.asarray(out.tokens[i, d]).tolist() == want
+            np.testing.assert_allclose(np.asarray(out.logprobs[i, d]), want_lps, rtol=1e-4,
+                                       atol=1e-5)
+    assert np.asarray(out.lengths).tolist() == [[5, 5]] * 4
+
+
+def test_prefill_once_then_fan_out():
+    seen = []
+
+    def spy(params, tokens, positions, segment_ids, cache, cache_index):
+        seen.append((tokens.shape, cache["tokens"].shape))
+        return toy_tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index)
+
+    cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=4)
+    tokens, mask = decode.left_pad(PROMPTS)
+    decode.Sampler(spy, toy_init_cache, cfg, cache_batch_axis=1)(
+        toy_params(), tokens, mask, jax.random.key(0))
+    # traced once: prefill over 4 prompts x 6 tokens, then 12 rows x 1 token in the loop
+    assert seen == [((4, 6), (1, 4, 10)), ((12, 1), (1, 12, 10))]
+
+
+def test_deterministic_and_independent_of_batch_company():
+    params = toy_params(1)
+    cfg = decode.SamplingConfig(num_decodes=4, max_new_tokens=6)
+    sampler = toy_sampler(cfg)
+    keys = jax.random.split(jax.random.key(7), len(PROMPTS))
+    tokens, mask = decode.left_pad(PROMPTS)
+    a = sampler(params, tokens, mask, keys)
+    b = sampler(params, tokens, mask, keys)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    # copies of one prompt differ from each other (independent keys per copy)
+    assert len({tuple(np.asarray(a.tokens[0, d]).tolist()) for d in range(4)}) > 1
+    # prompt 2 sampled alone (different padding, different neighbours) gives the same
+    alone_t, alone_m = decode.left_pad([PROMPTS[2]])
+    alone = sampler(params, alone_t, alone_m, keys[2:3])
+    np.testing.assert_array_equal(alone.tokens[0], a.tokens[2])
+    np.testing.assert_allclose(alone.logprobs[0], a.logprobs[2], rtol=1e-5, atol=1e-6)
+    other = sampler(params, tokens, mask, jax.random.split(jax.random.key(8), len(PROMPTS)))
+    assert not np.array_equal(other.tokens, a.tokens)
+
+
+def cycle_tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index):
+    """Greedy next token is (last token + 1) % 10: a hand-checkable model."""
+    del params, positions, segment_ids
+    return jax.nn.one_hot((tokens + 1) % 10, 10) * 10.0, cache
+
+
+def test_eos_stops_and_pads_and_exact_length_ignores_it():
+    def init(b, n):
+        return {"x": jnp.zeros((b, n))}
+
+    prompts, mask = decode.left_pad([[5], [1, 7]])
+    cfg = decode.SamplingConfig(num_decodes=1, max_new_tokens=5, temperature=0.0, eos_id=8,
+                                pad_id=0)
+    out = decode.Sampler(cycle_tokens_to_logits, init, cfg)(None, prompts, mask,
+                                                            jax.random.key(0))
+    assert np.asarray(out.tokens[:, 0]).tolist() == [[6, 7, 8, 0, 0], [8, 0, 0, 0, 0]]
+    assert np.asarray(out.lengths[:, 0]).tolist() == [3, 1]
+    assert np.asarray(out.logprobs[1, 0, 1:]).tolist() == [0.0] * 4
+    exact = decode.Sampler(cycle_tokens_to_logits, init,
+                           decode.SamplingConfig(num_decodes=1, max_new_tokens=5,
+                                                 temperature=0.0, eos_id=8, exact_length=True))
+    out = exact(None, prompts, mask, jax.random.key(0))
+    assert np.asarray(out.tokens[:, 0]).tolist() == [[6, 7, 8, 9, 0], [8, 9, 0, 1, 2]]
+    assert np.asarray(out.lengths[:, 0]).tolist() == [5, 5]
+
+
+def test_sharded_over_mesh_equals_single_device():
+    params = toy_params(2)
+    cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=4)
+    prompts = PROMPTS * 2  # 8 prompts over 8 devices
+    tokens, mask = decode.left_pad(prompts)
+    key = jax.random.key(5)
+    single = toy_sampler(cfg)(params, tokens, mask, key)
+    mesh = make_mesh((4, 2, 1))
+    sharded = toy_sampler(cfg, mesh)(params, tokens, mask, key)
+    assert len(sharded.tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(single.tokens, sharded.tokens)
+    np.testing.assert_allclose(single.logprobs, sharded.logprobs, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_prompt_is_an_error():
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        decode.left_pad([[1], []])
+
+
+# ---------------------------------------------------------------- the real DecoderLM
+@pytest.fixture(scope="module")
+def real_model():
+    model_lib = pytest.importorskip("toxjax.model")
+    cfg = model_lib.ModelConfig(vocab_size=64, num_layers=2, num_heads=2, embed_dim=32,
+                                max_len=32)
+    model = model_lib.DecoderLM(cfg)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params = jax.tree.map(lambda x: x * 4 if x.ndim > 1 else x,  # peaky logits
+                          meta.unbox(params))
+    return model_lib, model, params
+
+
+def test_real_model_kv_cache_greedy_matches_full_forward(real_model):
+    model_lib, model, params = real_model
+    t2l, init = decode.model_callbacks(model)
+    cfg = decode.SamplingConfig(num_decodes=2, max_new_tokens=6, temperature=0.0)
+    sampler = decode.Sampler(t2l, init, cfg, cache_batch_axis=model_lib.CACHE_BATCH_AXIS)
+    tokens, mask = decode.left_pad(PROMPTS)
+    out = sampler(params, tokens, mask, jax.random.key(0))
+    def fwd(t, p, s):
+        return model.apply({"params": params}, t, positions=p, segment_ids=s)
+
+    for i, prompt in enumerate(PROMPTS):
+        want, want_lps = reference_greedy(fwd, prompt, 6)
+        assert np.asarray(out.tokens[i, 1]).tolist() == want
+        np.testing.assert_allclose(np.asarray(out.logprobs[i, 1]), want_lps, rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_real_model_kv_cache_sampling_matches_recompute(real_model):
+    """Top-p sampling through the KV cache == through a full recompute of the buffer."""
+    model_lib, model, params = real_model
+    t2l, init = decode.model_callbacks(model)
+    def forward(p, t, pos, s):
+        return model.apply({"params": p}, t, positions=pos, segment_ids=s)
+
+    buffer_t2l = buffer_tokens_to_logits(forward)
+    cfg = decode.SamplingConfig(num_decodes=5, max_new_tokens=8)
+    tokens, mask = decode.left_pad(PROMPTS)
+    key = jax.random.key(11)
+    kv = decode.Sampler(t2l, init, cfg, model_lib.CACHE_BATCH_AXIS)(params, tokens, mask, key)
+    full = decode.Sampler(buffer_t2l, toy_init_cache, cfg, 1)(params, tokens, mask, key)
+    np.testing.assert_array_equal(kv.tokens, full.tokens)
+    np.testing.assert_allclose(kv.logprobs, full.logprobs, rtol=1e-4, atol=1e-4)

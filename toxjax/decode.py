@@ -1,0 +1,419 @@
+"""Model-agnostic autoregressive sampler with a KV cache (the RealToxicityPrompts workload).
+
+The sampler never imports the model. It drives a `tokens_to_logits` callback:
+
+    logits [b, t, vocab] float32, new_cache = tokens_to_logits(
+        params, tokens [b, t], positions [b, t], segment_ids [b, t], cache, cache_index)
+
+which writes the `t` new tokens into cache slots `[cache_index, cache_index + t)` and
+attends to every valid slot before them (the `toxjax.model.DecoderLM` decode contract,
+see docs/architecture.md). Prompts are left-padded to a common length; `segment_ids`
+is 1 on real tokens and 0 on padding, and `positions = cumsum(mask) - 1`, so a prompt's
+tokens get the same positions whatever its padding.
+
+Each prompt is prefilled once; its cache is then fanned out to `num_decodes` copies
+(`jnp.repeat` on the cache's batch axis, so a prompt's copies stay on the device that
+prefilled it) and a `lax.while_loop` samples one token per step for all copies.
+
+Nucleus (top-p) sampling finds the probability threshold by bisection over the float32
+bit patterns of the probabilities (about 30 masked sums over the vocabulary, no sort).
+The kept set is exactly the sort-based one: the smallest set of highest-probability
+tokens whose cumulative probability is >= p, where tokens tied with the last token
+needed are all kept (the tie-safe reading of the definition).
+
+Randomness is per prompt (`fold_in(key, prompt)`, then per copy and per step), so a
+prompt's samples do not depend on which other prompts share its batch, nor on the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from toxjax import sharding as sh
+
+Array = jax.Array
+Cache = Any  # a pytree of arrays, batch on one axis (`cache_batch_axis`)
+
+# Bisection over non-negative float32 bit patterns: 1.0 is 0x3F800000 < 2**30, so 30
+# halvings of [0, bits(max_prob) + 1) always end with hi - lo == 1.
+_BISECTION_STEPS = 30
+
+
+class TokensToLogits(Protocol):
+    """The decode callback (see the module docstring for the contract)."""
+
+    def __call__(self, params: Any, tokens: Array, positions: Array, segment_ids: Array,
+                 cache: Cache, cache_index: Array) -> tuple[Array, Cache]: ...
+
+
+class InitCache(Protocol):
+    """Builds an empty cache for `batch` rows and `max_length` slots."""
+
+    def __call__(self, batch: int, max_length: int) -> Cache: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. The defaults are the RealToxicityPrompts protocol.
+
+    Attributes:
+      num_decodes: continuations per prompt (they share the prompt's prefill).
+      max_new_tokens: the most tokens sampled per continuation.
+      temperature: softmax temperature; 0 means greedy (argmax).
+      top_p: nucleus mass in (0, 1]; 1 turns nucleus sampling off.
+      top_k: keep only the k most likely tokens; 0 turns it off.
+      eos_id: a continuation stops after this token (kept in the output); None, or
+        `exact_length=True`, samples exactly `max_new_tokens` tokens.
+      exact_length: ignore `eos_id` and always sample `max_new_tokens` tokens.
+      pad_id: fills the output after a continuation stopped.
+    """
+
+    num_decodes: int = 25
+    max_new_tokens: int = 20
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 0
+    eos_id: int | None = None
+    exact_length: bool = False
+    pad_id: int = 0
+
+    def __post_init__(self):
+        if self.num_decodes < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"num_decodes and max_new_tokens must be >= 1: {self}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@flax.struct.dataclass
+class DecodeState:
+    """The `lax.while_loop` carry. `n = batch * num_decodes` rows, `T = max_new_tokens`.
+
+    Attributes:
+      step: `[]` int32, number of tokens sampled so far (the next one goes to column
+        `step` of `tokens`).
+      cache: the model cache, `n` rows on the cache's batch axis.
+      positions: `[n]` int32 position of the last sampled token (fed at this step).
+      tokens: `[n, T]` int32 sampled tokens, `pad_id` after a row stopped.
+      logprobs: `[n, T]` float32 log-probability of each sampled token under the model
+        (temperature 1, no truncation); 0 after a row stopped.
+      done: `[n]` bool, the row emitted `eos_id`.
+      keys: `[n]` PRNG keys, one per row (per prompt and copy).
+    """
+
+    step: Array
+    cache: Cache
+    positions: Array
+    tokens: Array
+    logprobs: Array
+    done: Array
+    keys: Array
+
+
+@flax.struct.dataclass
+class DecodeOutput:
+    """What `Sampler.__call__` returns. `T = max_new_tokens`.
+
+    Attributes:
+      tokens: `[batch, num_decodes, T]` int32 new tokens (the prompt is not repeated);
+        after EOS the row holds `pad_id`.
+      logprobs: `[batch, num_decodes, T]` float32 per-token model log-probabilities.
+      lengths: `[batch, num_decodes]` int32 number of new tokens, EOS included.
+    """
+
+    tokens: Array
+    logprobs: Array
+    lengths: Array
+
+
+def left_pad(prompts: list[list[int]], length: int | None = None, pad_id: int = 0,
+             multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to one length.
+
+    Args:
+      prompts: token ids per prompt; each must be non-empty.
+      length: target length (default: the longest prompt, rounded up to `multiple`).
+      pad_id: the padding id.
+      multiple: round the length up to a multiple of this (fewer recompiles).
+
+    Returns:
+      `tokens [batch, length]` int32 and `mask [batch, length]` int32 (1 = real token).
+    """
+    longest = max((len(p) for p in prompts), default=1)
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    tokens = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token "
+                             "(prepend a BOS / EOS token to condition on nothing)")
+        if len(p) > length:
+            raise ValueError(f"prompt {i} has {len(p)} tokens, more than length={length}")
+        tokens[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    return tokens, mask
+
+
+def top_p_threshold(probs: Array, top_p: float) -> Array:
+    """The nucleus threshold: keep tokens with `probs >= threshold`.
+
+    The threshold is the largest value `t` with `sum(probs[probs >= t]) >= top_p`, found
+    by bisection on the (monotone) int32 bit patterns of non-negative float32 values, so
+    it is exactly one of the probabilities, and the kept set is the smallest set of
+    highest-probability tokens with cumulative probability >= top_p (ties at the
+    boundary kept).
+
+    Args:
+      probs: `[..., vocab]` float32 probabilities.
+      top_p: nucleus mass in (0, 1].
+
+    Returns:
+      `[...]` float32 threshold per row (0 keeps everything, e.g. when rounding makes the
+      total mass fall short of `top_p`).
+    """
+    probs = probs.astype(jnp.float32)
+    lo = jnp.zeros(probs.shape[:-1], jnp.int32)  # invariant: mass(lo) >= top_p
+    hi = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1), jnp.int32) + 1  # mass < top_p
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        tau = jax.lax.bitcast_convert_type(mid, jnp.float32)[..., None]
+        mass = jnp.sum(jnp.where(probs >= tau, probs, 0.0), axis=-1)
+        ok = mass >= top_p
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, _BISECTION_STEPS, halve, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
+def sample_logits(keys: Array, logits: Array, config: SamplingConfig) -> tuple[Array, Array]:
+    """Samples one token per row and returns its model log-probability.
+
+    Args:
+      keys: `[n]` PRNG keys, one per row.
+      logits: `[n, vocab]` float32 model logits.
+      config: temperature / top-p / top-k settings.
+
+    Returns:
+      `tokens [n]` int32 and `logprobs [n]` float32 (log-softmax of the raw logits at the
+      chosen token, i.e. temperature 1 and no truncation).
+    """
+    logits = logits.astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    if config.temperature == 0:
+        tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+        scaled = log_probs if config.temperature == 1 else logits / config.temperature
+        if config.top_k:
+            kth = jax.lax.top_k(scaled, config.top_k)[0][..., -1:]
+            scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
+        probs = jnp.exp(scaled) if scaled is log_probs else jax.nn.softmax(scaled, axis=-1)
+        if config.top_p < 1:
+            keep = probs >= top_p_threshold(probs, config.top_p)[..., None]
+            probs = jnp.where(keep, probs, 0.0)
+        tokens = _inverse_cdf(keys, probs)
+    chosen = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
+    return tokens, chosen
+
+
+# Inverse-CDF sampling in two levels (blocks of the vocabulary, then one block): a full
+# cumsum over the vocabulary costs as much as the top-p search on XLA:CPU.
+_CDF_BLOCK = 128
+
+
+def _inverse_cdf(keys: Array, probs: Array) -> Array:
+    """Draws token ids `[n]` from unnormalised `probs [n, vocab]`, one uniform per row.
+
+    One uniform per row instead of a Gumbel per vocabulary entry: random bits for
+    `[n, vocab]` every step cost more than the model itself on CPU.
+    """
+    n, vocab = probs.shape
+    pad = -vocab % _CDF_BLOCK
+    blocks = jnp.pad(probs, ((0, 0), (0, pad))).reshape(n, -1, _CDF_BLOCK)
+    block_mass = jnp.sum(blocks, axis=-1)  # [n, nb]
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys) * block_cdf[:, -1]
+    # Clamp both levels to the last entry with mass, for the float edge u ~ total.
+    last_block = _last_positive(block_mass)
+    block = jnp.minimum(jnp.sum(block_cdf <= u[:, None], axis=-1), last_block)
+    below = jnp.take_along_axis(block_cdf - block_mass, block[:, None], axis=-1)[:, 0]
+    inner = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]  # [n, block]
+    offset = jnp.sum(jnp.cumsum(inner, axis=-1) <= (u - below)[:, None], axis=-1)
+    offset = jnp.minimum(offset, _last_positive(inner))
+    return (block * _CDF_BLOCK + offset).astype(jnp.int32)
+
+
+def _last_positive(x: Array) -> Array:
+    """Index of the last entry > 0 along the last axis."""
+    return x.shape[-1] - 1 - jnp.argmax(x[..., ::-1] > 0, axis=-1)
+
+
+def _repeat_batch(tree: Any, repeats: int, axis: int) -> Any:
+    return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=axis), tree)
+
+
+class Sampler:
+    """A jitted sampler bound to one callback and one `SamplingConfig`.
+
+    Build it once and call it many times: it recompiles only for new input shapes
+    (pad prompts to a few fixed lengths with `left_pad(..., multiple=...)`).
+
+    Args:
+      tokens_to_logits: the decode callback.
+      init_cache: builds an empty cache; called inside jit with the prompt batch size.
+      config: sampling settings.
+      cache_batch_axis: the batch axis of every cache leaf
+        (`toxjax.model.CACHE_BATCH_AXIS` for `DecoderLM`).
+      mesh: when given, the prompt batch (and the fanned-out cache) is sharded over the
+        mesh's ('data', 'fsdp') axes, the batch rule of `toxjax.sharding`; the batch
+        must then be divisible by their size.
+    """
+
+    def __init__(self, tokens_to_logits: TokensToLogits, init_cache: InitCache,
+                 config: SamplingConfig = SamplingConfig(), cache_batch_axis: int = 0,
+                 mesh: Mesh | None = None):
+        self.tokens_to_logits = tokens_to_logits
+        self.init_cache = init_cache
+        self.config = config
+        self.cache_batch_axis = cache_batch_axis
+        self.mesh = mesh
+        self._jitted = jax.jit(self._sample)
+
+    def __call__(self, params: Any, prompts: Array | np.ndarray, prompt_mask: Array | np.ndarray,
+                 rng: Array) -> DecodeOutput:
+        """Samples `num_decodes` continuations of each prompt.
+
+        Args:
+          params: model parameters, passed to the callback unchanged.
+          prompts: `[batch, prompt_len]` int32 left-padded prompt tokens.
+          prompt_mask: `[batch, prompt_len]` 1 on real tokens, 0 on left padding; every
+            row needs at least one real token.
+          rng: one PRNG key (prompt `i` uses `fold_in(rng, i)`), or `[batch]` keys, one
+            per prompt (a prompt's samples then depend only on its key).
+
+        Returns:
+          A `DecodeOutput`.
+        """
+        prompts = jnp.asarray(prompts, jnp.int32)
+        prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
+        if prompts.shape != prompt_mask.shape or prompts.ndim != 2:
+            raise ValueError(f"prompts {prompts.shape} and prompt_mask {prompt_mask.shape} "
+                             "must both be [batch, prompt_len]")
+        if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+            keys = rng if rng.ndim else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+                jnp.arange(prompts.shape[0]))
+        else:  # raw uint32 keys: [2] is one key, [batch, 2] one per prompt
+            keys = rng if rng.ndim == 2 else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+                jnp.arange(prompts.shape[0]))
+        if self.mesh is not None:
+            batch = sh.batch_sharding(self.mesh)
+            prompts, prompt_mask = (jax.device_put(x, batch) for x in (prompts, prompt_mask))
+        return self._jitted(params, prompts, prompt_mask, keys)
+
+    def _constrain_rows(self, x: Array, axis: int = 0) -> Array:
+        if self.mesh is None:
+            return x
+        spec = [None] * x.ndim
+        spec[axis] = sh.logical_to_spec((sh.BATCH,))[0]
+        return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
+
+    def _sample(self, params, prompts, prompt_mask, keys) -> DecodeOutput:
+        cfg = self.config
+        b, prompt_len = prompts.shape
+        n, steps = b * cfg.num_decodes, cfg.max_new_tokens
+        axis = self.cache_batch_axis
+
+        # Prefill: one pass over each prompt, batch b (not b * num_decodes).
+        positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+        cache = self.init_cache(b, prompt_len + steps)
+        logits, cache = self.tokens_to_logits(params, prompts, positions, prompt_mask, cache,
+                                              jnp.int32(0))
+        last_logits = logits[:, -1].astype(jnp.float32)  # left padding: real tokens end here
+
+        # Fan out: prompt i owns rows [i * num_decodes, (i + 1) * num_decodes).
+        cache = jax.tree.map(lambda x: self._constrain_rows(x, axis),
+                             _repeat_batch(cache, cfg.num_decodes, axis))
+        last_logits = self._constrain_rows(jnp.repeat(last_logits, cfg.num_decodes, axis=0))
+        row_keys = jax.vmap(lambda k: jax.random.split(k, cfg.num_decodes))(keys).reshape(
+            (n,) + keys.shape[1:])
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, 0)
+        first, first_lp = sample_logits(step_keys, last_logits, cfg)
+        stops = cfg.eos_id is not None and not cfg.exact_length
+
+        state = DecodeState(
+            step=jnp.int32(1),
+            cache=cache,
+            positions=jnp.repeat(positions[:, -1], cfg.num_decodes) + 1,
+            tokens=jnp.full((n, steps), cfg.pad_id, jnp.int32).at[:, 0].set(first),
+            logprobs=jnp.zeros((n, steps), jnp.float32).at[:, 0].set(first_lp),
+            done=(first == cfg.eos_id) if stops else jnp.zeros((n,), bool),
+            keys=row_keys,
+        )
+
+        def cond(s: DecodeState) -> Array:
+            return (s.step < steps) & ~jnp.all(s.done)
+
+        def body(s: DecodeState) -> DecodeState:
+            last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [n, 1]
+            logits, cache = self.tokens_to_logits(
+                params, last, s.positions[:, None], jnp.ones_like(last), s.cache,
+                prompt_len + s.step - 1)
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(s.keys, s.step)
+            token, lp = sample_logits(step_keys, logits[:, -1].astype(jnp.float32), cfg)
+            token = jnp.where(s.done, cfg.pad_id, token)
+            lp = jnp.where(s.done, 0.0, lp)
+            done = (s.done | (token == cfg.eos_id)) if stops else s.done
+            return s.replace(
+                step=s.step + 1, cache=cache, positions=s.positions + 1,
+                tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, 1),
+                logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, lp[:, None], s.step, 1),
+                done=done)
+
+        state = jax.lax.while_loop(cond, body, state)
+        if stops:
+            is_eos = state.tokens == cfg.eos_id
+            lengths = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, steps)
+        else:
+            lengths = jnp.full((n,), steps)
+        shape = (b, cfg.num_decodes, steps)
+        return DecodeOutput(tokens=state.tokens.reshape(shape),
+                            logprobs=state.logprobs.reshape(shape),
+                            lengths=lengths.astype(jnp.int32).reshape(shape[:2]))
+
+
+def model_callbacks(model: Any) -> tuple[TokensToLogits, InitCache]:
+    """Adapts a `toxjax.model.DecoderLM` (or any module with the same decode contract).
+
+    Returns:
+      `(tokens_to_logits, init_cache)` for `Sampler`; use
+      `cache_batch_axis=toxjax.model.CACHE_BATCH_AXIS` with them.
+    """
+
+    def tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index):
+        return model.apply({"params": params}, tokens, positions=positions,
+                           segment_ids=segment_ids, cache=cache, cache_index=cache_index)
+
+    return tokens_to_logits, functools.partial(model.init_cache)
+
+
+def trim(tokens: np.ndarray, length: int) -> list[int]:
+    """The first `length` tokens of one continuation as a list (drop the padding)."""
+    return [int(t) for t in np.asarray(tokens)[:length]]
+
+
+__all__ = ["DecodeOutput", "DecodeState", "InitCache", "Sampler", "SamplingConfig",
+           "TokensToLogits", "left_pad", "model_callbacks", "sample_logits", "top_p_threshold",
+           "trim"]
