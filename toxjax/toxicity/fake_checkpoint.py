@@ -67,6 +67,7 @@ def make_fake_detoxify(
     intermediate_size: int = 64,
     max_length: int = 64,
     vocab_size: int = 300,
+    initializer_range: float = 0.02,
     seed: int = 0,
 ) -> tuple[str, str]:
     """Writes a random-weight Detoxify checkpoint and its local config/tokenizer dir.
@@ -79,6 +80,8 @@ def make_fake_detoxify(
       hidden_size, num_layers, num_heads, intermediate_size: backbone shape.
       max_length: the classifier's maximum tokens per window (special tokens included).
       vocab_size: tokenizer vocabulary size.
+      initializer_range: weight init std; tests use a large one so that the random
+        classifier's outputs spread over (0, 1) instead of all sitting near 0.5.
       seed: torch seed for the random weights.
 
     Returns:
@@ -111,6 +114,7 @@ def make_fake_detoxify(
         intermediate_size=intermediate_size,
         max_position_embeddings=positions,
         num_labels=len(classes),
+        initializer_range=initializer_range,
         **extra,
     )
     config.save_pretrained(config_dir)

@@ -1,0 +1,124 @@
+"""Detoxify in JAX: parity with PyTorch Detoxify, other backbones, data-sharded batches."""
+
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from jax.sharding import Mesh
+
+from toxjax.toxicity import get_scorer
+from toxjax.toxicity.detoxify_jax import DetoxifyClassifier, EncoderConfig, params_from_torch
+from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+
+WORDS = "the cat sat on a mat and you are an idiot what lovely day hate love people never".split()
+
+
+def make_texts(n, lo, hi, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+def test_jax_matches_pytorch_detoxify(arch, tmp_path):
+    from detoxify import Detoxify
+
+    ckpt, cfg = make_fake_detoxify(
+        str(tmp_path), make_texts(50, 1, 30), arch=arch, initializer_range=0.3
+    )
+    texts = make_texts(37, 0, 25, seed=1)  # all shorter than the 64-token classifier
+    ref = Detoxify(checkpoint=ckpt, huggingface_config_path=cfg).predict(texts)
+    scorer = get_scorer(
+        f"detoxify-{'original' if arch == 'bert' else 'unbiased'}",
+        backend="jax",
+        checkpoint=ckpt,
+        config_dir=cfg,
+        tokens_per_batch=512,
+    )
+    assert scorer.row_multiple == 8  # conftest's 8 CPU devices on the data axis
+    got = np.array([[r.scores[k] for k in ref] for r in scorer.score(texts)])
+    want = np.array([ref[k] for k in ref]).T
+    assert got.std() > 0.05
+    assert np.abs(got - want).max() <= 1e-4
+
+    # Same scores from a one-device mesh: sharding the batch changes nothing.
+    one = get_scorer(
+        scorer.name,
+        backend="jax",
+        checkpoint=ckpt,
+        config_dir=cfg,
+        mesh=Mesh(np.asarray(jax.devices()[:1]), ("data",)),
+    )
+    got_one = np.array([[r.scores[k] for k in ref] for r in one.score(texts)])
+    np.testing.assert_allclose(got_one, got, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config_cls,model_cls,kw",
+    [
+        (
+            transformers.AlbertConfig,
+            transformers.AlbertForSequenceClassification,
+            dict(embedding_size=16, num_labels=6),
+        ),
+        (
+            transformers.XLMRobertaConfig,
+            transformers.XLMRobertaForSequenceClassification,
+            dict(
+                max_position_embeddings=66,
+                num_labels=16,
+                pad_token_id=1,
+                type_vocab_size=1,
+                layer_norm_eps=1e-5,
+            ),
+        ),
+    ],
+)
+def test_albert_and_xlmr_match_pytorch(config_cls, model_cls, kw):
+    torch.manual_seed(0)
+    base = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+    )
+    model = model_cls(config_cls(**{**base, **kw})).eval()
+    ids = torch.randint(3, 100, (4, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    mask[3, 5:] = 0
+    ids = ids.masked_fill(mask == 0, model.config.pad_token_id)
+    with torch.no_grad():
+        want = torch.sigmoid(model(input_ids=ids, attention_mask=mask).logits).numpy()
+    cfg = EncoderConfig.from_hf(model.config)
+    params = params_from_torch(model.state_dict(), cfg)
+    got = DetoxifyClassifier(cfg).apply(
+        {"params": params}, jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy())
+    )
+    assert want.std() > 0.05
+    assert np.abs(np.asarray(got) - want).max() <= 1e-4
+
+
+def test_layout_mismatch_names_the_keys():
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(
+        transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=50,
+            num_labels=6,
+        )
+    )
+    cfg = EncoderConfig.from_hf(model.config)
+    state = model.state_dict()
+    state.pop("classifier.bias")
+    with pytest.raises(ValueError, match="missing \\['classifier/bias'\\]"):
+        params_from_torch(state, cfg)

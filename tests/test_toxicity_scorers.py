@@ -1,0 +1,160 @@
+"""Scorer interface, windowing, profanity-check and the PyTorch Detoxify path."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from toxjax.toxicity import get_scorer
+from toxjax.toxicity.base import ScoreResult, max_over_windows
+from toxjax.toxicity.detoxify_torch import DetoxifyTorchScorer, load_checkpoint_dict
+from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+from toxjax.toxicity.windows import (
+    SampleWindower,
+    encode_windows,
+    gpt2_tokenizer,
+    length_sorted_batches,
+)
+
+WORDS = (
+    "the cat sat on a mat and you are an idiot what lovely day hate love people never "
+    "always stupid kind friend world"
+).split()
+
+
+def make_texts(n, lo, hi, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bert_ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("detox")
+    return make_fake_detoxify(str(d), make_texts(50, 1, 30), arch="bert", initializer_range=0.3)
+
+
+def test_score_result_invariants():
+    assert ScoreResult({"toxicity": 0.3}).toxicity == 0.3
+    assert ScoreResult.failed("boom").toxicity is None
+    with pytest.raises(ValueError):
+        ScoreResult(None)
+    with pytest.raises(ValueError):
+        ScoreResult({"insult": 0.1})
+    assert max_over_windows([{"toxicity": 0.1, "a": 0.9}, {"toxicity": 0.5, "a": 0.2}]) == {
+        "toxicity": 0.5,
+        "a": 0.9,
+    }
+
+
+def test_get_scorer_unknown_name():
+    with pytest.raises(ValueError, match="unknown scorer 'detoxify-huge'"):
+        get_scorer("detoxify-huge")
+
+
+def test_profanity_check_scores():
+    scorer = get_scorer("profanity-check")
+    clean, profane = scorer.score(["have a lovely day", "fuck you, you piece of shit"])
+    assert scorer.name == "profanity-check"
+    assert clean.scores["toxicity"] == clean.scores["profanity"]
+    assert clean.toxicity < 0.1 and profane.toxicity > 0.9
+
+
+def test_length_sorted_batches_cover_each_window_once():
+    rng = random.Random(1)
+    windows = [[1] * rng.randint(1, 300) for _ in range(101)]
+    for buckets, multiple in ((None, 1), ((16, 64, 512), 8)):
+        seen = []
+        for b in length_sorted_batches(windows, 0, 1024, 32, buckets, multiple):
+            assert b.input_ids.shape[0] % multiple == 0
+            if buckets:
+                assert b.input_ids.shape[1] in buckets
+            real = b.index[b.index >= 0]
+            seen += real.tolist()
+            assert (b.attention_mask.sum(1)[: len(real)] == [len(windows[i]) for i in real]).all()
+            assert (b.attention_mask[len(real) :] == 0).all()
+        assert sorted(seen) == list(range(101))
+
+
+def test_encode_windows_splits_long_texts(bert_ckpt):
+    tok = DetoxifyTorchScorer(checkpoint=bert_ckpt[0], config_dir=bert_ckpt[1]).tokenizer
+    long = " ".join(["cat"] * 150)  # 150 tokens -> windows of 62 + 2 specials
+    windows, owner = encode_windows(tok, ["", "the cat", long], 64)
+    assert owner.tolist() == [0, 1, 2, 2, 2]
+    assert [len(w) for w in windows] == [2, 4, 64, 64, 28]
+    assert all(w[0] == tok.cls_token_id and w[-1] == tok.sep_token_id for w in windows)
+
+
+def test_sample_windower_spans_gpt2():
+    text = "Hello there, world! " * 20 + "The end."
+    spans = SampleWindower(16, "gpt2").spans(text)
+    assert spans[0][0] == 0 and spans[-1][1] == len(text)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    tok = gpt2_tokenizer()
+    n = len(tok(text)["input_ids"])
+    assert len(spans) == -(-n // 16)
+    # Each window re-tokenizes to about N tokens (BPE at a cut may merge differently).
+    for s, e in spans[:-1]:
+        assert abs(len(tok(text[s:e])["input_ids"]) - 16) <= 1
+
+
+def test_sample_windower_bad_vocab_path():
+    with pytest.raises(FileNotFoundError, match="no such SentencePiece model"):
+        SampleWindower(8, "/nonexistent/spm.model")
+
+
+def test_torch_matches_detoxify_predict(bert_ckpt):
+    from detoxify import Detoxify
+
+    ckpt, cfg = bert_ckpt
+    texts = make_texts(40, 0, 30, seed=2)
+    ref = Detoxify(checkpoint=ckpt, huggingface_config_path=cfg).predict(texts)
+    ours = DetoxifyTorchScorer(checkpoint=ckpt, config_dir=cfg, tokens_per_batch=300).score(texts)
+    got = np.array([[r.scores[k] for k in ref] for r in ours])
+    want = np.array([ref[k] for k in ref]).T
+    assert list(ref) == [
+        "toxicity",
+        "severe_toxicity",
+        "obscene",
+        "threat",
+        "insult",
+        "identity_attack",
+    ]
+    assert got.std() > 0.05  # the random classifier's outputs are spread, not all 0.5
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_torch_long_text_is_max_over_windows(bert_ckpt):
+    ckpt, cfg = bert_ckpt
+    scorer = DetoxifyTorchScorer(checkpoint=ckpt, config_dir=cfg)
+    text = " ".join(make_texts(1, 150, 150, seed=3))
+    windows, _ = encode_windows(scorer.tokenizer, [text], 64)
+    assert len(windows) == 3
+    with torch.inference_mode():
+        per = [torch.sigmoid(scorer.model(torch.tensor([w])).logits)[0].numpy() for w in windows]
+    want = np.max(per, axis=0)
+    got = scorer.score([text])[0]
+    np.testing.assert_allclose([got.scores[a] for a in scorer.attributes], want, atol=1e-6)
+
+
+def test_offline_load_with_hub_model_type(bert_ckpt, tmp_path, monkeypatch):
+    """Detoxify's trap: the checkpoint names a hub model; config_dir must win, no network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt, cfg = bert_ckpt
+    loaded = load_checkpoint_dict(checkpoint=ckpt)
+    loaded["config"]["arch"]["args"]["model_type"] = "bert-base-uncased"
+    hub_named = str(tmp_path / "hub_named.ckpt")
+    torch.save(loaded, hub_named)
+    texts = ["you are lovely", "idiot"]
+    a = DetoxifyTorchScorer(checkpoint=hub_named, config_dir=cfg).score(texts)
+    b = DetoxifyTorchScorer(checkpoint=ckpt, config_dir=cfg).score(texts)
+    assert a == b
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        DetoxifyTorchScorer(checkpoint=hub_named, config_dir=str(tmp_path))
+
+
+def test_bad_checkpoint_message(tmp_path):
+    bad = tmp_path / "x.ckpt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(ValueError, match="not a Detoxify checkpoint"):
+        DetoxifyTorchScorer(checkpoint=str(bad))
