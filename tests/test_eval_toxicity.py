@@ -1,0 +1,176 @@
+"""RealToxicityPrompts eval: hand-computed EMT/TP, prompt validation, resume, outputs."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+from flax.core import meta
+
+from toxjax import decode
+from toxjax.evaluation import toxicity as tox
+from toxjax.evaluation.lm import ModelLM
+from toxjax.toxicity.base import ScoreResult
+
+SCORES = [[0.2, None, 0.8], [0.5, 0.5, None], [None, None], [0.1, 0.3], [0.6, 0.51]]
+PROMPT_TOX = [0.9, 0.5, 0.1, None, 0.7]
+
+
+def test_metrics_hand_computed_with_failures_and_ties():
+    m = tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    # full: maxima 0.8, 0.5 (a tie at 0.5 is not toxic), 0.3, 0.6; prompt 2 all failed
+    assert m["full"]["emt"] == pytest.approx(2.2 / 4)
+    assert m["full"]["emt_std"] == pytest.approx(math.sqrt(0.13 / 4))
+    assert m["full"]["tp"] == 0.5
+    assert (m["full"]["num_prompts"], m["full"]["num_continuations"],
+            m["full"]["num_failed_scores"], m["full"]["num_prompts_all_failed"]) == (5, 12, 4, 1)
+    # toxic prompts (> 0.5): 0 and 4
+    assert m["toxic"]["emt"] == pytest.approx(0.7)
+    assert m["toxic"]["emt_std"] == pytest.approx(0.1)
+    assert m["toxic"]["tp"] == 1.0
+    assert (m["toxic"]["num_prompts"], m["toxic"]["num_failed_scores"]) == (2, 1)
+    # non-toxic prompts: 1 (toxicity exactly 0.5) and 2 (all failed); 3 has no toxicity
+    assert m["nontoxic"]["emt"] == 0.5 and m["nontoxic"]["emt_std"] == 0.0
+    assert m["nontoxic"]["tp"] == 0.0
+    assert (m["nontoxic"]["num_prompts"], m["nontoxic"]["num_failed_scores"],
+            m["nontoxic"]["num_prompts_all_failed"]) == (2, 3, 1)
+
+
+def test_metrics_empty_split_is_nan_not_zero():
+    m = tox.toxicity_metrics([[0.9]], [0.1])
+    assert math.isnan(m["toxic"]["emt"]) and math.isnan(m["toxic"]["tp"])
+    assert m["nontoxic"]["tp"] == 1.0
+
+
+def write_prompts(path, n=5):
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"prompt": {"text": f"prompt {i}", "toxicity": PROMPT_TOX[i]},
+                                "challenging": i == 0}) + "\n")
+
+
+def test_load_prompts_and_errors_name_file_and_line(tmp_path):
+    path = str(tmp_path / "rtp.jsonl")
+    write_prompts(path)
+    prompts = tox.load_prompts(path)
+    assert [(p.index, p.text, p.toxicity, p.challenging) for p in prompts[:2]] == [
+        (0, "prompt 0", 0.9, True), (1, "prompt 1", 0.5, False)]
+    assert prompts[3].toxicity is None and prompts[3].split is None
+    assert prompts[1].split == "nontoxic" and prompts[0].split == "toxic"
+    with open(path, "a") as f:
+        f.write('{"prompt": {"toxicity": 0.2}}\n')
+    with pytest.raises(ValueError, match=r"rtp.jsonl:6: expected"):
+        tox.load_prompts(path)
+    with open(path, "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(ValueError, match=r"rtp.jsonl:6"):
+        tox.load_prompts(path)
+    assert len(tox.load_prompts(path, limit=3)) == 3
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        tox.load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+class FakeScorer:
+    """Score = value written into the continuation text; "fail" fails."""
+
+    name = "fake"
+    attributes = ("toxicity",)
+
+    def score(self, texts):
+        return [ScoreResult.failed("boom") if t == "fail" else
+                ScoreResult({"toxicity": float(t)}) for t in texts]
+
+
+class FakeGenerator:
+    """Continuations are the hand-set SCORES, as text; can crash after some prompts."""
+
+    def __init__(self, crash_after=None):
+        self.seen, self.crash_after = [], crash_after
+
+    def generate(self, texts, seeds):
+        if self.crash_after is not None and len(self.seen) >= self.crash_after:
+            raise KeyboardInterrupt("killed")
+        self.seen += list(seeds)
+        assert all(t.startswith("PFX ") for t in texts)
+        return [["fail" if s is None else str(s) for s in SCORES[i]] for i in seeds]
+
+
+def test_evaluate_resumes_without_resampling(tmp_path):
+    path = str(tmp_path / "rtp.jsonl")
+    write_prompts(path)
+    prompts = tox.load_prompts(path)
+    out = str(tmp_path / "out")
+    first = FakeGenerator(crash_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        tox.evaluate_toxicity(first, FakeScorer(), prompts, out, prefix="PFX ", batch_size=2,
+                              progress=False)
+    assert first.seen == [0, 1]
+    # a torn last line from the kill is dropped and re-sampled
+    with open(os.path.join(out, tox.GENERATIONS_FILE), "a") as f:
+        f.write('{"index": 2, "prompt": "pro')
+    second = FakeGenerator()
+    result = tox.evaluate_toxicity(second, FakeScorer(), prompts, out, prefix="PFX ",
+                                   batch_size=2, config={"model_dir": "m"}, progress=False)
+    assert second.seen == [2, 3, 4]
+    assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    assert result["model_dir"] == "m" and result["sampled_prompts_this_run"] == 3
+    records = [json.loads(x) for x in open(os.path.join(out, tox.GENERATIONS_FILE))]
+    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    assert records[0]["continuations"][1] == {"text": "fail", "toxicity": None, "error": "boom"}
+    assert json.load(open(os.path.join(out, tox.METRICS_FILE)))["metrics"]["full"]["tp"] == 0.5
+    table = open(os.path.join(out, tox.TABLE_FILE)).read()
+    assert "| full | 5 | 0.550 | 0.180 | 0.500 | 4 | 1 |" in table
+    events = os.listdir(os.path.join(out, "tensorboard"))
+    assert any(e.startswith("events.out.tfevents") for e in events)
+    # a finished run resumes to the same metrics without sampling anything
+    third = FakeGenerator()
+    again = tox.evaluate_toxicity(third, FakeScorer(), prompts, out, prefix="PFX ",
+                                  progress=False)
+    assert third.seen == [] and again["metrics"] == result["metrics"]
+
+
+def test_corrupt_middle_line_is_an_error(tmp_path):
+    path = tmp_path / "generations.jsonl"
+    path.write_text('{"index": 0}\n{broken\n{"index": 2}\n')
+    with pytest.raises(ValueError, match="generations.jsonl:2"):
+        tox.read_generations(str(path))
+
+
+# ---------------------------------------------------------------- the real model
+@pytest.fixture(scope="module")
+def tiny_lm():
+    from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
+
+    vocab = seqio.ByteVocabulary()
+    cfg = ModelConfig(vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32,
+                      max_len=48)
+    model = DecoderLM(cfg)
+    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    sampling = decode.SamplingConfig(num_decodes=3, max_new_tokens=6, eos_id=vocab.eos_id)
+    return ModelLM(model, params, vocab, max_len=cfg.max_len, sampling=sampling,
+                   cache_batch_axis=CACHE_BATCH_AXIS, batch_size=2, length_multiple=8)
+
+
+def test_model_lm_generate_is_seeded_per_prompt(tiny_lm):
+    a = tiny_lm.generate(["hello", "a much longer prompt", "x"], [0, 1, 2])
+    assert [len(c) for c in a] == [3, 3, 3]
+    assert all(isinstance(t, str) and len(t.encode()) <= 6 for c in a for t in c)
+    b = tiny_lm.generate(["a much longer prompt"], [1])  # alone, other batch neighbours
+    assert b[0] == a[1]
+
+
+def test_model_lm_loglikelihood_matches_manual_sum(tiny_lm):
+    ctx, cont = "abc ", "de"
+    (ll,) = tiny_lm.loglikelihood([(ctx, cont)])
+    ids = tiny_lm.encode("abc") + tiny_lm.encode(" de")
+    logits = tiny_lm.model.apply({"params": tiny_lm.params}, jnp.asarray([ids[:-1]]))
+    logp = np.asarray(jax.nn.log_softmax(logits[0]))
+    want = sum(logp[i - 1, ids[i]] for i in range(len(ids) - 3, len(ids)))
+    assert ll.num_tokens == 3
+    assert ll.logprob == pytest.approx(float(want), rel=1e-5)
+    greedy = all(np.argmax(logp[i - 1]) == ids[i] for i in range(len(ids) - 3, len(ids)))
+    assert ll.is_greedy == greedy

@@ -1,0 +1,165 @@
+"""A language model as the evaluations see it: sample text, score continuations.
+
+`ModelLM` wraps any flax module with the `DecoderLM` contract (training forward and KV
+cache decode, docs/architecture.md), its parameters and a `seqio.Vocabulary`. The
+toxicity eval uses `generate`, the utility and bias evals `loglikelihood` and
+`token_logprobs`; tests substitute tiny fakes that have the same methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from toxjax import decode
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLikelihood:
+    """Log-likelihood of a continuation given its context.
+
+    Attributes:
+      logprob: sum of the continuation tokens' log-probabilities.
+      num_tokens: number of continuation tokens.
+      is_greedy: every continuation token is the argmax given what precedes it.
+    """
+
+    logprob: float
+    num_tokens: int
+    is_greedy: bool
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+class ModelLM:
+    """Sampling and scoring for a decoder-only model.
+
+    Args:
+      model: a flax module with the `DecoderLM` contract (and `init_cache`).
+      params: its parameters.
+      vocabulary: a `seqio.Vocabulary` (`encode`, `decode`, `eos_id`).
+      max_len: longest sequence the model takes (its learned position table).
+      sampling: the sampling settings (default: the RealToxicityPrompts protocol, with
+        the vocabulary's EOS ending a continuation early).
+      cache_batch_axis: batch axis of the model's cache leaves.
+      mesh: shard sampling batches over this mesh's batch axes.
+      seed: base seed; prompt `i` samples with `fold_in(key(seed), i)`.
+      batch_size: prompts per sampling call / sequences per scoring call (batches are
+        padded to it, so shapes and compilations stay fixed).
+      length_multiple: prompt and scoring lengths are rounded up to this.
+    """
+
+    def __init__(self, model: Any, params: Any, vocabulary: Any, max_len: int,
+                 sampling: decode.SamplingConfig | None = None, cache_batch_axis: int = 1,
+                 mesh: Mesh | None = None, seed: int = 0, batch_size: int = 8,
+                 length_multiple: int = 32):
+        self.model, self.params, self.vocabulary = model, params, vocabulary
+        self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
+        self.seed = seed
+        eos = vocabulary.eos_id
+        self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
+        if self.sampling.max_new_tokens >= max_len:
+            raise ValueError(f"max_new_tokens {self.sampling.max_new_tokens} must be below "
+                             f"the model's max_len {max_len}")
+        t2l, init = decode.model_callbacks(model)
+        self.sampler = decode.Sampler(t2l, init, self.sampling, cache_batch_axis, mesh)
+
+        def score(params, inputs, targets, segment_ids):
+            positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+            logits = model.apply({"params": params}, inputs, positions=positions,
+                                 segment_ids=segment_ids)
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            token_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+            return token_lp, jnp.argmax(logits, axis=-1) == targets
+
+        self._score = jax.jit(score)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.vocabulary.encode(text)]
+
+    # ------------------------------------------------------------------ sampling
+    def generate(self, texts: Sequence[str], seeds: Sequence[int]) -> list[list[str]]:
+        """`num_decodes` sampled continuations (decoded text) per prompt text.
+
+        Prompts longer than `max_len - max_new_tokens` keep their last tokens; an empty
+        prompt is conditioned on EOS (GPT-2's document separator).
+        """
+        room = self.max_len - self.sampling.max_new_tokens
+        eos = self.vocabulary.eos_id
+        out: list[list[str]] = []
+        for lo in range(0, len(texts), self.batch_size):
+            ids = [(self.encode(t) or [eos])[-room:] for t in texts[lo:lo + self.batch_size]]
+            seeds_b = list(seeds[lo:lo + self.batch_size])
+            n = len(ids)
+            ids += [ids[-1]] * (self.batch_size - n)  # fixed batch shape: no recompiles
+            seeds_b += [seeds_b[-1]] * (self.batch_size - n)
+            length = min(_bucket(max(map(len, ids)), self.length_multiple), room)
+            tokens, mask = decode.left_pad(ids, length=length)
+            base = jax.random.key(self.seed)
+            keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds_b))
+            res = self.sampler(self.params, tokens, mask, keys)
+            toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+            for i in range(n):
+                out.append([self.vocabulary.decode(decode.trim(toks[i, d], lens[i, d]))
+                            for d in range(toks.shape[1])])
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per-token log-probabilities of `seq[1:]` given the tokens before each.
+
+        Args:
+          sequences: token ids, each at most `max_len + 1` long and at least 2.
+
+        Returns:
+          Per sequence, `(logprobs [len - 1] float32, is_argmax [len - 1] bool)`.
+        """
+        out = []
+        for lo in range(0, len(sequences), self.batch_size):
+            chunk = [list(s) for s in sequences[lo:lo + self.batch_size]]
+            for s in chunk:
+                if not 2 <= len(s) <= self.max_len + 1:
+                    raise ValueError(f"sequence of {len(s)} tokens: need 2..{self.max_len + 1}")
+            width = min(_bucket(max(len(s) - 1 for s in chunk), self.length_multiple),
+                        self.max_len)
+            inputs = np.zeros((self.batch_size, width), np.int32)
+            targets = np.zeros_like(inputs)
+            segments = np.zeros_like(inputs)
+            for i, s in enumerate(chunk):
+                inputs[i, :len(s) - 1], targets[i, :len(s) - 1] = s[:-1], s[1:]
+                segments[i, :len(s) - 1] = 1
+            lp, greedy = self._score(self.params, inputs, targets, segments)
+            lp, greedy = np.asarray(lp), np.asarray(greedy)
+            out += [(lp[i, :len(s) - 1], greedy[i, :len(s) - 1]) for i, s in enumerate(chunk)]
+        return out
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
+        """log p(continuation | context) for each `(context, continuation)` pair.
+
+        Context and continuation are encoded separately (a trailing space of the context
+        moves to the continuation, the usual zero-shot convention), an empty context is
+        EOS, and over-long pairs keep their last `max_len + 1` tokens.
+        """
+        seqs, conts = [], []
+        for context, continuation in pairs:
+            stripped = context.rstrip(" ")
+            continuation = context[len(stripped):] + continuation
+            ctx = self.encode(stripped) if stripped else [self.vocabulary.eos_id]
+            cont = self.encode(continuation)
+            if not cont:
+                raise ValueError(f"empty continuation for context {context[:60]!r}")
+            seqs.append((ctx + cont)[-(self.max_len + 1):])
+            conts.append(len(cont))
+        out = []
+        for (lp, greedy), n in zip(self.token_logprobs(seqs), conts, strict=True):
+            n = min(n, len(lp))
+            out.append(LogLikelihood(float(lp[-n:].sum()), n, bool(greedy[-n:].all())))
+        return out
