@@ -166,7 +166,8 @@ def split(ds: tf.data.Dataset, sample_tokens: int, fixed_prefix_tokens: int) -> 
             "and EOS; raise AugmentConfig.sample_tokens or shorten the templates",
         )
         with tf.control_dependencies([check]):
-            ids = tf.identity(x["text_ids"])
+            room = tf.identity(room)
+        ids = x["text_ids"]
         n = tf.size(ids)
         pieces = (n + room - 1) // room
         lengths = tf.minimum(room, n - tf.range(pieces) * room)
