@@ -130,7 +130,9 @@ def read_lines(
                         entry_line = this_line
                     entry.append(raw)
                     continue
-                yield _text_item(b"".join(entry), entry_line, text_field, offset, line)
+                # An empty entry (two '%' lines in a row) is reported at its closing '%'.
+                where = entry_line if entry else this_line
+                yield _text_item(b"".join(entry), where, text_field, offset, line)
                 entry = []
                 continue
             if fmt == "jsonl":

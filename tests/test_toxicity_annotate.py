@@ -1,0 +1,252 @@
+"""`toxjax score`: bad input outcomes, accounting, formats, windows, crash-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from toxjax.toxicity import annotate, get_scorer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def score(*argv):
+    return annotate.main([str(a) for a in argv])
+
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def profanity():
+    return get_scorer("profanity-check")
+
+
+def test_bad_inputs_each_have_an_outcome(tmp_path, capsys):
+    big = "hello there friend " * 280_000  # about 5 MB
+    lines = [
+        json.dumps({"id": 1, "text": "have a lovely day"}).encode(),
+        json.dumps({"id": 2, "text": ""}).encode(),
+        b'{"id": 3, "text": "unterminated',
+        b'{"id": 4, "text": "caf\xe9"}',  # Latin-1 byte: not UTF-8
+        json.dumps({"id": 5, "text": big}).encode(),
+        json.dumps({"id": 6, "body": "no text field"}).encode(),
+        json.dumps({"id": 7, "text": "fuck you"}).encode(),
+    ]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.jsonl"
+    assert score("--input", src, "--output", out, "--batch_size", 3) == 0
+    scored = read_jsonl(out)
+    failed = read_jsonl(str(out) + ".failed.jsonl")
+    assert [r["id"] for r in scored] == [1, 5, 7]
+    assert all(r["scorer"] == "profanity-check" for r in scored)
+    assert scored[1]["text"] == big and 0 <= scored[1]["toxicity"] <= 1
+    assert scored[2]["toxicity"] > 0.9 > scored[0]["toxicity"]
+    assert failed == [
+        {"file": str(src), "line": 2, "error": "empty text in field 'text'"},
+        {
+            "file": str(src),
+            "line": 3,
+            "error": "malformed JSON: Unterminated string starting at (column 19)",
+        },
+        {
+            "file": str(src),
+            "line": 4,
+            "error": "not valid UTF-8 (invalid continuation byte "
+            "at byte 22 of the line); re-encode the file as UTF-8",
+        },
+        {
+            "file": str(src),
+            "line": 6,
+            "error": "no field 'text' (fields: ['body', 'id']); pass --text_field",
+        },
+    ]
+    captured = capsys.readouterr()
+    assert "7 records in = 3 scored + 4 failed" in captured.out
+    assert f"{src}:3: malformed JSON" in captured.err
+    # --max_chars turns the 5 MB document into a failure with a message saying what to do.
+    out2 = tmp_path / "out2.jsonl"
+    assert score("--input", src, "--output", out2, "--max_chars", 1_000_000) == 0
+    assert [r["id"] for r in read_jsonl(out2)] == [1, 7]
+    assert read_jsonl(str(out2) + ".failed.jsonl")[3] == {
+        "file": str(src),
+        "line": 5,
+        "error": f"text has {len(big):,} characters, over --max_chars 1,000,000; "
+        "raise --max_chars to score it",
+    }
+
+
+def test_text_fortune_and_nested_field(tmp_path, profanity):
+    txt = tmp_path / "docs.txt"
+    txt.write_text("first doc\n\nthird doc\n")
+    fortune = tmp_path / "fortunes"
+    fortune.write_text("one\nline two\n%\n%\nthree\n%\nfour\n")
+    rtp = tmp_path / "rtp.jsonl"
+    rtp.write_text(json.dumps({"prompt": {"text": "so I said"}, "challenging": False}) + "\n")
+    for path, extra in (
+        (txt, []),
+        (fortune, ["--format", "fortune"]),
+        (rtp, ["--text_field", "prompt.text"]),
+    ):
+        assert score("--input", path, "--output", str(path) + ".out", *extra) == 0
+    assert [r["text"] for r in read_jsonl(str(txt) + ".out")] == ["first doc", "third doc"]
+    assert read_jsonl(str(txt) + ".out.failed.jsonl") == [
+        {"file": str(txt), "line": 2, "error": "empty text in field 'text'"}
+    ]
+    assert [r["text"] for r in read_jsonl(str(fortune) + ".out")] == [
+        "one\nline two",
+        "three",
+        "four",
+    ]
+    assert [r["line"] for r in read_jsonl(str(fortune) + ".out.failed.jsonl")] == [4]
+    (rec,) = read_jsonl(str(rtp) + ".out")
+    assert rec["prompt"] == {"text": "so I said"}
+    assert rec["toxicity"] == profanity.score(["so I said"])[0].toxicity
+
+
+def test_tfrecord_and_tfds(tmp_path, profanity):
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    path = tmp_path / "c.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i, t in enumerate([b"nice words", b"", b"shit happens"]):
+            ex = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[t])),
+                        "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[i])),
+                    }
+                )
+            )
+            w.write(ex.SerializeToString())
+    assert score("--input", path, "--output", tmp_path / "t.jsonl") == 0
+    recs = read_jsonl(tmp_path / "t.jsonl")
+    assert [(r["id"], r["text"]) for r in recs] == [(0, "nice words"), (2, "shit happens")]
+    assert [r["line"] for r in read_jsonl(tmp_path / "t.jsonl.failed.jsonl")] == [2]
+    with tfds.testing.mock_data(num_examples=4):
+        assert score("--input", "tfds:imdb_reviews", "--output", tmp_path / "d.jsonl") == 0
+        want = [
+            ex["text"].decode()
+            for ex in tfds.as_numpy(tfds.load("imdb_reviews", split="train", shuffle_files=False))
+        ]
+    recs = read_jsonl(tmp_path / "d.jsonl")
+    assert [r["text"] for r in recs] == want
+    assert [r["toxicity"] for r in recs] == [r.toxicity for r in profanity.score(want)]
+
+
+def test_windows_are_spans_of_n_tokens(tmp_path, profanity):
+    text = "You are all wonderful people. " * 10 + "Damn this shit."
+    src = tmp_path / "w.jsonl"
+    src.write_text(json.dumps({"text": text}) + "\n")
+    out = tmp_path / "w.out.jsonl"
+    assert score("--input", src, "--output", out, "--window_tokens", 16) == 0
+    (rec,) = read_jsonl(out)
+    wins = rec["windows"]
+    assert (
+        wins[0]["start"] == 0 and wins[-1]["end"] == len(text) and len(wins) == 4
+    )  # 64 GPT-2 tokens
+    for w in wins:
+        assert w["toxicity"] == profanity.score([text[w["start"] : w["end"]]])[0].toxicity
+    assert wins[-1]["toxicity"] > 0.5 > wins[0]["toxicity"]
+    assert rec["toxicity"] == profanity.score([text])[0].toxicity
+
+
+class _CrashAfter:
+    """A scorer that dies after `n` batches, as a crash mid-run would."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+        self.name, self.attributes = inner.name, inner.attributes
+
+    def score(self, texts):
+        if self.n == 0:
+            raise KeyboardInterrupt("simulated crash")
+        self.n -= 1
+        return self.inner.score(texts)
+
+
+def _corpus(path, n):
+    with open(path, "w") as f:
+        for i in range(n):
+            text = "" if i % 17 == 5 else f"document {i} says {'damn ' * (i % 3)}hello"
+            f.write(json.dumps({"i": i, "text": text}) + "\n")
+
+
+def test_resume_truncates_uncommitted_output(tmp_path, profanity):
+    src = tmp_path / "in.jsonl"
+    _corpus(src, 50)
+    ref = tmp_path / "ref.jsonl"
+    assert score("--input", src, "--output", ref, "--batch_size", 4) == 0
+    out = tmp_path / "out.jsonl"
+    args = annotate.build_parser().parse_args(
+        ["--input", str(src), "--output", str(out), "--batch_size", "4"]
+    )
+    with pytest.raises(KeyboardInterrupt):
+        annotate.run(args, scorer=_CrashAfter(profanity, 3))
+    # A batch written but not committed, ending in a partial line.
+    with open(out, "ab") as f:
+        f.write(b'{"i": 12, "text": "document 12 says hel')
+    with open(str(out) + ".failed.jsonl", "ab") as f:
+        f.write(b'{"file": "x", "li')
+    prog = annotate.run(args)
+    assert (prog.records, prog.scored + prog.failed) == (50, 50)
+    assert out.read_bytes() == ref.read_bytes()
+    assert (tmp_path / "out.jsonl.failed.jsonl").read_bytes() == (
+        tmp_path / "ref.jsonl.failed.jsonl"
+    ).read_bytes()
+    # Rerunning a finished output changes nothing; other settings are refused.
+    assert annotate.run(args).done
+    assert out.read_bytes() == ref.read_bytes()
+    with pytest.raises(SystemExit, match="other settings"):
+        score("--input", src, "--output", out, "--text_field", "body")
+
+
+def test_kill_9_resume_loses_and_duplicates_nothing(tmp_path):
+    src = tmp_path / "in.jsonl"
+    _corpus(src, 4000)
+    ref = tmp_path / "ref.jsonl"
+    assert score("--input", src, "--output", ref, "--batch_size", 2) == 0
+    out = tmp_path / "out.jsonl"
+    progress = tmp_path / "out.jsonl.progress.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "toxjax.cli",
+        "score",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--batch_size",
+        "2",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    kills = 0
+    for target in (300, 1500):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if json.loads(progress.read_text())["records"] >= target:
+                    break
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += not json.loads(progress.read_text())["done"]
+    assert kills == 2  # both kills landed mid-run
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert out.read_bytes() == ref.read_bytes()
+    assert (tmp_path / "out.jsonl.failed.jsonl").read_bytes() == (
+        tmp_path / "ref.jsonl.failed.jsonl"
+    ).read_bytes()
+    assert len(read_jsonl(out)) + len(read_jsonl(str(out) + ".failed.jsonl")) == 4000
