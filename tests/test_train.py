@@ -1,0 +1,122 @@
+"""Training core end to end on the fortunes byte task, tiny model, 8 CPU devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import task_fixtures  # noqa: F401  (registers the test task)
+from train_helpers import TESTS_DIR, gin_train
+
+from toxjax import checkpoint as ckpt_lib
+from toxjax import train as train_lib
+
+
+def test_loss_falls_on_real_text(tmp_path):
+    r = gin_train(tmp_path, "NUM_STEPS = 30", "LEARNING_RATE = 3e-3")
+    assert len(r.losses) == 30
+    assert np.mean(r.losses[-5:]) < r.losses[0] - 1.0, r.losses
+    files = os.listdir(tmp_path)
+    for name in ("config.gin", "run.json", "metrics.jsonl", "train"):
+        assert name in files
+    assert "train.num_steps = %NUM_STEPS" in (tmp_path / "config.gin").read_text() or \
+        "NUM_STEPS = 30" in (tmp_path / "config.gin").read_text()
+    # The restored inference bundle rebuilds the model and vocabulary.
+    bundle = ckpt_lib.load_for_inference(str(tmp_path))
+    assert bundle.step == 30 and bundle.config.vocab_size == 384
+    assert bundle.vocabulary.decode(bundle.vocabulary.encode("Hi")) == "Hi"
+
+
+def test_sharded_2x2x2_equals_single_device(tmp_path):
+    single = gin_train(tmp_path / "one", "NUM_STEPS = 3", "train.mesh_shape = (1, 1, 1)")
+    sharded = gin_train(tmp_path / "eight", "NUM_STEPS = 3", "train.mesh_shape = (2, 2, 2)")
+    np.testing.assert_allclose(sharded.losses, single.losses, rtol=2e-5)
+
+
+def test_grad_accumulation_equals_full_batch(tmp_path):
+    full = gin_train(tmp_path / "a", "NUM_STEPS = 3")
+    accum = gin_train(tmp_path / "b", "NUM_STEPS = 3", "train.grad_accum_steps = 2",
+                      "train.mesh_shape = (4, 1, 1)")
+    np.testing.assert_allclose(accum.losses, full.losses, rtol=2e-5)
+
+
+def test_restore_continues_exactly(tmp_path):
+    common = ("NUM_STEPS = 6", "train.checkpoint_every = 3")
+    straight = gin_train(tmp_path / "straight", *common)
+    first = gin_train(tmp_path / "resumed", *common, "train.stop_after = 3")
+    assert first.steps == [1, 2, 3]
+    second = gin_train(tmp_path / "resumed", *common)
+    assert second.steps == [4, 5, 6]
+    assert first.losses + second.losses == straight.losses  # bit-identical on CPU
+
+
+def _metrics_losses(model_dir):
+    return [m["loss"] for m in train_lib.read_metrics(str(model_dir))]
+
+
+def test_kill_9_mid_run_resumes_exactly(tmp_path):
+    steps = 40
+    reference = gin_train(tmp_path / "ref", f"NUM_STEPS = {steps}", "train.checkpoint_every = 4")
+    model_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "toxjax.train", "--gin_file=runs/pretrain.gin",
+           "--gin_file=models/test.gin", f"--gin.MODEL_DIR={model_dir}",
+           "--gin.TASK=test_fortunes_bytes_v1", "--gin.SEQUENCE_LENGTH=64",
+           "--gin.BATCH_SIZE=8", "--gin.train.module_imports=['task_fixtures']",
+           "--gin.train.log_every=1", "--gin.WARMUP_STEPS=2", f"--gin.NUM_STEPS={steps}",
+           "--gin.train.checkpoint_every=4"]
+    env = dict(os.environ, PYTHONPATH=TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (model_dir / "8").is_dir():  # a committed checkpoint exists; more are coming
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(int(p) for p in os.listdir(model_dir) if p.isdigit())
+    assert killed_at < steps
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resume from step" in done.stdout + done.stderr
+    assert _metrics_losses(model_dir) == reference.losses
+
+
+def test_mismatched_checkpoint_is_refused_with_the_parameter_named(tmp_path):
+    gin_train(tmp_path, "NUM_STEPS = 2")
+    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"blocks/attention/out_kernel: checkpoint shape \(2, 4, 8, 32\), model shape \(2, 4, 16, 64\)"):
+        gin_train(tmp_path, "NUM_STEPS = 4", "ModelConfig.embed_dim = 64")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(train_lib.NonFiniteLossError, match="Last good checkpoint: step 1"):
+        gin_train(tmp_path, "NUM_STEPS = 6", "train.checkpoint_every = 1",
+                  "LEARNING_RATE = 1e30", "WARMUP_STEPS = 0", "OptimizerConfig.clip_norm = None")
+    steps = ocp.CheckpointManager(str(tmp_path)).all_steps()
+    assert steps == [1]
+
+
+def test_misspelled_gin_binding_is_an_error_naming_it(capsys):
+    rc = train_lib.main(["--gin_file=runs/pretrain.gin", "--gin_file=models/test.gin",
+                         "--gin.train.num_stepz=3", "--gin.MODEL_DIR=/tmp/x", "--gin.TASK=t"])
+    assert rc == 2
+    assert "num_stepz" in capsys.readouterr().err
+
+
+def test_missing_gin_file_is_an_error_naming_it(capsys):
+    rc = train_lib.main(["--gin_file=runs/nope.gin"])
+    assert rc == 2
+    assert "runs/nope.gin" in capsys.readouterr().err
+
+
+def test_metrics_written_as_json_lines(tmp_path):
+    gin_train(tmp_path, "NUM_STEPS = 2")
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert [r["step"] for r in recs] == [1, 2]
+    assert all(r["tokens"] > 0 and r["grad_norm"] > 0 for r in recs)

@@ -1,0 +1,193 @@
+"""Transformer building blocks; every parameter is created with logical axis names.
+
+Shapes use b = batch, l = query length, s = key length (or cache slots),
+h = heads, d = head dim, e = embed, m = mlp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from toxjax import sharding as sh
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+    """What a transformer block needs to know (a slice of `ModelConfig`)."""
+
+    embed_dim: int
+    num_heads: int
+    head_dim: int
+    mlp_dim: int
+    rotary: bool
+    dropout_rate: float
+    layer_norm_eps: float
+    init_std: float
+    residual_init_std: float
+    dtype: Any
+    param_dtype: Any
+
+
+def _param(module: nn.Module, name: str, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class LayerNorm(nn.Module):
+    """Pre-LN LayerNorm with float32 statistics; params on the replicated `norm` axis."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        e = x.shape[-1]
+        scale = _param(self, "scale", nn.initializers.ones, (e,), (sh.NORM,), self.param_dtype)
+        bias = _param(self, "bias", nn.initializers.zeros, (e,), (sh.NORM,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * scale + bias).astype(self.dtype)
+
+
+def rotary(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
+    """Rotary position embedding (half-split convention) of `x [b, l, h, d]`."""
+    d = x.shape[-1]
+    freq = max_wavelength ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)  # [d/2]
+    angle = positions[..., None].astype(jnp.float32) * freq  # [b, l, d/2]
+    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention_mask(q_segments: Array, k_segments: Array, q_pos: Array, k_pos: Array) -> Array:
+    """Boolean `[b, 1, l, s]` mask: causal, within one packed document, not padding.
+
+    Args:
+      q_segments: `[b, l]` segment id of each query (0 = padding).
+      k_segments: `[b, s]` segment id of each key / cache slot (0 = padding or empty).
+      q_pos: `[b, l]` or `[l]` causal index of each query (its slot in the sequence).
+      k_pos: `[s]` causal index of each key.
+    """
+    if q_pos.ndim == 1:
+        q_pos = q_pos[None]
+    causal = k_pos[None, None, :] <= q_pos[:, :, None]  # [b|1, l, s]
+    same = q_segments[:, :, None] == k_segments[:, None, :]
+    valid = k_segments[:, None, :] != 0
+    return (causal & same & valid)[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with a fused QKV projection and a KV cache."""
+
+    cfg: BlockConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        positions: Array,
+        segment_ids: Array,
+        cache: dict[str, Array] | None,
+        cache_index: Array | None,
+        deterministic: bool,
+    ) -> tuple[Array, dict[str, Array] | None]:
+        cfg = self.cfg
+        e, h, d = cfg.embed_dim, cfg.num_heads, cfg.head_dim
+        normal = nn.initializers.normal(cfg.init_std)
+        w_qkv = _param(self, "qkv_kernel", normal, (e, 3, h, d), (sh.EMBED, sh.QKV, sh.HEADS, sh.KV),
+                       cfg.param_dtype)
+        b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, h, d), (sh.QKV, sh.HEADS, sh.KV),
+                       cfg.param_dtype)
+        w_out = _param(self, "out_kernel", nn.initializers.normal(cfg.residual_init_std),
+                       (h, d, e), (sh.HEADS, sh.KV, sh.EMBED), cfg.param_dtype)
+        b_out = _param(self, "out_bias", nn.initializers.zeros, (e,), (sh.NORM,), cfg.param_dtype)
+
+        qkv = jnp.einsum("ble,ethd->blthd", x, w_qkv.astype(cfg.dtype)) + b_qkv.astype(cfg.dtype)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [b, l, h, d]
+        if cfg.rotary:
+            q, k = rotary(q, positions), rotary(k, positions)
+        q = sh.constrain(q, (sh.BATCH, sh.LENGTH, sh.ACT_HEADS, None))
+
+        length = x.shape[1]
+        if cache is None:
+            slots = jnp.arange(length)
+            mask = attention_mask(segment_ids, segment_ids, slots, slots)
+            keys, values, new_cache = k, v, None
+        else:
+            # Write the new tokens into slots [i, i + l); query j sits in slot i + j.
+            idx = cache_index
+            keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                                (0, idx, 0, 0))
+            values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                                  (0, idx, 0, 0))
+            valid = jax.lax.dynamic_update_slice(cache["valid"], segment_ids != 0, (0, idx))
+            new_cache = {"k": keys, "v": values, "valid": valid}
+            slots = jnp.arange(keys.shape[1])
+            mask = attention_mask(jnp.ones_like(segment_ids), valid.astype(jnp.int32),
+                                  idx + jnp.arange(length), slots)
+            keys, values = keys.astype(cfg.dtype), values.astype(cfg.dtype)
+
+        logits = jnp.einsum("blhd,bshd->bhls", q, keys).astype(jnp.float32) * (d ** -0.5)
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
+        if cfg.dropout_rate > 0 and not deterministic:
+            probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=False)
+        out = jnp.einsum("bhls,bshd->blhd", probs, values)
+        out = jnp.einsum("blhd,hde->ble", out, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
+        return out, new_cache
+
+
+class Mlp(nn.Module):
+    """GELU feed-forward block `e -> m -> e`."""
+
+    cfg: BlockConfig
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        cfg = self.cfg
+        w_in = _param(self, "in_kernel", nn.initializers.normal(cfg.init_std),
+                      (cfg.embed_dim, cfg.mlp_dim), (sh.EMBED, sh.MLP), cfg.param_dtype)
+        b_in = _param(self, "in_bias", nn.initializers.zeros, (cfg.mlp_dim,), (sh.MLP,),
+                      cfg.param_dtype)
+        w_out = _param(self, "out_kernel", nn.initializers.normal(cfg.residual_init_std),
+                       (cfg.mlp_dim, cfg.embed_dim), (sh.MLP, sh.EMBED), cfg.param_dtype)
+        b_out = _param(self, "out_bias", nn.initializers.zeros, (cfg.embed_dim,), (sh.NORM,),
+                       cfg.param_dtype)
+        y = jnp.dot(x, w_in.astype(cfg.dtype)) + b_in.astype(cfg.dtype)
+        y = jax.nn.gelu(y, approximate=True)
+        y = sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_MLP))
+        if cfg.dropout_rate > 0 and not deterministic:
+            y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
+        return jnp.dot(y, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block. Signature fits `nn.scan` (carry, scanned cache)."""
+
+    cfg: BlockConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, positions, segment_ids, cache, cache_index):
+        cfg = self.cfg
+        norm = lambda name: LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
+        y, new_cache = Attention(cfg, name="attention")(
+            norm("ln_attention")(x), positions, segment_ids, cache, cache_index, self.deterministic)
+        if cfg.dropout_rate > 0 and not self.deterministic:
+            y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
+        x = x + y
+        y = Mlp(cfg, name="mlp")(norm("ln_mlp")(x), self.deterministic)
+        if cfg.dropout_rate > 0 and not self.deterministic:
+            y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
+        x = sh.constrain(x + y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+        return x, new_cache

@@ -1,0 +1,226 @@
+"""A GPT-style decoder-only language model (the paper's family) with a KV-cache path.
+
+Pre-LayerNorm blocks, learned or rotary positions, tied or untied embeddings, optional
+scan over layers and rematerialisation. Every parameter carries logical axis names
+(see `toxjax.sharding`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from toxjax import sharding as sh
+from toxjax.layers import Block, BlockConfig, LayerNorm
+
+Array = jax.Array
+
+# Cache leaves are stacked over layers on axis 0; the batch is on this axis.
+CACHE_BATCH_AXIS = 1
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Model hyper-parameters (bound from gin files under gin_configs/models/).
+
+    Attributes:
+      vocab_size: number of token ids (the embedding has this many rows); None in a
+        training config means the task vocabulary's size rounded up to 128.
+      num_layers, num_heads, embed_dim: depth, heads, width.
+      head_dim: per-head width; defaults to `embed_dim // num_heads`.
+      mlp_dim: feed-forward width; defaults to `4 * embed_dim`.
+      max_len: longest sequence (rows of the learned position table).
+      position: "learned" (GPT-2) or "rotary".
+      tied_embeddings: output projection is the transposed input embedding.
+      dtype, param_dtype: compute and parameter dtypes ("float32", "bfloat16").
+      remat: "none", "dots_saveable" or "full".
+      scan_layers: stack the blocks with `nn.scan` (fast compiles for deep models).
+      dropout_rate: dropout on attention probs, MLP and residual branches.
+    """
+
+    vocab_size: int | None = 50257
+    num_layers: int = 2
+    num_heads: int = 4
+    embed_dim: int = 64
+    head_dim: int | None = None
+    mlp_dim: int | None = None
+    max_len: int = 256
+    position: str = "learned"
+    tied_embeddings: bool = True
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = True
+    dropout_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.position not in ("learned", "rotary"):
+            raise ValueError(f"ModelConfig.position must be 'learned' or 'rotary', got {self.position!r}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"ModelConfig.{name} must be one of {sorted(DTYPES)}")
+        if self.head_dim is None and self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+    @property
+    def resolved_mlp_dim(self) -> int:
+        return self.mlp_dim or 4 * self.embed_dim
+
+    def block_config(self) -> BlockConfig:
+        return BlockConfig(
+            embed_dim=self.embed_dim, num_heads=self.num_heads, head_dim=self.resolved_head_dim,
+            mlp_dim=self.resolved_mlp_dim, rotary=self.position == "rotary",
+            dropout_rate=self.dropout_rate, layer_norm_eps=self.layer_norm_eps,
+            init_std=self.init_std,
+            residual_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
+            dtype=DTYPES[self.dtype], param_dtype=DTYPES[self.param_dtype])
+
+    def non_embedding_params(self) -> int:
+        """N in the 6N FLOPs formula: all parameters but the token / position tables."""
+        e, h, d, m = self.embed_dim, self.num_heads, self.resolved_head_dim, self.resolved_mlp_dim
+        per_layer = e * 3 * h * d + 3 * h * d + h * d * e + e + e * m + m + m * e + e + 4 * e
+        head = 0 if self.tied_embeddings else e * self.vocab_size
+        return self.num_layers * per_layer + 2 * e + head
+
+    def train_flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6N + 12 * L * H * Q * T.
+
+        N counts non-embedding parameters plus the output projection (tied or not: it is
+        a real matmul), L layers, H heads, Q head dim, T sequence length. The attention
+        term assumes no causal halving (the usual convention, as in PaLM / nanoGPT).
+        """
+        n = self.non_embedding_params() + (self.embed_dim * self.vocab_size
+                                           if self.tied_embeddings else 0)
+        attn = 12 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_len
+        return 6 * n + attn
+
+
+class DecoderLM(nn.Module):
+    """Decoder-only LM. See docs/architecture.md for the training and decoding contract."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    def setup(self):
+        cfg = self.config
+        pdtype = DTYPES[cfg.param_dtype]
+        normal = nn.initializers.normal(cfg.init_std)
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(normal, (sh.VOCAB, sh.EMBED)),
+            (cfg.vocab_size, cfg.embed_dim), pdtype)
+        if cfg.position == "learned":
+            self.position_embedding = self.param(
+                "position_embedding",
+                nn.with_logical_partitioning(nn.initializers.normal(0.01), (sh.POSITION, sh.EMBED)),
+                (cfg.max_len, cfg.embed_dim), pdtype)
+        if not cfg.tied_embeddings:
+            self.lm_head = self.param(
+                "lm_head", nn.with_logical_partitioning(normal, (sh.EMBED, sh.VOCAB)),
+                (cfg.embed_dim, cfg.vocab_size), pdtype)
+        block = Block
+        policy = REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+        bcfg = cfg.block_config()
+        if cfg.scan_layers:
+            self.blocks = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: sh.LAYERS},
+            )(bcfg, self.deterministic, name="blocks")
+        else:
+            self.blocks = [block(bcfg, self.deterministic, name=f"block_{i}")
+                           for i in range(cfg.num_layers)]
+        self.final_norm = LayerNorm(cfg.layer_norm_eps, DTYPES[cfg.dtype], pdtype, name="final_norm")
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        segment_ids: Array | None = None,
+        cache: dict[str, Array] | None = None,
+        cache_index: Array | int | None = None,
+    ):
+        """Runs the model.
+
+        Args:
+          tokens: `[batch, length]` int token ids.
+          positions: `[batch, length]` position of each token within its document
+            (defaults to 0..length-1).
+          segment_ids: `[batch, length]` packed-document id of each token; 0 is padding.
+            Attention never crosses segments. With a cache: 1 real token, 0 padding.
+          cache: KV cache from `init_cache` (decoding), or None (training / scoring).
+          cache_index: with a cache, the slot of `tokens[:, 0]` (same for every row).
+
+        Returns:
+          `logits [batch, length, vocab]` float32, and the updated cache when one is given.
+        """
+        cfg = self.config
+        dtype = DTYPES[cfg.dtype]
+        b, length = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, length), jnp.int32)
+        x = jnp.take(self.embedding, tokens, axis=0).astype(dtype)
+        if cfg.position == "learned":
+            x = x + jnp.take(self.position_embedding, positions, axis=0).astype(dtype)
+        x = sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+        if cache_index is not None:
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+
+        if cfg.scan_layers:
+            x, new_cache = self.blocks(x, positions, segment_ids, cache, cache_index)
+        else:
+            layer_caches = []
+            for i, blk in enumerate(self.blocks):
+                layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
+                x, layer_cache = blk(x, positions, segment_ids, layer_cache, cache_index)
+                layer_caches.append(layer_cache)
+            new_cache = None if cache is None else jax.tree.map(
+                lambda *cs: jnp.stack(cs), *layer_caches)
+
+        x = self.final_norm(x)
+        if cfg.tied_embeddings:
+            logits = jnp.einsum("ble,ve->blv", x, self.embedding.astype(dtype))
+        else:
+            logits = jnp.dot(x, self.lm_head.astype(dtype))
+        logits = sh.constrain(logits.astype(jnp.float32), (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
+        return logits if cache is None else (logits, new_cache)
+
+    def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> dict[str, Array]:
+        """An empty KV cache: k, v `[layers, batch, max_length, heads, head_dim]`, valid
+        `[layers, batch, max_length]`. Callable without binding: `DecoderLM(cfg).init_cache(...)`."""
+        return init_cache(self.config, batch, max_length, dtype)
+
+
+def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = None):
+    """Empty KV cache for `config` (see `DecoderLM.init_cache`)."""
+    if config.position == "learned" and max_length > config.max_len:
+        raise ValueError(f"cache length {max_length} exceeds the model's max_len {config.max_len}")
+    dtype = dtype or DTYPES[config.dtype]
+    shape = (config.num_layers, batch, max_length, config.num_heads, config.resolved_head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "valid": jnp.zeros(shape[:3], bool)}

@@ -1,0 +1,388 @@
+"""Gin-configured pretraining entry point.
+
+    python -m toxjax.train --gin_file=gin_configs/runs/pretrain.gin \
+        --gin_file=gin_configs/models/tiny.gin --gin.MODEL_DIR=/tmp/run
+
+The run resumes from the newest checkpoint in MODEL_DIR, writes the operative gin config
+(`config.gin`), `run.json` (what inference needs), per-step metrics (`metrics.jsonl`)
+and TensorBoard summaries (`train/`) there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import gin
+import jax
+import numpy as np
+
+from toxjax import checkpoint as ckpt_lib
+from toxjax import sharding as sh
+from toxjax import steps
+from toxjax.data import DataConfig, DataIterator
+from toxjax.model import DecoderLM, ModelConfig
+from toxjax.optim import OptimizerConfig, make_optimizer, make_schedule
+from toxjax.train_state import abstract_state, create_train_state, param_count
+
+# Frozen config dataclasses are the only library objects gin binds.
+for _cls in (ModelConfig, DataConfig, OptimizerConfig):
+    gin.external_configurable(_cls, module="toxjax")
+
+PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
+    """Best-of-N fp32 matmul FLOP/s of one device (the CPU's practical peak)."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_flops_per_device() -> float:
+    kind = jax.devices()[0].device_kind
+    if jax.devices()[0].platform == "cpu":
+        return measure_peak_flops()
+    return PEAK_FLOPS.get(kind, float("nan"))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    steps: list[int]
+    losses: list[float]
+    final_step: int
+    model_dir: str
+
+
+def _metrics_path(model_dir: str) -> str:
+    return os.path.join(model_dir, "metrics.jsonl")
+
+
+def _truncate_metrics(model_dir: str, last_step: int) -> None:
+    """On resume, drop metric lines written after the checkpoint we resume from."""
+    path = _metrics_path(model_dir)
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill; the step is re-run and re-logged
+            if rec["step"] <= last_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path, "w") as f:
+        f.writelines(kept)
+
+
+def read_metrics(model_dir: str) -> list[dict]:
+    with open(_metrics_path(model_dir)) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _import_modules(modules: Sequence[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"train.module_imports: cannot import {name!r}: {e}") from e
+
+
+def resolve_vocab_size(model_config: ModelConfig, vocab) -> ModelConfig:
+    """Fills `vocab_size=None` from the task vocabulary, padded to a multiple of 128
+    (so the embedding shards evenly); checks an explicit size is large enough."""
+    if vocab is None:
+        return model_config
+    if model_config.vocab_size is None:
+        return dataclasses.replace(model_config, vocab_size=-(-vocab.vocab_size // 128) * 128)
+    if model_config.vocab_size < vocab.vocab_size:
+        raise ValueError(f"ModelConfig.vocab_size={model_config.vocab_size} is smaller than the "
+                         f"task vocabulary ({vocab.vocab_size} ids)")
+    return model_config
+
+
+@gin.configurable(denylist=["progress"])
+def train(
+    model_dir: str = gin.REQUIRED,
+    model_config: ModelConfig = gin.REQUIRED,
+    data: DataConfig = gin.REQUIRED,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    num_steps: int = 1000,
+    batch_size: int = 8,
+    mesh_shape: Sequence[int] = (-1, 1, 1),
+    grad_accum_steps: int = 1,
+    seed: int = 0,
+    log_every: int = 10,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 3,
+    async_checkpoint: bool = True,
+    module_imports: Sequence[str] = (),
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains `model_config` on `data` for `num_steps` steps, resuming from MODEL_DIR.
+
+    Args:
+      model_dir: run directory (local path or gs://); checkpoints and logs go here.
+      model_config: the model (see gin_configs/models/).
+      data: the seqio task and sequence length.
+      optimizer: AdamW + schedule settings.
+      num_steps: total optimizer steps of the run (the schedule's length).
+      batch_size: global batch size in packed rows.
+      mesh_shape: sizes of the ('data', 'fsdp', 'tensor') mesh axes; -1 = the rest.
+      grad_accum_steps: microbatches per step (batch_size must divide by it).
+      seed: parameter-init and dropout seed (the data seed is `data.seed`).
+      log_every: steps between console / TensorBoard logs.
+      checkpoint_every: steps between (async) checkpoints; the last step always saves.
+      keep_checkpoints: checkpoints kept on disk.
+      module_imports: modules imported first (they register seqio tasks).
+      stop_after: stop (with a checkpoint) after this step without finishing the run;
+        used to simulate preemption.
+      progress: show a progress bar.
+
+    Returns:
+      The steps and losses this invocation ran.
+    """
+    _import_modules(module_imports)
+    if batch_size % grad_accum_steps:
+        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps "
+                         f"{grad_accum_steps}")
+    os.makedirs(model_dir, exist_ok=True)
+    import seqio
+
+    vocab = seqio.get_mixture_or_task(data.mixture_or_task_name).output_features[
+        "targets"].vocabulary if data.mixture_or_task_name in seqio.TaskRegistry.names() or \
+        data.mixture_or_task_name in seqio.MixtureRegistry.names() else None
+    model_config = resolve_vocab_size(model_config, vocab)
+    mesh = sh.make_mesh(mesh_shape)
+    model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
+    tx = make_optimizer(optimizer, num_steps)
+    schedule = make_schedule(optimizer, num_steps)
+    seq_len = data.sequence_length
+    if model_config.position == "learned" and seq_len > model_config.max_len:
+        raise ValueError(f"sequence length {seq_len} exceeds ModelConfig.max_len "
+                         f"{model_config.max_len}")
+
+    data_iter = DataIterator(data, batch_size, mesh)
+    ckpt = ckpt_lib.Checkpointer(model_dir, checkpoint_every, keep_checkpoints, async_checkpoint)
+    latest = ckpt.latest_step()
+    if latest is None:
+        state, state_shardings = create_train_state(model, tx, seq_len, mesh,
+                                                    jax.random.key(seed))
+    else:
+        abstract, state_shardings = abstract_state(model, tx, seq_len, mesh)
+        state, data_state = ckpt.restore(latest, abstract)
+        data_iter.restore(data_state)
+        _truncate_metrics(model_dir, latest)
+    start = int(jax.device_get(state.step))
+
+    if jax.process_index() == 0:
+        ckpt_lib.write_run_file(model_dir, model_config, ckpt_lib.vocab_spec(vocab),
+                                {"task": data.mixture_or_task_name, "sequence_length": seq_len})
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.operative_config_str() or gin.config_str())
+
+    step_fn = functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
+                                grad_accum_steps=grad_accum_steps, dropout_seed=seed)
+    with mesh:
+        p_step = steps.jit_train_step(step_fn, state_shardings, sh.batch_sharding(mesh, 2))
+
+    flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
+    peak = peak_flops_per_device() * jax.device_count()
+    n_params = param_count(state.params)
+    writer = _SummaryWriter(model_dir) if jax.process_index() == 0 else None
+    end = num_steps if stop_after is None else min(num_steps, stop_after)
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+        bar.write(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
+                  f"resume from step {start}" if start else
+                  f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}")
+
+    pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
+    result = TrainResult([], [], start, model_dir)
+    t_last, steps_since = time.perf_counter(), 0
+
+    def flush(step_now: int) -> None:
+        nonlocal t_last, steps_since
+        if not pending:
+            return
+        host = jax.device_get([m for _, m in pending])
+        elapsed = time.perf_counter() - t_last
+        rate = steps_since / elapsed if elapsed > 0 else float("nan")
+        lines = []
+        for (s, _), m in zip(pending, host, strict=True):
+            if int(m["nonfinite"]):
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"loss became non-finite at step {s} (loss={float(m['loss'])}, "
+                    f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
+                    f"checkpoint was written after it. Last good checkpoint: step "
+                    f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
+                    "the data.")
+            rec = {"step": s, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
+                   "learning_rate": float(m["learning_rate"]), "tokens": float(m["tokens"])}
+            result.steps.append(s)
+            result.losses.append(rec["loss"])
+            lines.append(json.dumps(rec) + "\n")
+        last = json.loads(lines[-1])
+        last["tokens_per_s"] = rate * batch_size * seq_len
+        last["mfu"] = rate * flops_per_step / peak
+        if jax.process_index() == 0:
+            with open(_metrics_path(model_dir), "a") as f:
+                f.writelines(lines)
+            writer.write(step_now, last)
+            if bar is not None:
+                bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['learning_rate']:.2e}",
+                                tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.1%}")
+        pending.clear()
+        t_last, steps_since = time.perf_counter(), 0
+
+    try:
+        for step in range(start + 1, end + 1):
+            batch = next(data_iter)
+            with mesh:
+                state, metrics = p_step(state, batch)
+            pending.append((step, metrics))
+            steps_since += 1
+            if bar is not None:
+                bar.update(1)
+            save_now = step % checkpoint_every == 0 or step == end
+            if step % log_every == 0 or save_now:
+                flush(step)
+            if save_now:
+                ckpt.save(step, state, data_iter.state(), force=True)
+        flush(end)
+        result.final_step = int(jax.device_get(state.step))
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+    return result
+
+
+class _SummaryWriter:
+    """TensorBoard scalars under MODEL_DIR/train (tf.summary: TF is already loaded)."""
+
+    def __init__(self, model_dir: str):
+        import tensorflow as tf
+
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+
+    def write(self, step: int, scalars: dict) -> None:
+        with self._writer.as_default():
+            for k, v in scalars.items():
+                if k != "step" and np.isfinite(v):
+                    self._tf.summary.scalar(k, v, step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _binding(text: str) -> str:
+    """`--gin.MODEL_DIR=/tmp/x` -> `MODEL_DIR = '/tmp/x'` (bare strings get quoted)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"gin binding {text!r} must look like NAME=VALUE")
+    value = value.strip()
+    try:
+        gin.config.parse_value(value)
+    except Exception:  # not a gin literal: treat as a string
+        value = repr(value)
+    return f"{key.strip()} = {value}"
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Splits argv into gin files, gin bindings and search paths."""
+    files, bindings, paths = [], [], [os.getcwd()]
+    it = iter(argv)
+    for arg in it:
+        if arg.startswith("--gin_file"):
+            files.append(arg.split("=", 1)[1] if "=" in arg else next(it))
+        elif arg.startswith("--gin_search_paths"):
+            value = arg.split("=", 1)[1] if "=" in arg else next(it)
+            paths.extend(value.split(","))
+        elif arg.startswith("--gin."):
+            bindings.append(_binding(arg[len("--gin."):]))
+        elif arg.startswith("--gin_bindings"):
+            bindings.append(arg.split("=", 1)[1] if "=" in arg else next(it))
+        else:
+            raise ValueError(f"unknown flag {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
+                             "--gin_bindings or --gin_search_paths")
+    return files, bindings, paths
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
+    """Parses gin files and bindings; errors name the file or binding at fault."""
+    repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "gin_configs")
+    for path in [*search_paths, repo_configs, os.path.dirname(repo_configs)]:
+        gin.add_config_file_search_path(path)
+    roots = ["", *search_paths, repo_configs, os.path.dirname(repo_configs)]
+    for f in files:
+        if not any(os.path.exists(os.path.join(r, f)) for r in roots):
+            raise FileNotFoundError(f"gin file {f!r} not found (searched the working directory, "
+                                    f"{', '.join(search_paths) or '-'} and {repo_configs})")
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False,
+                                        skip_unknown=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--multihost" in argv:  # Cloud TPU pods: one process per host
+        argv.remove("--multihost")
+        jax.distributed.initialize()
+    files, bindings, paths = parse_flags(argv)
+    try:
+        parse_gin(files, bindings, paths)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"toxjax train: configuration error: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = train()
+    except NonFiniteLossError as e:
+        print(f"toxjax train: {e}", file=sys.stderr)
+        return 3
+    except ckpt_lib.CheckpointMismatchError as e:
+        print(f"toxjax train: {e}", file=sys.stderr)
+        return 4
+    if result.losses:
+        print(f"done: step {result.final_step}, last loss {result.losses[-1]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
