@@ -64,7 +64,7 @@ class ModelLM:
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
         self.seed = seed
-        eos = vocabulary.eos_id
+        self.eos_id = eos = vocabulary.eos_id
         self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
         if self.sampling.max_new_tokens >= max_len:
             raise ValueError(f"max_new_tokens {self.sampling.max_new_tokens} must be below "
@@ -103,8 +103,8 @@ class ModelLM:
             seeds_b += [seeds_b[-1]] * (self.batch_size - n)
             length = min(_bucket(max(map(len, ids)), self.length_multiple), room)
             tokens, mask = decode.left_pad(ids, length=length)
-            base = jax.random.key(self.seed)
-            keys = jax.vmap(lambda s: jax.random.fold_in(base, s))(jnp.asarray(seeds_b))
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(self.seed),
+                                                          jnp.asarray(seeds_b))
             res = self.sampler(self.params, tokens, mask, keys)
             toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
             for i in range(n):
