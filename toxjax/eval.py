@@ -1,0 +1,137 @@
+"""`toxjax eval {toxicity,utility,bias}`: evaluate a checkpoint, one command per claim.
+
+    toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl \
+        --scorer detoxify-original --condition inst
+    toxjax eval utility --model_dir runs/inst --lambada lambada_test.jsonl --piqa valid.jsonl
+    toxjax eval bias --model_dir runs/inst --sbf SBIC.v2.agg.dev.csv
+
+Results go to `--output_dir` (default `<model_dir>/eval/<command>[-<condition>]`) as
+`metrics.json`, which `toxjax report` gathers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+CONDITIONS = ("none", "baseline", "filter", "meda", "inst", "ctrl")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toxjax eval", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model_dir", required=True, help="a `toxjax train` run directory")
+    common.add_argument("--step", type=int, help="checkpoint step (default: newest)")
+    common.add_argument("--output_dir", help="default: <model_dir>/eval/<command>")
+    common.add_argument("--batch_size", type=int, default=8)
+    common.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("toxicity", parents=[common], help="RealToxicityPrompts EMT / TP")
+    t.add_argument("--prompts", required=True, help="RealToxicityPrompts jsonl")
+    t.add_argument("--scorer", default="detoxify-original", help="toxjax.toxicity scorer name")
+    t.add_argument("--condition", default="none", choices=CONDITIONS,
+                   help="conditioning string before each prompt (non-toxic variant)")
+    t.add_argument("--limit", type=int, help="first N prompts only")
+    t.add_argument("--num_decodes", type=int, default=25)
+    t.add_argument("--max_new_tokens", type=int, default=20)
+    t.add_argument("--top_p", type=float, default=0.9)
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--top_k", type=int, default=0)
+    t.add_argument("--data_parallel", action="store_true",
+                   help="shard sampling batches over all devices (batch_size must divide)")
+
+    u = sub.add_parser("utility", parents=[common], help="zero-shot tasks and perplexity")
+    from toxjax.evaluation.utility import TASKS
+
+    for task in (*TASKS, "perplexity"):
+        u.add_argument(f"--{task}", help=f"path to the {task} file")
+
+    b = sub.add_parser("bias", parents=[common], help="Social Bias Frames AUC")
+    b.add_argument("--sbf", required=True, help="SBF csv/jsonl to classify")
+    b.add_argument("--exemplars", help="SBF file to draw few-shot exemplars from")
+    b.add_argument("--num_shots", type=int, default=4)
+    b.add_argument("--limit", type=int, help="at most N posts per task")
+    return parser
+
+
+def _model_lm(args, sampling_kw=None, mesh=None):
+    """Loads the checkpoint; sampling stops a continuation at the vocabulary's EOS."""
+    from toxjax.checkpoint import load_for_inference
+    from toxjax.decode import SamplingConfig
+    from toxjax.evaluation.lm import ModelLM
+    from toxjax.model import CACHE_BATCH_AXIS
+
+    bundle = load_for_inference(args.model_dir, step=args.step)
+    sampling = SamplingConfig(eos_id=bundle.vocabulary.eos_id, **(sampling_kw or {}))
+    return bundle, ModelLM(bundle.model, bundle.params, bundle.vocabulary,
+                           max_len=bundle.config.max_len, sampling=sampling,
+                           cache_batch_axis=CACHE_BATCH_AXIS, mesh=mesh, seed=args.seed,
+                           batch_size=args.batch_size)
+
+
+def _write(result: dict, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+    print(json.dumps(result["metrics"], indent=2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    suffix = f"-{args.condition}" if args.command == "toxicity" else ""
+    output_dir = args.output_dir or os.path.join(args.model_dir, "eval", args.command + suffix)
+
+    if args.command == "toxicity":
+        from toxjax.evaluation import toxicity
+        from toxjax.toxicity import get_scorer
+
+        prompts = toxicity.load_prompts(args.prompts, limit=args.limit)  # fail fast on bad input
+        prefix = ""
+        if args.condition not in ("none", "baseline", "filter"):
+            from toxjax.preprocessors import conditioning_prefix
+
+            prefix = conditioning_prefix(args.condition, toxic=False)
+        mesh = None
+        if args.data_parallel:
+            from toxjax.sharding import make_mesh
+
+            mesh = make_mesh()
+        sampling_kw = {"num_decodes": args.num_decodes, "max_new_tokens": args.max_new_tokens,
+                       "temperature": args.temperature, "top_p": args.top_p,
+                       "top_k": args.top_k}
+        bundle, lm = _model_lm(args, sampling_kw, mesh)
+        toxicity.evaluate_toxicity(
+            lm, get_scorer(args.scorer), prompts, output_dir, prefix=prefix,
+            batch_size=args.batch_size,
+            config={"model_dir": args.model_dir, "step": bundle.step,
+                    "condition": args.condition, "prompts_file": args.prompts,
+                    "sampling": dataclasses.asdict(lm.sampling)})
+        print(open(os.path.join(output_dir, toxicity.TABLE_FILE)).read())
+        return 0
+
+    if args.command == "utility":
+        from toxjax.evaluation.utility import TASKS, evaluate_utility
+
+        paths = {t: getattr(args, t) for t in (*TASKS, "perplexity") if getattr(args, t)}
+        if not paths:
+            raise SystemExit("toxjax eval utility: give at least one task file, e.g. "
+                             "--lambada lambada_test.jsonl")
+        bundle, lm = _model_lm(args)
+        result = evaluate_utility(lm, paths, max_len=bundle.config.max_len)
+        result.update(model_dir=args.model_dir, step=bundle.step, files=paths)
+        _write(result, output_dir)
+        return 0
+
+    from toxjax.evaluation.bias import evaluate_bias
+
+    bundle, lm = _model_lm(args)
+    result = evaluate_bias(lm, args.sbf, args.exemplars, num_shots=args.num_shots,
+                           seed=args.seed, limit=args.limit)
+    result.update(model_dir=args.model_dir, step=bundle.step, file=args.sbf)
+    _write(result, output_dir)
+    return 0
+
