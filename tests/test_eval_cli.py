@@ -9,7 +9,8 @@ import pytest
 import seqio
 from flax.core import meta
 
-from toxjax import checkpoint, eval as eval_cli
+from toxjax import checkpoint
+from toxjax import eval as eval_cli
 from toxjax.evaluation import report
 
 
