@@ -98,6 +98,7 @@ class Attention(nn.Module):
         positions: Array,
         segment_ids: Array,
         cache: dict[str, Array] | None,
+        layer: Array | int,
         cache_index: Array | None,
         deterministic: bool,
     ) -> tuple[Array, dict[str, Array] | None]:
@@ -124,14 +125,20 @@ class Attention(nn.Module):
             mask = attention_mask(segment_ids, segment_ids, slots, slots)
             keys, values, new_cache = k, v, None
         else:
-            # Write the new tokens into slots [i, i + l); query j sits in slot i + j.
+            # `cache` holds every layer ([layers, b, slots, h, d]); this layer writes its
+            # new tokens into slots [i, i + l) in place (no copy of the stacked cache),
+            # and query j sits in slot i + j.
             idx = cache_index
-            keys = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
-                                                (0, idx, 0, 0))
-            values = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
-                                                  (0, idx, 0, 0))
-            valid = jax.lax.dynamic_update_slice(cache["valid"], segment_ids != 0, (0, idx))
-            new_cache = {"k": keys, "v": values, "valid": valid}
+            new_cache = {
+                "k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
+                                                  (layer, 0, idx, 0, 0)),
+                "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
+                                                  (layer, 0, idx, 0, 0)),
+                "valid": jax.lax.dynamic_update_slice(cache["valid"], (segment_ids != 0)[None],
+                                                      (layer, 0, idx)),
+            }
+            keys, values, valid = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, False)
+                                   for n in ("k", "v", "valid"))
             slots = jnp.arange(keys.shape[1])
             mask = attention_mask(jnp.ones_like(segment_ids), valid.astype(jnp.int32),
                                   idx + jnp.arange(length), slots)
@@ -172,17 +179,23 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block. Signature fits `nn.scan` (carry, scanned cache)."""
+    """Pre-LayerNorm transformer block.
+
+    Its signature fits `nn.scan`: the carry is `(x, cache)` (the cache of every layer,
+    updated in place at index `layer`), the scanned input is the layer index.
+    """
 
     cfg: BlockConfig
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache, cache_index):
+    def __call__(self, carry, positions, segment_ids, layer, cache_index):
+        x, cache = carry
         cfg = self.cfg
         norm = lambda name: LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
-        y, new_cache = Attention(cfg, name="attention")(
-            norm("ln_attention")(x), positions, segment_ids, cache, cache_index, self.deterministic)
+        y, cache = Attention(cfg, name="attention")(
+            norm("ln_attention")(x), positions, segment_ids, cache, layer, cache_index,
+            self.deterministic)
         if cfg.dropout_rate > 0 and not self.deterministic:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
         x = x + y
@@ -190,4 +203,4 @@ class Block(nn.Module):
         if cfg.dropout_rate > 0 and not self.deterministic:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
         x = sh.constrain(x + y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
-        return x, new_cache
+        return (x, cache), None

@@ -192,15 +192,12 @@ class DecoderLM(nn.Module):
             cache_index = jnp.asarray(cache_index, jnp.int32)
 
         if cfg.scan_layers:
-            x, new_cache = self.blocks(x, positions, segment_ids, cache, cache_index)
+            (x, new_cache), _ = self.blocks((x, cache), positions, segment_ids,
+                                            jnp.arange(cfg.num_layers), cache_index)
         else:
-            layer_caches = []
+            new_cache = cache
             for i, blk in enumerate(self.blocks):
-                layer_cache = None if cache is None else jax.tree.map(lambda c, i=i: c[i], cache)
-                x, layer_cache = blk(x, positions, segment_ids, layer_cache, cache_index)
-                layer_caches.append(layer_cache)
-            new_cache = None if cache is None else jax.tree.map(
-                lambda *cs: jnp.stack(cs), *layer_caches)
+                (x, new_cache), _ = blk((x, new_cache), positions, segment_ids, i, cache_index)
 
         x = self.final_norm(x)
         if cfg.tied_embeddings:

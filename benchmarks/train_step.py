@@ -1,0 +1,125 @@
+"""Training-step throughput: toxjax DecoderLM vs Hugging Face FlaxGPT2LMHeadModel.
+
+Same shape for both (4 layers, 4 heads, width 256, vocab 8192, sequence 256, batch 8,
+fp32, dropout off, tied embeddings, learned positions), same loss (next-token
+cross-entropy) and optimizer (optax.adamw(3e-4)), each a `jax.jit` of value_and_grad +
+update. Also measures the machine's peak fp32 matmul FLOP/s in the same run.
+
+    python benchmarks/train_step.py [--steps 10] [--repeats 3]
+
+FLOPs per token for MFU: 6N + 12 * L * H * Q * T with N = non-embedding parameters plus
+the (tied) output projection, no causal halving of the attention term.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax import linen as nn  # noqa: E402
+
+from toxjax import losses  # noqa: E402
+from toxjax.model import DecoderLM, ModelConfig  # noqa: E402
+from toxjax.train import measure_peak_flops  # noqa: E402
+
+LAYERS, HEADS, WIDTH, VOCAB, SEQ, BATCH = 4, 4, 256, 8192, 256, 8
+
+
+def _time_steps(step, state, batch, n):
+    state = step(state, batch)  # compile + warm-up
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        state = step(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ours_step():
+    cfg = ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, embed_dim=WIDTH,
+                      max_len=SEQ)
+    model = DecoderLM(cfg)
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"])
+    tx = optax.adamw(3e-4)
+
+    def loss_fn(p, ids):
+        logits = model.apply({"params": p}, ids[:, :-1])
+        loss_sum, n = losses.cross_entropy(logits, ids[:, 1:], jnp.ones_like(ids[:, 1:]))
+        return loss_sum / n
+
+    @jax.jit
+    def step(state, ids):
+        p, o = state
+        _, g = jax.value_and_grad(loss_fn)(p, ids)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    return cfg, step, (params, tx.init(params))
+
+
+def peer_step():
+    from transformers import FlaxGPT2LMHeadModel, GPT2Config
+
+    cfg = GPT2Config(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB,
+                     n_positions=SEQ, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    model = FlaxGPT2LMHeadModel(cfg, seed=0, dtype=jnp.float32)
+    tx = optax.adamw(3e-4)
+
+    def loss_fn(p, ids):
+        logits = model(ids, params=p, train=False).logits[:, :-1]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, ids[:, 1:]).mean()
+
+    @jax.jit
+    def step(state, ids):
+        p, o = state
+        _, g = jax.value_and_grad(loss_fn)(p, ids)
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    return step, (model.params, tx.init(model.params))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    # Both models see sequences of SEQ tokens, predicting SEQ - 1 of them.
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (BATCH, SEQ)), jnp.int32)
+    cfg, ours, ours_state = ours_step()
+    peer, peer_state = peer_step()
+    tokens = BATCH * (SEQ - 1)
+    flops_per_step = cfg.train_flops_per_token(SEQ - 1) * tokens
+
+    peaks, ours_t, peer_t = [], [], []
+    for r in range(args.repeats):  # interleave so drift hits both alike
+        peaks.append(measure_peak_flops())
+        ours_t.append(_time_steps(ours, ours_state, ids, args.steps))
+        peer_t.append(_time_steps(peer, peer_state, ids, args.steps))
+        print(f"repeat {r}: ours {ours_t[-1] * 1e3:.1f} ms/step, peer {peer_t[-1] * 1e3:.1f} "
+              f"ms/step, peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
+    peak = max(peaks)
+    ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
+    ours_tok, peer_tok = tokens / ours_s, tokens / peer_s
+    print(f"machine: {os.cpu_count()} cores, {jax.devices()[0].device_kind}, "
+          f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(f"{'':10}{'tokens/s':>12}{'ms/step':>10}{'frac peak':>11}")
+    for name, tok, s in (("toxjax", ours_tok, ours_s), ("hf-flax", peer_tok, peer_s)):
+        print(f"{name:10}{tok:12.0f}{s * 1e3:10.1f}{flops_per_step / s / peak:11.1%}")
+    print(f"RESULT ours_tok_s={ours_tok:.0f} peer_tok_s={peer_tok:.0f} "
+          f"ratio={ours_tok / peer_tok:.2f} frac_peak={flops_per_step / ours_s / peak:.3f}")
+
+
+if __name__ == "__main__":
+    main()
