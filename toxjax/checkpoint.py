@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -180,8 +181,12 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
 
     abstract = nn.unbox(abstract)
     check_params_match(_flatten(abstract), _flatten(tree["params"]), f"{model_dir} (step {step})")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": abstract}, partial_restore=True)))
+    with warnings.catch_warnings():
+        # Orbax warns that it reads shardings from the checkpoint: intended here, the
+        # parameters are loaded onto this process's default device for inference.
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item={"params": abstract}, partial_restore=True)))
     manager.close()
     return InferenceBundle(model=model, params=restored["state"]["params"],
                            vocabulary=vocab_from_spec(info["vocabulary"]), config=config,
