@@ -132,11 +132,12 @@ def main() -> None:
         rates[name] = n / sec
         print(f"{name:>13}: {rates[name]:7.1f} texts/s  (median of {reps}, warm-up {warm:.1f}s)")
 
-    # Same scores from all three (texts under 512 tokens agree; longer ones we window).
-    ref = peer.predict(texts)["toxicity"]
-    short = [i for i, t in enumerate(tok) if len(t) <= 512]
-    tt = [r.toxicity for r in ours_torch.score(texts)]
-    jj = [r.toxicity for r in ours_jax.score(texts)]
+    # Same scores from all three, checked on a few texts (the tests check parity fully).
+    few = texts[:16]
+    ref = peer.predict(few)["toxicity"]
+    short = [i for i in range(len(few)) if len(tok[i]) <= 512]
+    tt = [r.toxicity for r in ours_torch.score(few)]
+    jj = [r.toxicity for r in ours_jax.score(few)]
     print(
         f"max |ours_torch - detoxify| {max(abs(tt[i] - ref[i]) for i in short):.2e}, "
         f"max |jax - torch| {max(abs(a - b) for a, b in zip(jj, tt, strict=True)):.2e}"
