@@ -360,11 +360,46 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
                                         skip_unknown=False)
 
 
+_DISTRIBUTED_FLAGS = {"coordinator_address": str, "num_processes": int, "process_id": int}
+
+
+def init_distributed(argv: Sequence[str]) -> list[str]:
+    """Handles `--multihost`: calls `jax.distributed.initialize`, one process per host.
+
+    On Cloud TPU the coordinator and process ids are discovered; elsewhere (several
+    processes on one machine, GPU clusters) pass `--coordinator_address=HOST:PORT`,
+    `--num_processes=N` and `--process_id=I`.
+
+    Returns:
+      `argv` without these flags.
+    """
+    rest, kwargs, multihost = [], {}, False
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if arg == "--multihost":
+            multihost = True
+        elif name.startswith("--") and name[2:] in _DISTRIBUTED_FLAGS:
+            try:
+                kwargs[name[2:]] = _DISTRIBUTED_FLAGS[name[2:]](value)
+            except ValueError:
+                raise ValueError(f"{arg!r}: expected {name}=<{_DISTRIBUTED_FLAGS[name[2:]].__name__}>"
+                                 ) from None
+        else:
+            rest.append(arg)
+    if kwargs and not multihost:
+        raise ValueError(f"--{', --'.join(kwargs)} only make sense with --multihost")
+    if multihost:
+        jax.distributed.initialize(**kwargs)
+    return rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--multihost" in argv:  # Cloud TPU pods: one process per host
-        argv.remove("--multihost")
-        jax.distributed.initialize()
+    try:
+        argv = init_distributed(argv)
+    except ValueError as e:
+        print(f"toxjax train: {e}", file=sys.stderr)
+        return 2
     files, bindings, paths = parse_flags(argv)
     try:
         parse_gin(files, bindings, paths)
