@@ -1,0 +1,312 @@
+"""Ahead-of-time compile check: will this training config fit on that TPU slice?
+
+    toxjax compile-check --gin_file=experiments/inst_1_3b.gin --topology=v4-32
+
+Lowers and compiles the real train step (same model, optimizer, mesh, shardings and
+batch as `toxjax train` would use) against compile-only TPU devices from libtpu
+(`jax.experimental.topologies`), on any machine and without TPU hardware. Nothing is
+allocated: the state and batch are abstract. Prints XLA's per-device memory analysis
+and exits 1 when the step needs more than the chip's HBM, so a config that will not fit
+fails before anyone rents a pod.
+
+Needs libtpu: `pip install 'toxjax[tpu]'` (it is `jax[tpu]`). `--topology` takes a Cloud
+TPU accelerator type (`v4-32`, `v5p-128`, `v5litepod-16` / `v5e-16`, `v6e-64`) or a
+libtpu topology name (`v4:2x2x4`). The REQUIRED run macros (MODEL_DIR, TASK, ...) need
+not be bound: the check never reads them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import importlib.util
+import inspect
+import math
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import gin
+
+GIB = 1024**3
+
+# Per generation: HBM per JAX device (a megacore chip on v4 / v5p), whether the
+# accelerator-type number counts TensorCores (2 per chip) or chips, and the torus rank.
+_GENERATIONS = {
+    #        libtpu name, HBM GiB, cores/chip in the type's number, dims, chip config
+    "v4": ("v4", 32, 2, 3, "megacore"),
+    "v5p": ("v5p", 95, 2, 3, "megacore"),
+    "v5e": ("v5e", 16, 1, 2, "default"),
+    "v5litepod": ("v5e", 16, 1, 2, "default"),
+    "v6e": ("v6e", 32, 1, 2, "default"),
+}
+
+
+class DoesNotFitError(RuntimeError):
+    """XLA refused to compile the step: it needs more memory than the chip's HBM."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A TPU slice: `name` is libtpu's topology name (e.g. "v4:2x2x4")."""
+
+    accelerator: str
+    name: str
+    chip_config: str
+    num_devices: int
+    hbm_bytes: int
+
+
+def _torus_shape(chips: int, rank: int) -> list[int]:
+    """Cloud TPU's slice shapes: 4 chips = 2x2(x1), then double the last smallest dim
+    (v4-32 = 16 chips = 2x2x4, 64 chips = 4x4x4; v5e-32 = 4x8)."""
+    if chips < 1 or chips & (chips - 1):
+        raise ValueError(f"{chips} chips: TPU slices have a power-of-two chip count")
+    dims = [1] * rank
+    while math.prod(dims) < chips:
+        smallest = min(dims)
+        i = max(j for j, d in enumerate(dims) if d == smallest)
+        if rank == 3 and math.prod(dims) < 4:  # the 4-chip host is 2x2x1
+            i = dims.index(1)
+        dims[i] *= 2
+    return dims
+
+
+def parse_topology(text: str) -> Topology:
+    """`v4-32`, `v5p-128`, `v5litepod-16`, `v5e-16`, `v6e-64` or `v4:2x2x4` -> Topology."""
+    m = re.fullmatch(r"(v\d+[a-z]*)([-:])([\dx]+)", text.strip())
+    if not m or m.group(1) not in _GENERATIONS:
+        raise ValueError(f"--topology={text!r}: expected an accelerator type such as v4-32, "
+                         f"v5p-128, v5litepod-16, v6e-64 or a topology such as v4:2x2x4 "
+                         f"(generations: {', '.join(_GENERATIONS)})")
+    gen, sep, size = m.groups()
+    lib_name, hbm_gib, per_chip, rank, chip_config = _GENERATIONS[gen]
+    if sep == ":":
+        dims = [int(d) for d in size.split("x")]
+        if len(dims) != rank:
+            raise ValueError(f"--topology={text!r}: {gen} slices have {rank} dimensions")
+    else:
+        if not size.isdigit() or int(size) % per_chip:
+            raise ValueError(f"--topology={text!r}: the number after {gen}- counts "
+                             f"{'TensorCores (2 per chip)' if per_chip == 2 else 'chips'}")
+        dims = _torus_shape(int(size) // per_chip, rank)
+    return Topology(accelerator=text, name=f"{lib_name}:{'x'.join(map(str, dims))}",
+                    chip_config=chip_config, num_devices=math.prod(dims),
+                    hbm_bytes=hbm_gib * GIB)
+
+
+def libtpu_available() -> bool:
+    return bool(os.environ.get("TPU_LIBRARY_PATH")) or \
+        importlib.util.find_spec("libtpu") is not None
+
+
+def tpu_devices(topology: Topology) -> list:
+    """Compile-only TPU devices of the slice (needs libtpu, not TPU hardware)."""
+    if not libtpu_available():
+        raise RuntimeError("compile-check needs libtpu to compile for TPU: install it with "
+                           "`pip install 'toxjax[tpu]'` (jax[tpu], same jax version)")
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(
+        platform="tpu", topology_name=topology.name,
+        chip_config_name=topology.chip_config).devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Per-device bytes from `compiled.memory_analysis()`.
+
+    `peak_bytes` = arguments + outputs - aliased (the donated state is reused for the
+    new state) + temporaries + code: what the step holds at once.
+    """
+
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    code_bytes: int
+    hbm_bytes: int
+
+    @property
+    def peak_bytes(self) -> int:
+        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+                + self.code_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.hbm_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    topology: Topology
+    memory: MemoryReport
+    params: int
+    mesh: dict
+    batch_size: int
+    seq_len: int
+
+
+def _train_args() -> dict:
+    """The arguments gin would pass to `toxjax.train.train`, without evaluating the ones
+    the check does not need (MODEL_DIR, the task: they may be REQUIRED and unbound)."""
+    from toxjax import train as train_lib
+
+    defaults = {k: p.default for k, p in inspect.signature(train_lib.train).parameters.items()}
+    raw = gin.get_bindings("train", resolve_references=False)
+    wanted = ("model_config", "optimizer", "num_steps", "batch_size", "mesh_shape",
+              "grad_accum_steps", "seed", "module_imports")
+    # deepcopy evaluates gin references and macros (gin's own resolution).
+    return {k: copy.deepcopy(raw[k]) if k in raw else defaults[k] for k in wanted}
+
+
+def _sequence_length() -> int:
+    raw = gin.get_bindings("DataConfig", resolve_references=False)
+    from toxjax.data import DataConfig
+
+    return int(copy.deepcopy(raw["sequence_length"]) if "sequence_length" in raw
+               else DataConfig().sequence_length)
+
+
+def _resolve_vocab(model_config, module_imports):
+    """Paper configs name the vocabulary size; `None` needs the task's vocabulary."""
+    if model_config.vocab_size is not None:
+        return model_config
+    import seqio
+
+    from toxjax import train as train_lib
+
+    train_lib._import_modules(module_imports)
+    task = copy.deepcopy(gin.get_bindings("DataConfig", resolve_references=False).get(
+        "mixture_or_task_name", ""))
+    if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+        raise ValueError(f"ModelConfig.vocab_size is None and task {task!r} is not registered "
+                         "here; bind ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size"
+                         "=50304) for the check")
+    vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+    return train_lib.resolve_vocab_size(model_config, vocab)
+
+
+def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
+    """Compiles the gin-configured train step for `topology` (gin must be parsed)."""
+    import jax
+    import jax.numpy as jnp
+
+    from toxjax import sharding as sh
+    from toxjax import steps
+    from toxjax.data import FEATURES
+    from toxjax.model import DecoderLM
+    from toxjax.optim import make_optimizer, make_schedule
+    from toxjax.train_state import abstract_state
+
+    args = _train_args()
+    seq_len = _sequence_length()
+    model_config = _resolve_vocab(args["model_config"], args["module_imports"])
+    batch_size, accum = args["batch_size"], args["grad_accum_steps"]
+    if batch_size % accum:
+        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps {accum}")
+    devices = tpu_devices(topology) if devices is None else list(devices)
+    mesh = sh.make_mesh(args["mesh_shape"], devices=devices)
+    if batch_size % (mesh.shape[sh.DATA] * mesh.shape[sh.FSDP] * accum):
+        raise ValueError(f"batch_size {batch_size} must divide over the data x fsdp axes "
+                         f"({mesh.shape[sh.DATA]} x {mesh.shape[sh.FSDP]}) and "
+                         f"{accum} microbatches")
+    model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
+    tx = make_optimizer(args["optimizer"], args["num_steps"])
+    state, state_shardings = abstract_state(model, tx, seq_len, mesh)
+    batch_sharding = sh.batch_sharding(mesh, 2)
+    batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=batch_sharding)
+             for k in FEATURES}
+    step_fn = functools.partial(steps.train_step, model=model, tx=tx,
+                                schedule=make_schedule(args["optimizer"], args["num_steps"]),
+                                grad_accum_steps=accum, dropout_seed=args["seed"])
+    with mesh:
+        lowered = steps.jit_train_step(step_fn, state_shardings, batch_sharding).lower(
+            state, batch)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        raise DoesNotFitError(
+            f"the train step does not fit on {topology.accelerator} ({topology.name}): "
+            f"{str(e).splitlines()[0]}\n{_HOW_TO_FIT}") from None
+    m = compiled.memory_analysis()
+    memory = MemoryReport(m.argument_size_in_bytes, m.output_size_in_bytes,
+                          m.alias_size_in_bytes, m.temp_size_in_bytes,
+                          m.generated_code_size_in_bytes, topology.hbm_bytes)
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
+    return CheckResult(topology, memory, params, dict(mesh.shape), batch_size, seq_len)
+
+
+_HOW_TO_FIT = ("To fit: shard more (gin_configs/mesh/fsdp.gin or fsdp_tensor4.gin), "
+               "rematerialise (ModelConfig.remat = 'full'), cut the per-step activations "
+               "(train.grad_accum_steps = 2, 4, ...), or use a larger slice.")
+
+
+def format_report(r: CheckResult) -> str:
+    m, gib = r.memory, lambda b: f"{b / GIB:.2f} GiB"
+    lines = [
+        f"topology {r.topology.accelerator} ({r.topology.name}, {r.topology.num_devices} "
+        f"devices, {gib(r.topology.hbm_bytes)} HBM each); model {r.params / 1e9:.3f}B params; "
+        f"mesh {r.mesh}; batch {r.batch_size} x {r.seq_len}",
+        "per-device memory:",
+        f"  arguments    {gib(m.argument_bytes):>12}  (state + batch shard)",
+        f"  outputs      {gib(m.output_bytes):>12}",
+        f"  aliased      {gib(m.alias_bytes):>12}  (donated state, counted once)",
+        f"  temporaries  {gib(m.temp_bytes):>12}  (activations, gradients, optimizer update)",
+        f"  code         {gib(m.code_bytes):>12}",
+        f"  peak         {gib(m.peak_bytes):>12}  = {m.peak_bytes / m.hbm_bytes:.0%} of "
+        f"{gib(m.hbm_bytes)}: {'fits' if m.fits else 'DOES NOT FIT'}",
+    ]
+    if not m.fits:
+        lines.append(_HOW_TO_FIT)
+    lines.append(f"RESULT fits={int(m.fits)} peak_gib={m.peak_bytes / GIB:.3f} "
+                 f"hbm_gib={m.hbm_bytes / GIB:.1f} temp_gib={m.temp_bytes / GIB:.3f} "
+                 f"argument_gib={m.argument_bytes / GIB:.3f} devices={r.topology.num_devices}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`toxjax compile-check --topology=v4-32 [--hbm_gib=N] <toxjax train gin flags>`.
+
+    Returns 0 if the step fits, 1 if it does not, 2 on a usage or configuration error.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    topology_arg, hbm_gib, rest = None, None, []
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name == "--topology":
+            topology_arg = value
+        elif name == "--hbm_gib":
+            hbm_gib = float(value)
+        else:
+            rest.append(arg)
+    if not topology_arg:
+        print("toxjax compile-check: --topology=<v4-32|v5p-128|v5litepod-16|v6e-64|v4:2x2x4> "
+              "is required", file=sys.stderr)
+        return 2
+    from toxjax import train as train_lib
+
+    try:
+        topology = parse_topology(topology_arg)
+        if hbm_gib is not None:
+            topology = dataclasses.replace(topology, hbm_bytes=int(hbm_gib * GIB))
+        train_lib.parse_gin(*train_lib.parse_flags(rest))
+        result = check(topology)
+    except DoesNotFitError as e:
+        print(f"toxjax compile-check: DOES NOT FIT: {e}", file=sys.stderr)
+        print(f"RESULT fits=0 hbm_gib={topology.hbm_bytes / GIB:.1f} "
+              f"devices={topology.num_devices}")
+        return 1
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        print(f"toxjax compile-check: {e}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    return 0 if result.memory.fits else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
