@@ -35,3 +35,16 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
                                                work / "eval" / "inst" / "demo_result.json")}
     assert demo.main(["--quick", "--workdir", str(work)]) == 0
     assert {p: os.path.getmtime(p) for p in mtimes} == mtimes
+
+    # `toxjax eval` works on a real run directory (the demo's INST model).
+    from toxjax import eval as eval_cli
+
+    model_dir = str(work / "models" / "inst")
+    assert eval_cli.main(["toxicity", "--model_dir", model_dir, "--prompts",
+                          str(work / "prompts.jsonl"), "--scorer", "profanity-check",
+                          "--condition", "inst", "--num_decodes", "2", "--max_new_tokens", "4",
+                          "--limit", "3"]) == 0
+    metrics = json.loads((work / "models" / "inst" / "eval" / "toxicity-inst" /
+                          "metrics.json").read_text())
+    assert metrics["metrics"]["full"]["num_continuations"] == 6
+    assert metrics["prefix"].startswith("Instruction:")

@@ -114,6 +114,31 @@ class ModelConfig:
         return 6 * n + attn
 
 
+@jax.custom_vjp
+def tied_logits(x: Array, embedding: Array) -> Array:
+    """Output projection with the input embedding: `[b, l, e], [v, e] -> [b, l, v]`.
+
+    The custom backward computes the embedding gradient as `(x^T @ dlogits)^T`, so XLA
+    transposes `x` and the `[e, v]` result instead of the `[b*l, v]` logits gradient,
+    the largest tensor of the step.
+    """
+    return jnp.einsum("ble,ve->blv", x, embedding)
+
+
+def _tied_fwd(x, embedding):
+    return tied_logits(x, embedding), (x, embedding)
+
+
+def _tied_bwd(res, g):
+    x, embedding = res
+    dx = jnp.einsum("blv,ve->ble", g, embedding)
+    d_emb = jnp.einsum("ble,blv->ev", x, g).T
+    return dx.astype(x.dtype), d_emb.astype(embedding.dtype)
+
+
+tied_logits.defvjp(_tied_fwd, _tied_bwd)
+
+
 class DecoderLM(nn.Module):
     """Decoder-only LM. See docs/architecture.md for the training and decoding contract."""
 
@@ -201,7 +226,7 @@ class DecoderLM(nn.Module):
 
         x = self.final_norm(x)
         if cfg.tied_embeddings:
-            logits = jnp.einsum("ble,ve->blv", x, self.embedding.astype(dtype))
+            logits = tied_logits(x, self.embedding.astype(dtype))
         else:
             logits = jnp.dot(x, self.lm_head.astype(dtype))
         logits = sh.constrain(logits.astype(jnp.float32), (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
