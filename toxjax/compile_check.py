@@ -107,6 +107,10 @@ def tpu_devices(topology: Topology) -> list:
     if not libtpu_available():
         raise RuntimeError("compile-check needs libtpu to compile for TPU: install it with "
                            "`pip install 'toxjax[tpu]'` (jax[tpu], same jax version)")
+    # Compile-only: no device is opened, so do not take libtpu's one-process lock (a
+    # CPU jax process that loaded libtpu may hold it) nor ask for a TPU VM's metadata.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     from jax.experimental import topologies
 
     return list(topologies.get_topology_desc(
