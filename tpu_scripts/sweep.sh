@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Runs several experiments one after another on the slice, as one detached job on every
+# worker; each run logs to toxjax/logs/<run>.log. The sweep stops at the first failed
+# run; re-launching it skips finished runs (they resume at their last step) and resumes
+# the interrupted one.
+#   tpu_scripts/sweep.sh EXPERIMENT... [-- toxjax.train flags for every run]
+#   tpu_scripts/sweep.sh gin_configs/experiments/*_1_3b.gin
+# shellcheck source=common.sh
+source "$(dirname "$0")/common.sh"
+
+experiments=()
+while [[ $# -gt 0 && "$1" != -- ]]; do
+  experiments+=("$(experiment_path "$1")")
+  shift
+done
+[[ "${1:-}" == -- ]] && shift
+if [[ ${#experiments[@]} -eq 0 ]]; then
+  die "usage: $0 EXPERIMENT... [-- toxjax.train flags for every run]"
+fi
+
+# The runs go into a script on every worker (a here-document, so no extra quoting),
+# which runs detached from the ssh session.
+script="$REMOTE_LOGS/sweep-${SWEEP_NAME:-$(date +%Y%m%d-%H%M%S)}.sh"
+lines=""
+for gin_file in "${experiments[@]}"; do
+  run_name="$(basename "$gin_file" .gin)"
+  lines+="$(train_command "$gin_file" "$run_name" "$@") > $REMOTE_LOGS/$run_name.log 2>&1 || exit 1"$'\n'
+done
+on_workers "cd $REMOTE_DIR && mkdir -p $REMOTE_LOGS && cat > $script <<\EOF
+${lines}EOF
+nohup bash $script > ${script%.sh}.log 2>&1 < /dev/null &"
+echo "started a sweep of ${#experiments[@]} runs ($script); follow each with tpu_scripts/logs.sh RUN" >&2
