@@ -129,9 +129,9 @@ def test_two_processes_train_one_model(tmp_path, monkeypatch):
     reference = _two_host_reference(monkeypatch, tmp_path / "reference")
     np.testing.assert_allclose(hosts[0]["losses"], reference.losses, rtol=2e-5)
     # Process 0 alone writes the run files; the checkpoint is one, written together.
-    from toxjax import train as train_lib
+    from toxjax import run_logs
 
-    assert [m["step"] for m in train_lib.read_metrics(str(model_dir))] == [1, 2, 3, 4]
+    assert [m["step"] for m in run_logs.read_metrics(str(model_dir))] == [1, 2, 3, 4]
     assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == ["2", "4"]
 
 

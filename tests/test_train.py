@@ -14,6 +14,7 @@ import task_fixtures  # noqa: F401  (registers the test task)
 from train_helpers import TESTS_DIR, gin_train
 
 from toxjax import checkpoint as ckpt_lib
+from toxjax import run_logs
 from toxjax import train as train_lib
 
 
@@ -56,7 +57,7 @@ def test_restore_continues_exactly(tmp_path):
 
 
 def _metrics_losses(model_dir):
-    return [m["loss"] for m in train_lib.read_metrics(str(model_dir))]
+    return [m["loss"] for m in run_logs.read_metrics(str(model_dir))]
 
 
 def test_kill_9_mid_run_resumes_exactly(tmp_path):
@@ -120,3 +121,29 @@ def test_metrics_written_as_json_lines(tmp_path):
     recs = [json.loads(x) for x in lines]
     assert [r["step"] for r in recs] == [1, 2]
     assert all(r["tokens"] > 0 and r["grad_norm"] > 0 for r in recs)
+
+
+def test_run_logs_on_a_remote_style_dir(tmp_path):
+    """A URL MODEL_DIR: run files via tf.io.gfile, metrics mirrored locally and uploaded.
+
+    TensorFlow's `ram://` filesystem stands in for a bucket (not a local path). Orbax
+    reaches gs:// through etils.epath itself.
+    """
+    import tensorflow as tf
+
+    url = f"ram://{tmp_path.name}/run"
+    assert run_logs.resolve(url) == url
+    tf.io.gfile.makedirs(url)
+    run_logs.write_text(url + "/config.gin", "x = 1\n")
+    assert run_logs.read_text(url + "/config.gin") == "x = 1\n"
+    log = run_logs.MetricsLog(url)
+    assert log.path != log.remote_path  # a local mirror
+    log.append([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
+    log.sync()
+    log.append([{"step": 3, "loss": 1.0}])  # written after the last checkpoint, not synced
+    assert [m["step"] for m in run_logs.read_metrics(url)] == [1, 2]
+    resumed = run_logs.MetricsLog(url)  # a new process resuming from step 2
+    resumed.truncate_after(2)
+    resumed.append([{"step": 3, "loss": 0.9}])
+    resumed.sync()
+    assert [m["loss"] for m in run_logs.read_metrics(url)] == [2.0, 1.5, 0.9]

@@ -21,6 +21,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorflow as tf
+
+from toxjax import run_logs
 
 RUN_FILE = "run.json"  # model config + vocabulary, written by the trainer
 
@@ -65,7 +68,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, save_every: int = 1000, keep: int = 3,
                  async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = run_logs.resolve(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -105,13 +108,9 @@ class Checkpointer:
 
 def write_run_file(model_dir: str, model_config, vocab_spec: dict, extra: dict | None = None):
     """Records what inference needs to rebuild the model: config and vocabulary."""
-    os.makedirs(model_dir, exist_ok=True)
     payload = {"model_config": dataclasses.asdict(model_config), "vocabulary": vocab_spec,
                **(extra or {})}
-    tmp = os.path.join(model_dir, RUN_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, os.path.join(model_dir, RUN_FILE))
+    run_logs.write_text(os.path.join(model_dir, RUN_FILE), json.dumps(payload, indent=2))
 
 
 def vocab_spec(vocabulary) -> dict:
@@ -159,16 +158,16 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
     """Loads the newest (or given) checkpoint's parameters, model config and vocabulary."""
     from toxjax.model import DecoderLM, ModelConfig
 
+    model_dir = run_logs.resolve(model_dir)
     run_path = os.path.join(model_dir, RUN_FILE)
-    if not os.path.exists(run_path):
+    if not tf.io.gfile.exists(run_path):
         raise FileNotFoundError(f"{run_path} not found: {model_dir} is not a toxjax run "
                                 "directory (train with `toxjax train` first)")
-    with open(run_path) as f:
-        info = json.load(f)
+    info = json.loads(run_logs.read_text(run_path))
     config = ModelConfig(**info["model_config"])
     model = DecoderLM(config)
     manager = ocp.CheckpointManager(
-        os.path.abspath(model_dir),
+        model_dir,
         item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
     step = manager.latest_step() if step is None else step
     if step is None:

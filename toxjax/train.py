@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
 import os
 import sys
 import time
@@ -21,11 +20,11 @@ from collections.abc import Sequence
 
 import gin
 import jax
-import numpy as np
+import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
+from toxjax import run_logs, steps
 from toxjax import sharding as sh
-from toxjax import steps
 from toxjax.data import DataConfig, DataIterator
 from toxjax.model import DecoderLM, ModelConfig
 from toxjax.optim import OptimizerConfig, make_optimizer, make_schedule
@@ -74,33 +73,6 @@ class TrainResult:
     losses: list[float]
     final_step: int
     model_dir: str
-
-
-def _metrics_path(model_dir: str) -> str:
-    return os.path.join(model_dir, "metrics.jsonl")
-
-
-def _truncate_metrics(model_dir: str, last_step: int) -> None:
-    """On resume, drop metric lines written after the checkpoint we resume from."""
-    path = _metrics_path(model_dir)
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a kill; the step is re-run and re-logged
-            if rec["step"] <= last_step:
-                kept.append(line if line.endswith("\n") else line + "\n")
-    with open(path, "w") as f:
-        f.writelines(kept)
-
-
-def read_metrics(model_dir: str) -> list[dict]:
-    with open(_metrics_path(model_dir)) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _import_modules(modules: Sequence[str]) -> None:
@@ -170,7 +142,8 @@ def train(
     if batch_size % grad_accum_steps:
         raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps "
                          f"{grad_accum_steps}")
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir = run_logs.resolve(model_dir)
+    tf.io.gfile.makedirs(model_dir)
     import seqio
 
     vocab = seqio.get_mixture_or_task(data.mixture_or_task_name).output_features[
@@ -196,14 +169,17 @@ def train(
         abstract, state_shardings = abstract_state(model, tx, seq_len, mesh)
         state, data_state = ckpt.restore(latest, abstract)
         data_iter.restore(data_state)
-        _truncate_metrics(model_dir, latest)
     start = int(jax.device_get(state.step))
 
-    if jax.process_index() == 0:
+    lead = jax.process_index() == 0  # one process writes the run's files
+    metrics_log = run_logs.MetricsLog(model_dir) if lead else None
+    if lead:
+        if latest is not None:
+            metrics_log.truncate_after(latest)
         ckpt_lib.write_run_file(model_dir, model_config, ckpt_lib.vocab_spec(vocab),
                                 {"task": data.mixture_or_task_name, "sequence_length": seq_len})
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.operative_config_str() or gin.config_str())
+        run_logs.write_text(os.path.join(model_dir, "config.gin"),
+                            gin.operative_config_str() or gin.config_str())
 
     step_fn = functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
                                 grad_accum_steps=grad_accum_steps, dropout_seed=seed)
@@ -213,10 +189,10 @@ def train(
     flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
     peak = peak_flops_per_device() * jax.device_count()
     n_params = param_count(state.params)
-    writer = _SummaryWriter(model_dir) if jax.process_index() == 0 else None
+    writer = run_logs.SummaryWriter(model_dir) if lead else None
     end = num_steps if stop_after is None else min(num_steps, stop_after)
     bar = None
-    if progress and jax.process_index() == 0:
+    if progress and lead:
         from tqdm import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
@@ -235,7 +211,7 @@ def train(
         host = jax.device_get([m for _, m in pending])
         elapsed = time.perf_counter() - t_last
         rate = steps_since / elapsed if elapsed > 0 else float("nan")
-        lines = []
+        records = []
         for (s, _), m in zip(pending, host, strict=True):
             if int(m["nonfinite"]):
                 ckpt.wait()
@@ -249,13 +225,12 @@ def train(
                    "learning_rate": float(m["learning_rate"]), "tokens": float(m["tokens"])}
             result.steps.append(s)
             result.losses.append(rec["loss"])
-            lines.append(json.dumps(rec) + "\n")
-        last = json.loads(lines[-1])
+            records.append(rec)
+        last = dict(records[-1])
         last["tokens_per_s"] = rate * batch_size * seq_len
         last["mfu"] = rate * flops_per_step / peak
-        if jax.process_index() == 0:
-            with open(_metrics_path(model_dir), "a") as f:
-                f.writelines(lines)
+        if lead:
+            metrics_log.append(records)
             writer.write(step_now, last)
             if bar is not None:
                 bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['learning_rate']:.2e}",
@@ -277,7 +252,11 @@ def train(
                 flush(step)
             if save_now:
                 ckpt.save(step, state, data_iter.state(), force=True)
+                if lead:
+                    metrics_log.sync()
         flush(end)
+        if lead:
+            metrics_log.sync()
         result.final_step = int(jax.device_get(state.step))
     finally:
         ckpt.wait()
@@ -287,26 +266,6 @@ def train(
         if writer is not None:
             writer.close()
     return result
-
-
-class _SummaryWriter:
-    """TensorBoard scalars under MODEL_DIR/train (tf.summary: TF is already loaded)."""
-
-    def __init__(self, model_dir: str):
-        import tensorflow as tf
-
-        self._tf = tf
-        self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "train"))
-
-    def write(self, step: int, scalars: dict) -> None:
-        with self._writer.as_default():
-            for k, v in scalars.items():
-                if k != "step" and np.isfinite(v):
-                    self._tf.summary.scalar(k, v, step=step)
-        self._writer.flush()
-
-    def close(self) -> None:
-        self._writer.close()
 
 
 # ----------------------------------------------------------------------------- CLI
