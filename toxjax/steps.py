@@ -43,13 +43,16 @@ def train_step(
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
     dropout_seed: int = 0,
+    param_shardings: Any = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch, accumulated over microbatches.
 
     The loss is the mean over every loss-weighted token of the global batch, whatever
     the microbatch split (sums are accumulated, normalised once). A step whose loss or
     gradient is not finite leaves the state unchanged and reports `nonfinite=1`, so the
-    caller can stop without ever saving a poisoned state.
+    caller can stop without ever saving a poisoned state. With `param_shardings`, the
+    accumulated gradients are constrained to the parameters' shardings (else XLA may
+    keep the loop-carried sum replicated: a full copy of the parameters per device).
     """
     rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
     use_rng = getattr(model, "deterministic", True) is False
@@ -63,17 +66,27 @@ def train_step(
     if grad_accum_steps == 1:
         loss_sum, weight_sum, grads = grad_fn(state.params, batch, 0)
     else:
+        # Microbatch i takes rows i, i + A, i + 2A, ...: every device holding a block of
+        # the batch contributes to every microbatch, so none idles.
         micro = jax.tree.map(
-            lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
+            lambda x: x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps)
+                                + x.shape[1:]).swapaxes(0, 1),
             batch)
+
+        def shard_like_params(tree):
+            if param_shardings is None:
+                return tree
+            return jax.lax.with_sharding_constraint(tree, param_shardings)
 
         def body(carry, xs):
             i, mb = xs
             l_sum, w_sum, g = grad_fn(state.params, mb, i)
-            return jax.tree.map(jnp.add, carry, (l_sum, w_sum, g)), None
+            l_acc, w_acc, g_acc = carry
+            return (l_acc + l_sum, w_acc + w_sum,
+                    shard_like_params(jax.tree.map(jnp.add, g_acc, g))), None
 
         zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
-                 jax.tree.map(jnp.zeros_like, state.params))
+                 shard_like_params(jax.tree.map(jnp.zeros_like, state.params)))
         (loss_sum, weight_sum, grads), _ = jax.lax.scan(
             body, zeros, (jnp.arange(grad_accum_steps), micro))
 

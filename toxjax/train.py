@@ -182,7 +182,8 @@ def train(
                             gin.operative_config_str() or gin.config_str())
 
     step_fn = functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                                grad_accum_steps=grad_accum_steps, dropout_seed=seed)
+                                grad_accum_steps=grad_accum_steps, dropout_seed=seed,
+                                param_shardings=state_shardings.params)
     with mesh:
         p_step = steps.jit_train_step(step_fn, state_shardings, sh.batch_sharding(mesh, 2))
 
