@@ -91,11 +91,11 @@ class FakeGenerator:
     def __init__(self, crash_after=None):
         self.seen, self.crash_after = [], crash_after
 
-    def generate(self, texts, seeds):
+    def generate(self, texts, seeds, prefix_ids=()):
         if self.crash_after is not None and len(self.seen) >= self.crash_after:
             raise KeyboardInterrupt("killed")
         self.seen += list(seeds)
-        assert all(t.startswith("PFX ") for t in texts)
+        assert tuple(prefix_ids) == (7, 8)
         return [["fail" if s is None else str(s) for s in SCORES[i]] for i in seeds]
 
 
@@ -106,14 +106,14 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     out = str(tmp_path / "out")
     first = FakeGenerator(crash_after=2)
     with pytest.raises(KeyboardInterrupt):
-        tox.evaluate_toxicity(first, FakeScorer(), prompts, out, prefix="PFX ", batch_size=2,
+        tox.evaluate_toxicity(first, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8], batch_size=2,
                               progress=False)
     assert first.seen == [0, 1]
     # a torn last line from the kill is dropped and re-sampled
     with open(os.path.join(out, tox.GENERATIONS_FILE), "a") as f:
         f.write('{"index": 2, "prompt": "pro')
     second = FakeGenerator()
-    result = tox.evaluate_toxicity(second, FakeScorer(), prompts, out, prefix="PFX ",
+    result = tox.evaluate_toxicity(second, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8],
                                    batch_size=2, config={"model_dir": "m"}, progress=False)
     assert second.seen == [2, 3, 4]
     assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
@@ -128,7 +128,7 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     assert any(e.startswith("events.out.tfevents") for e in events)
     # a finished run resumes to the same metrics without sampling anything
     third = FakeGenerator()
-    again = tox.evaluate_toxicity(third, FakeScorer(), prompts, out, prefix="PFX ",
+    again = tox.evaluate_toxicity(third, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8],
                                   progress=False)
     assert third.seen == [] and again["metrics"] == result["metrics"]
 
@@ -163,10 +163,21 @@ def test_model_lm_generate_is_seeded_per_prompt(tiny_lm):
     assert b[0] == a[1]
 
 
+def test_model_lm_prefix_ids_go_between_bos_and_prompt(tiny_lm):
+    import dataclasses
+
+    greedy = ModelLM(tiny_lm.model, tiny_lm.params, tiny_lm.vocabulary, max_len=48,
+                     sampling=dataclasses.replace(tiny_lm.sampling, temperature=0.0),
+                     batch_size=2, length_multiple=8)
+    with_prefix = greedy.generate(["abc"], [0], prefix_ids=greedy.encode("xy"))
+    assert with_prefix == greedy.generate(["xyabc"], [0])  # bytes: ids concatenate
+    assert with_prefix != greedy.generate(["abc"], [0])
+
+
 def test_model_lm_loglikelihood_matches_manual_sum(tiny_lm):
     ctx, cont = "abc ", "de"
     (ll,) = tiny_lm.loglikelihood([(ctx, cont)])
-    ids = tiny_lm.encode("abc") + tiny_lm.encode(" de")
+    ids = [0] + tiny_lm.encode("abc") + tiny_lm.encode(" de")  # BOS 0, as in training
     logits = tiny_lm.model.apply({"params": tiny_lm.params}, jnp.asarray([ids[:-1]]))
     logp = np.asarray(jax.nn.log_softmax(logits[0]))
     want = sum(logp[i - 1, ids[i]] for i in range(len(ids) - 3, len(ids)))

@@ -16,7 +16,7 @@ from toxjax.evaluation.lm import LogLikelihood
 
 
 class FakeLM:
-    eos_id = 0
+    bos_id = 0
 
     def encode(self, text):
         return list(text.encode())
@@ -94,6 +94,18 @@ def test_lambada_and_perplexity(tmp_path):
     txt.write_text("abcd\n\nxyz\n")
     p = utility.perplexity(FakeLM(), str(txt), max_len=2)
     assert p == {"ppl": pytest.approx(2.0), "num_tokens": 7, "num_documents": 2}
+
+    class PrefixLM(FakeLM):  # a prefix token costs 5 nats: it must not be counted
+        def token_logprobs(self, sequences):
+            return [(np.array([-5.0 if t == 200 else -math.log(2) for t in s[1:]]), None)
+                    for s in sequences]
+
+    seen = []
+    lm = PrefixLM()
+    lm.token_logprobs = lambda seqs, f=lm.token_logprobs: seen.extend(seqs) or f(seqs)
+    p = utility.perplexity(lm, str(txt), max_len=2, prefix_ids=[200, 200, 200])
+    assert p == {"ppl": pytest.approx(2.0), "num_tokens": 7, "num_documents": 2}
+    assert seen[0] == [0, 200, 200] and seen[1] == [200, 200, ord("a")]
     out = utility.evaluate_utility(FakeLM(), {"lambada": lam}, max_len=8, progress=False)
     assert out["metrics"]["lambada"]["acc"] == 0.5 and "acc_norm" in out["conventions"]
     with pytest.raises(ValueError, match="unknown utility tasks"):

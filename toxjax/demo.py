@@ -191,8 +191,8 @@ def _sample_rate(gen_path: str) -> tuple[float, int]:
     return (toxic / n if n else float("nan")), n
 
 
-def stage_eval(name: str, model_dir: str, prefix: str, prompts_path: str, heldout: str,
-               work: str, cfg: DemoConfig, scorer) -> dict:
+def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_path: str,
+               heldout: str, work: str, cfg: DemoConfig, scorer) -> dict:
     from toxjax.checkpoint import load_for_inference
     from toxjax.decode import SamplingConfig
     from toxjax.evaluation import toxicity as tox_eval
@@ -205,7 +205,12 @@ def stage_eval(name: str, model_dir: str, prefix: str, prompts_path: str, heldou
     if os.path.exists(result_path):
         with open(result_path) as f:
             return json.load(f)
+    from toxjax.preprocessors import conditioning_prefix, conditioning_prefix_ids
+
     bundle = load_for_inference(model_dir)
+    conditioned = strategy in ("meda", "inst", "ctrl")
+    prefix = conditioning_prefix(strategy, toxic) if conditioned else ""
+    prefix_ids = conditioning_prefix_ids(strategy, bundle.vocabulary, toxic) if conditioned else []
     sampling = SamplingConfig(num_decodes=cfg.num_decodes, max_new_tokens=cfg.max_new_tokens,
                               top_p=0.9, temperature=1.0, top_k=0,
                               eos_id=bundle.vocabulary.eos_id)
@@ -214,11 +219,18 @@ def stage_eval(name: str, model_dir: str, prefix: str, prompts_path: str, heldou
     print(f"demo: sampling {name} (prefix {prefix!r})", flush=True)
     res = tox_eval.evaluate_toxicity(lm, scorer, tox_eval.load_prompts(prompts_path),
                                      os.path.join(out_dir, "toxicity"), prefix=prefix,
+                                     prefix_ids=prefix_ids,
                                      config={"model_dir": model_dir, "condition": name})
     rate, n = _sample_rate(os.path.join(out_dir, "toxicity", tox_eval.GENERATIONS_FILE))
     ppl = utility.perplexity(lm, heldout, bundle.config.max_len - 1)
+    # The same text read after the model's own prefix (its deployed condition; only the
+    # text is scored). A MEDA/INST model never saw a document start without a prefix,
+    # so the plain number charges it for that one first token of every document.
+    cond = (utility.perplexity(lm, heldout, bundle.config.max_len - 1, prefix_ids)
+            if prefix_ids else ppl)
     result = {"name": name, "prefix": prefix, "tox_rate": rate, "num_samples": n,
-              "metrics": res["metrics"], "ppl": ppl["ppl"], "ppl_tokens": ppl["num_tokens"]}
+              "metrics": res["metrics"], "ppl": ppl["ppl"], "ppl_tokens": ppl["num_tokens"],
+              "ppl_with_prefix": cond["ppl"]}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -227,15 +239,16 @@ def stage_eval(name: str, model_dir: str, prefix: str, prompts_path: str, heldou
 def _table(results: list[dict]) -> str:
     base = results[0]
     head = ("| model (condition) | toxic samples | TP full | TP toxic | TP non-toxic | "
-            "EMT full (std) | held-out ppl | Δppl vs baseline |")
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "EMT full (std) | held-out ppl | Δppl vs baseline | ppl after its prefix | Δ |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         m = r["metrics"]
         lines.append(
             f"| {r['name']} | {r['tox_rate']:.1%} | {m['full']['tp']:.3f} | "
             f"{m['toxic']['tp']:.3f} | {m['nontoxic']['tp']:.3f} | "
             f"{m['full']['emt']:.3f} ({m['full']['emt_std']:.3f}) | {r['ppl']:.2f} | "
-            f"{(r['ppl'] / base['ppl'] - 1):+.1%} |")
+            f"{(r['ppl'] / base['ppl'] - 1):+.1%} | {r['ppl_with_prefix']:.2f} | "
+            f"{(r['ppl_with_prefix'] / base['ppl'] - 1):+.1%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -276,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="Detoxify .ckpt for --scorer detoxify-*")
     p.add_argument("--config_dir", help="Detoxify local backbone config/tokenizer directory")
     p.add_argument("--steps", type=int, help="override the training steps per model")
+    p.add_argument("--batch_size", type=int, help="override the sequences per training step")
     return p
 
 
@@ -285,12 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
     if args.steps:
         cfg = dataclasses.replace(cfg, num_steps=args.steps)
+    if args.batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
     strategies = ["baseline", "meda", "inst"] + [s for s in args.extra.split(",") if s]
 
     from toxjax import registry
-    from toxjax.preprocessors import conditioning_prefix
     from toxjax.toxicity import get_scorer
 
     scorer_args = ["--scorer", args.scorer]
@@ -319,13 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model_dirs = {s: stage_train(s, task_of[s], work, cfg) for s in strategies}
     print("demo [5/7] eval + [6/7] utility", flush=True)
     prompts = stage_prompts(held_scored, work, cfg.num_prompts, scorer)
-    # (result name, model, prefix): each strategy under its non-toxic condition, and the
+    # (result name, model, toxic condition): each strategy under its non-toxic condition, and the
     # INST model under the toxic instruction (the control should work both ways).
-    conditions = [(s, s, conditioning_prefix(s) if s in ("meda", "inst", "ctrl") else "")
-                  for s in strategies]
-    conditions.append(("inst_toxic", "inst", conditioning_prefix("inst", toxic=True)))
-    results = [stage_eval(name, model_dirs[s], prefix, prompts, held_path, work, cfg, scorer)
-               for name, s, prefix in conditions]
+    conditions = [(s, s, False) for s in strategies] + [("inst_toxic", "inst", True)]
+    results = [stage_eval(name, model_dirs[s], s, toxic, prompts, held_path, work, cfg, scorer)
+               for name, s, toxic in conditions]
 
     print("demo [7/7] report", flush=True)
     table = _table(results)

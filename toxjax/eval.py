@@ -90,11 +90,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from toxjax.toxicity import get_scorer
 
         prompts = toxicity.load_prompts(args.prompts, limit=args.limit)  # fail fast on bad input
-        prefix = ""
-        if args.condition not in ("none", "baseline", "filter"):
-            from toxjax.preprocessors import conditioning_prefix
-
-            prefix = conditioning_prefix(args.condition, toxic=False)
         mesh = None
         if args.data_parallel:
             from toxjax.sharding import make_mesh
@@ -104,8 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "temperature": args.temperature, "top_p": args.top_p,
                        "top_k": args.top_k}
         bundle, lm = _model_lm(args, sampling_kw, mesh)
+        prefix, prefix_ids = "", []
+        if args.condition not in ("none", "baseline", "filter"):
+            from toxjax.preprocessors import conditioning_prefix, conditioning_prefix_ids
+
+            prefix = conditioning_prefix(args.condition, toxic=False)
+            prefix_ids = conditioning_prefix_ids(args.condition, bundle.vocabulary)
         toxicity.evaluate_toxicity(
             lm, get_scorer(args.scorer), prompts, output_dir, prefix=prefix,
+            prefix_ids=prefix_ids,
             batch_size=args.batch_size,
             config={"model_dir": args.model_dir, "step": bundle.step,
                     "condition": args.condition, "prompts_file": args.prompts,

@@ -312,11 +312,14 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     for path in [*search_paths, repo_configs, os.path.dirname(repo_configs)]:
         gin.add_config_file_search_path(path)
     roots = ["", *search_paths, repo_configs, os.path.dirname(repo_configs)]
+    resolved = []
     for f in files:
-        if not any(os.path.exists(os.path.join(r, f)) for r in roots):
+        found = [os.path.join(r, f) for r in roots if os.path.exists(os.path.join(r, f))]
+        if not found:
             raise FileNotFoundError(f"gin file {f!r} not found (searched the working directory, "
                                     f"{', '.join(search_paths) or '-'} and {repo_configs})")
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False,
+        resolved.append(found[0])  # gin itself would log an error for each miss first
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False,
                                         skip_unknown=False)
 
 

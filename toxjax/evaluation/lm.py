@@ -52,6 +52,10 @@ class ModelLM:
       cache_batch_axis: batch axis of the model's cache leaves.
       mesh: shard sampling batches over this mesh's batch axes.
       seed: base seed; prompt `i` samples with `fold_in(key(seed), i)`.
+      bos_id: the id every sequence starts with. Training saw it before each sample's
+        first token: seqio's `DecoderFeatureConverter` shifts targets right with 0 at
+        every segment start, so a model trained here predicts a document's first token
+        from 0, not from EOS and not from nothing.
       batch_size: prompts per sampling call / sequences per scoring call (batches are
         padded to it, so shapes and compilations stay fixed).
       length_multiple: prompt and scoring lengths are rounded up to this.
@@ -60,10 +64,10 @@ class ModelLM:
     def __init__(self, model: Any, params: Any, vocabulary: Any, max_len: int,
                  sampling: decode.SamplingConfig | None = None, cache_batch_axis: int = 1,
                  mesh: Mesh | None = None, seed: int = 0, batch_size: int = 8,
-                 length_multiple: int = 32):
+                 length_multiple: int = 32, bos_id: int = 0):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
-        self.seed = seed
+        self.seed, self.bos_id = seed, bos_id
         self.eos_id = eos = vocabulary.eos_id
         self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
         if self.sampling.max_new_tokens >= max_len:
@@ -86,22 +90,28 @@ class ModelLM:
         return [int(t) for t in self.vocabulary.encode(text)]
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, texts: Sequence[str], seeds: Sequence[int]) -> list[list[str]]:
+    def generate(self, texts: Sequence[str], seeds: Sequence[int],
+                 prefix_ids: Sequence[int] = ()) -> list[list[str]]:
         """`num_decodes` sampled continuations (decoded text) per prompt text.
 
-        Prompts longer than `max_len - max_new_tokens` keep their last tokens; an empty
-        prompt is conditioned on EOS (GPT-2's document separator).
+        Each prompt is `[bos_id] + prefix_ids + encode(text)`, the way a training sample
+        starts. Prompts longer than `max_len - max_new_tokens` keep BOS, the prefix and
+        the text's last tokens.
         """
-        room = self.max_len - self.sampling.max_new_tokens
-        eos = self.vocabulary.eos_id
+        prefix = [self.bos_id] + [int(t) for t in prefix_ids]
+        room = self.max_len - self.sampling.max_new_tokens - len(prefix)
+        if room < 1:
+            raise ValueError(f"a {len(prefix)}-token prefix leaves no room for the prompt "
+                             f"(max_len {self.max_len}, {self.sampling.max_new_tokens} new)")
         out: list[list[str]] = []
         for lo in range(0, len(texts), self.batch_size):
-            ids = [(self.encode(t) or [eos])[-room:] for t in texts[lo:lo + self.batch_size]]
+            ids = [prefix + self.encode(t)[-room:] for t in texts[lo:lo + self.batch_size]]
             seeds_b = list(seeds[lo:lo + self.batch_size])
             n = len(ids)
             ids += [ids[-1]] * (self.batch_size - n)  # fixed batch shape: no recompiles
             seeds_b += [seeds_b[-1]] * (self.batch_size - n)
-            length = min(_bucket(max(map(len, ids)), self.length_multiple), room)
+            length = min(_bucket(max(map(len, ids)), self.length_multiple),
+                         room + len(prefix))
             tokens, mask = decode.left_pad(ids, length=length)
             keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(self.seed),
                                                           jnp.asarray(seeds_b))
@@ -145,14 +155,14 @@ class ModelLM:
         """log p(continuation | context) for each `(context, continuation)` pair.
 
         Context and continuation are encoded separately (a trailing space of the context
-        moves to the continuation, the usual zero-shot convention), an empty context is
-        EOS, and over-long pairs keep their last `max_len + 1` tokens.
+        moves to the continuation, the usual zero-shot convention), the context starts
+        with `bos_id`, and over-long pairs keep their last `max_len + 1` tokens.
         """
         seqs, conts = [], []
         for context, continuation in pairs:
             stripped = context.rstrip(" ")
             continuation = context[len(stripped):] + continuation
-            ctx = self.encode(stripped) if stripped else [self.vocabulary.eos_id]
+            ctx = [self.bos_id] + (self.encode(stripped) if stripped else [])
             cont = self.encode(continuation)
             if not cont:
                 raise ValueError(f"empty continuation for context {context[:60]!r}")

@@ -144,13 +144,16 @@ def toxicity_metrics(scores: Sequence[Sequence[float | None]],
 
 
 class Generator(Protocol):
-    """Samples continuations: `generate(texts, seeds)` -> per text, its continuations.
+    """Samples continuations: `generate(texts, seeds, prefix_ids)` -> per text, its
+    continuations.
 
     `seeds[i]` (the prompt's index) must fix the samples of `texts[i]`, so a resumed run
-    draws what an uninterrupted one would have.
+    draws what an uninterrupted one would have. `prefix_ids` go before each text's own
+    ids, unmerged, exactly as the training pipeline puts a prefix before a sample.
     """
 
-    def generate(self, texts: Sequence[str], seeds: Sequence[int]) -> list[list[str]]: ...
+    def generate(self, texts: Sequence[str], seeds: Sequence[int],
+                 prefix_ids: Sequence[int] = ()) -> list[list[str]]: ...
 
 
 def read_generations(path: str) -> dict[int, dict]:
@@ -189,6 +192,7 @@ def evaluate_toxicity(
     prompts: Sequence[Prompt],
     output_dir: str,
     prefix: str = "",
+    prefix_ids: Sequence[int] = (),
     batch_size: int = 8,
     config: dict | None = None,
     progress: bool = True,
@@ -196,11 +200,16 @@ def evaluate_toxicity(
     """Runs the RealToxicityPrompts protocol, resumably.
 
     Args:
-      generator: samples continuations (`prefix + prompt.text` is what it sees).
+      generator: samples continuations (`prefix_ids + encode(prompt.text)` is what it
+        sees).
       scorer: scores each continuation alone.
       prompts: from `load_prompts`.
       output_dir: where generations, metrics, the table and summaries go.
-      prefix: the conditioning string (e.g. `conditioning_prefix("inst")`).
+      prefix: the conditioning string, as recorded in the outputs.
+      prefix_ids: its ids as the training data has them:
+        `conditioning_prefix_ids(strategy, vocabulary)`. Encoding `prefix + prompt` as
+        one string is not the same: SentencePiece drops the word-start marker of the
+        prompt's first word after the prefix's newline, a sequence training never had.
       batch_size: prompts per sampling call.
       config: extra run facts written into metrics.json (model dir, scorer, condition).
       progress: show a tqdm bar (prompts/s).
@@ -208,6 +217,9 @@ def evaluate_toxicity(
     Returns:
       The metrics dict written to `metrics.json`.
     """
+    if prefix and not prefix_ids:
+        raise ValueError(f"prefix {prefix!r} has no prefix_ids: pass "
+                         "conditioning_prefix_ids(...) so the model sees the training ids")
     os.makedirs(output_dir, exist_ok=True)
     gen_path = os.path.join(output_dir, GENERATIONS_FILE)
     done = read_generations(gen_path)
@@ -218,8 +230,8 @@ def evaluate_toxicity(
             desc="rtp", disable=not progress) as bar:
         for lo in range(0, len(todo), batch_size):
             batch = todo[lo:lo + batch_size]
-            continuations = generator.generate([prefix + p.text for p in batch],
-                                               [p.index for p in batch])
+            continuations = generator.generate([p.text for p in batch], [p.index for p in batch],
+                                               prefix_ids=tuple(prefix_ids))
             flat = [c for conts in continuations for c in conts]
             results = scorer.score(flat)
             if len(results) != len(flat):

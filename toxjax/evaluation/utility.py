@@ -46,7 +46,7 @@ CONVENTIONS = {
 class ScoringLM(Protocol):
     """What the utility and bias evals need from a model (see `ModelLM`)."""
 
-    eos_id: int
+    bos_id: int  # the id before a document's first token, as in training
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -170,26 +170,33 @@ def lambada(lm: ScoringLM, path: str) -> dict[str, float]:
             "ppl": math.exp(-total_lp / len(lls)), "num_items": len(lls)}
 
 
-def perplexity(lm: ScoringLM, path: str, max_len: int) -> dict[str, float]:
+def perplexity(lm: ScoringLM, path: str, max_len: int,
+               prefix_ids: Sequence[int] = ()) -> dict[str, float]:
     """Token perplexity of plain documents (`.txt` lines or jsonl `"text"`).
 
-    Each document starts after EOS and is cut into disjoint windows of `max_len`
-    predicted tokens (a window's first token is conditioned on the previous window's
-    last token only).
+    Each document starts after `lm.bos_id` (as every training sample does) and is cut
+    into disjoint windows of `max_len` predicted tokens (a window's first token is
+    conditioned on the previous window's last token only). With `prefix_ids` (a
+    conditioning prefix, e.g. the non-toxic instruction) each document reads as
+    `[bos] + prefix + text` and only the text's tokens are scored: the perplexity of
+    plain text under the condition a MEDA/INST model is used with.
     """
     if path.endswith(".jsonl"):
         docs = [_field(path, ln, r, "text") for ln, r in _read_jsonl(path)]
     else:
         with open(path, encoding="utf-8") as f:
             docs = [line.rstrip("\n") for line in f if line.strip()]
-    seqs = []
+    prefix = [int(t) for t in prefix_ids]
+    seqs, skips = [], []
     for doc in docs:
-        ids = [lm.eos_id] + lm.encode(doc)
-        seqs += [ids[i:i + max_len + 1] for i in range(0, len(ids) - 1, max_len)]
+        ids = [lm.bos_id, *prefix] + lm.encode(doc)
+        for i in range(0, len(ids) - 1, max_len):
+            seqs.append(ids[i:i + max_len + 1])
+            skips.append(max(0, len(prefix) - i))  # the prefix's own tokens are not text
     nll = count = 0.0
-    for lp, _ in lm.token_logprobs(seqs):
-        nll -= float(lp.sum())
-        count += len(lp)
+    for (lp, _), skip in zip(lm.token_logprobs(seqs), skips, strict=True):
+        nll -= float(lp[skip:].sum())
+        count += len(lp[skip:])
     return {"ppl": math.exp(nll / count), "num_tokens": int(count), "num_documents": len(docs)}
 
 

@@ -63,9 +63,10 @@ def conditioning_prefix_ids(
 ) -> list[int]:
     """The exact ids the training data puts before a sample of the given condition.
 
-    Eval code can build `prefix_ids + vocabulary.encode(prompt)`; it equals
-    `vocabulary.encode(conditioning_prefix(...) + prompt)` up to the tokenizer merging
-    across the boundary (the default templates end in a newline, which never merges).
+    Eval code builds `prefix_ids + vocabulary.encode(prompt)`, as the pipeline does for
+    a sample. `vocabulary.encode(conditioning_prefix(...) + prompt)` is not the same:
+    SentencePiece, for one, encodes the prompt's first word after the template's
+    newline without its word-start marker, a sequence the model never saw in training.
     """
     config = resolve(config, **template_config)
     prefix = conditioning_prefix(strategy, toxic, config)
