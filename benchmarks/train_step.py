@@ -45,9 +45,9 @@ def _time_steps(step, state, batch, n):
     return statistics.median(times)
 
 
-def ours_step():
+def ours_step(scan_layers: bool = True):
     cfg = ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, embed_dim=WIDTH,
-                      max_len=SEQ)
+                      max_len=SEQ, scan_layers=scan_layers)
     model = DecoderLM(cfg)
     params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"])
     tx = optax.adamw(3e-4)
@@ -93,11 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--scan_layers", type=int, default=1,
+                        help="1: nn.scan over layers (the default); 0: unrolled blocks")
     args = parser.parse_args()
 
     # Both models see sequences of SEQ tokens, predicting SEQ - 1 of them.
     ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (BATCH, SEQ)), jnp.int32)
-    cfg, ours, ours_state = ours_step()
+    cfg, ours, ours_state = ours_step(bool(args.scan_layers))
     peer, peer_state = peer_step()
     tokens = BATCH * (SEQ - 1)
     flops_per_step = cfg.train_flops_per_token(SEQ - 1) * tokens

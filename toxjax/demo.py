@@ -204,7 +204,9 @@ def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_pa
     result_path = os.path.join(out_dir, "demo_result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
-            return json.load(f)
+            done = json.load(f)
+        if "ppl_with_prefix" in done:  # written by an older toxjax: redo (samples resume)
+            return done
     from toxjax.preprocessors import conditioning_prefix, conditioning_prefix_ids
 
     bundle = load_for_inference(model_dir)
