@@ -189,6 +189,9 @@ def train(
 
     flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
     peak = peak_flops_per_device() * jax.device_count()
+    # A CPU's peak is measured, and a busy host measures low: keep the best seen, re-checked
+    # at every log, so MFU is not inflated (above 100%) after a noisy start.
+    remeasure_peak = jax.devices()[0].platform == "cpu"
     n_params = param_count(state.params)
     writer = run_logs.SummaryWriter(model_dir) if lead else None
     end = num_steps if stop_after is None else min(num_steps, stop_after)
@@ -206,7 +209,7 @@ def train(
     t_last, steps_since = time.perf_counter(), 0
 
     def flush(step_now: int) -> None:
-        nonlocal t_last, steps_since
+        nonlocal t_last, steps_since, peak
         if not pending:
             return
         host = jax.device_get([m for _, m in pending])
@@ -229,6 +232,8 @@ def train(
             records.append(rec)
         last = dict(records[-1])
         last["tokens_per_s"] = rate * batch_size * seq_len
+        if remeasure_peak:
+            peak = max(peak, measure_peak_flops(repeats=3) * jax.device_count())
         last["mfu"] = rate * flops_per_step / peak
         if lead:
             metrics_log.append(records)
