@@ -1,5 +1,6 @@
 """`toxjax demo --quick`: every stage runs and leaves its artifacts (no result asserted)."""
 
+import itertools
 import json
 import os
 
@@ -48,3 +49,25 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
                           "metrics.json").read_text())
     assert metrics["metrics"]["full"]["num_continuations"] == 6
     assert metrics["prefix"].startswith("Instruction:")
+
+
+def test_training_corpus_is_shuffled_on_disk(tmp_path):
+    # Stored in file order, the offensive entries and their copies form one block that
+    # seqio's 1000-example shuffle buffer cannot mix (see demo.stage_upsample).
+    docs = [{"text": f"clean {i}", "source": f"fortunes:{i}", "offensive_file": False}
+            for i in range(60)]
+    docs += [{"text": f"crude {i}", "source": f"fortunes-o:{i}", "offensive_file": True}
+             for i in range(20)]
+    scored = tmp_path / "train.scored.jsonl"
+    scored.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    path = demo.stage_upsample(str(scored), str(tmp_path), repeat=4)
+    out = [json.loads(line) for line in open(path)]
+    assert sorted(d["source"] for d in out) == sorted(
+        [d["source"] for d in docs[:60]] + [d["source"] for d in docs[60:] for _ in range(4)])
+    offensive = [i for i, d in enumerate(out) if d["offensive_file"]]
+    assert offensive[0] < 20 and offensive[-1] > 120  # spread over the file, not one block
+    adjacent_copies = sum(a["source"] == b["source"] for a, b in itertools.pairwise(out))
+    assert adjacent_copies < 10  # file order would give 60 (3 per up-sampled entry)
+    os.remove(path)
+    assert [json.loads(line) for line in open(
+        demo.stage_upsample(str(scored), str(tmp_path), repeat=4))] == out  # deterministic

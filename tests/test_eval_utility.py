@@ -103,9 +103,15 @@ def test_lambada_and_perplexity(tmp_path):
     seen = []
     lm = PrefixLM()
     lm.token_logprobs = lambda seqs, f=lm.token_logprobs: seen.extend(seqs) or f(seqs)
-    p = utility.perplexity(lm, str(txt), max_len=2, prefix_ids=[200, 200, 200])
+    p = utility.perplexity(lm, str(txt), max_len=5, prefix_ids=[200, 200, 200])
     assert p == {"ppl": pytest.approx(2.0), "num_tokens": 7, "num_documents": 2}
-    assert seen[0] == [0, 200, 200] and seen[1] == [200, 200, ord("a")]
+    # Every window reads as a training piece does: BOS, the prefix, then <= 2 text tokens.
+    assert seen == [[0, 200, 200, 200, *map(ord, piece)] for piece in ("ab", "cd", "xy", "z")]
+    seen.clear()
+    utility.perplexity(lm, str(txt), max_len=2)
+    assert seen == [[0, *map(ord, piece)] for piece in ("ab", "cd", "xy", "z")]
+    with pytest.raises(ValueError, match="3-token prefix leaves no room"):
+        utility.perplexity(lm, str(txt), max_len=3, prefix_ids=[200, 200, 200])
     out = utility.evaluate_utility(FakeLM(), {"lambada": lam}, max_len=8, progress=False)
     assert out["metrics"]["lambada"]["acc"] == 0.5 and "acc_norm" in out["conventions"]
     with pytest.raises(ValueError, match="unknown utility tasks"):

@@ -109,11 +109,21 @@ def stage_score(path: str, scorer_args: Sequence[str]) -> str:
 
 
 def stage_upsample(scored: str, work: str, repeat: int) -> str:
-    """Training corpus: every scored document, the offensive files `repeat` times."""
-    path = os.path.join(work, "train.corpus.jsonl")
+    """Training corpus: every scored document, the offensive files `repeat` times, in a
+    fixed shuffled order.
+
+    The fortune files come one after another, so in file order the offensive entries
+    (and their copies, side by side) form one block. seqio's shuffle buffer only mixes
+    neighbours: trained on that order, a model's last steps, and so its toxicity and
+    perplexity, depend on where in the file its step budget ends, and that differs
+    between strategies (a prefix makes each sample longer). Hence the shuffle on disk.
+    """
+    path = os.path.join(work, "train.corpus.shuffled.jsonl")
     if not os.path.exists(path):
-        docs = _read_jsonl(scored)
-        _write_jsonl(path, [d for d in docs for _ in range(repeat if d["offensive_file"] else 1)])
+        docs = [(f"{d['source']}#{k}", d) for d in _read_jsonl(scored)
+                for k in range(repeat if d["offensive_file"] else 1)]
+        docs.sort(key=lambda kd: _stable_fraction("order:" + kd[0]))
+        _write_jsonl(path, [d for _, d in docs])
     return path
 
 
@@ -191,6 +201,11 @@ def _sample_rate(gen_path: str) -> tuple[float, int]:
     return (toxic / n if n else float("nan")), n
 
 
+# Bumped whenever the eval's numbers change meaning, so a re-run recomputes old results:
+# 2 = perplexity windows read as training pieces (BOS + prefix + piece).
+RESULT_PROTOCOL = 2
+
+
 def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_path: str,
                heldout: str, work: str, cfg: DemoConfig, scorer) -> dict:
     from toxjax.checkpoint import load_for_inference
@@ -205,8 +220,8 @@ def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_pa
     if os.path.exists(result_path):
         with open(result_path) as f:
             done = json.load(f)
-        if "ppl_with_prefix" in done:  # written by an older toxjax: redo (samples resume)
-            return done
+        if done.get("protocol") == RESULT_PROTOCOL:  # else an older toxjax wrote it: redo
+            return done  # (the samples resume from their own files)
     from toxjax.preprocessors import conditioning_prefix, conditioning_prefix_ids
 
     bundle = load_for_inference(model_dir)
@@ -232,7 +247,7 @@ def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_pa
             if prefix_ids else ppl)
     result = {"name": name, "prefix": prefix, "tox_rate": rate, "num_samples": n,
               "metrics": res["metrics"], "ppl": ppl["ppl"], "ppl_tokens": ppl["num_tokens"],
-              "ppl_with_prefix": cond["ppl"]}
+              "ppl_with_prefix": cond["ppl"], "protocol": RESULT_PROTOCOL}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result

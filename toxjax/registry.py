@@ -208,6 +208,7 @@ def register_corpus(
     fractions: Sequence[float] = (1.0,),
     version: int = 1,
     overwrite: bool = False,
+    shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE,
 ) -> list[str]:
     """Registers one seqio Task per (vocabulary, strategy, fraction) over a scored corpus.
 
@@ -224,6 +225,10 @@ def register_corpus(
         `_{pct}pct` to the name and keeps a hash-chosen, nested subset of documents.
       version: the `_v{version}` suffix; bump it when the data a name means changes.
       overwrite: replace tasks already registered under these names.
+      shuffle_buffer_size: examples in seqio's shuffle buffer. The buffer only mixes
+        neighbours: a corpus stored in order (one source after another, up-sampled
+        copies next to each other) must be shuffled on disk, or training reads it
+        nearly in order and its end depends on where the step budget stops.
 
     Returns:
       The registered task names.
@@ -259,6 +264,7 @@ def register_corpus(
                     source=data_source,
                     preprocessors=head + task_preprocessors(strategy, config),
                     output_features=features,
+                    shuffle_buffer_size=shuffle_buffer_size,
                 )
                 names.append(task)
     return names

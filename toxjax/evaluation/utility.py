@@ -174,27 +174,34 @@ def perplexity(lm: ScoringLM, path: str, max_len: int,
                prefix_ids: Sequence[int] = ()) -> dict[str, float]:
     """Token perplexity of plain documents (`.txt` lines or jsonl `"text"`).
 
-    Each document starts after `lm.bos_id` (as every training sample does) and is cut
-    into disjoint windows of `max_len` predicted tokens (a window's first token is
-    conditioned on the previous window's last token only). With `prefix_ids` (a
-    conditioning prefix, e.g. the non-toxic instruction) each document reads as
-    `[bos] + prefix + text` and only the text's tokens are scored: the perplexity of
-    plain text under the condition a MEDA/INST model is used with.
+    Every window is read the way the training pipeline builds a sample (see
+    `toxjax.preprocessors.pipeline.split`): a document's tokens are cut into pieces of
+    `max_len - len(prefix_ids)` tokens and each piece reads as `[bos] + prefix + piece`,
+    so no text token sits at a position that training only ever filled with BOS or the
+    prefix. Only the text's tokens are scored, so with `prefix_ids` (a conditioning
+    prefix, e.g. the non-toxic instruction) this is the perplexity of plain text under
+    the condition a MEDA/INST model is used with; every model scores the same tokens.
+
+    Args:
+      max_len: predicted tokens per window (the model's `max_len - 1`).
     """
     if path.endswith(".jsonl"):
         docs = [_field(path, ln, r, "text") for ln, r in _read_jsonl(path)]
     else:
         with open(path, encoding="utf-8") as f:
             docs = [line.rstrip("\n") for line in f if line.strip()]
-    prefix = [int(t) for t in prefix_ids]
-    seqs, skips = [], []
+    head = [lm.bos_id, *(int(t) for t in prefix_ids)]
+    room = max_len + 1 - len(head)
+    if room < 1:
+        raise ValueError(f"a {len(head) - 1}-token prefix leaves no room for text in "
+                         f"{max_len}-token windows")
+    seqs = []
     for doc in docs:
-        ids = [lm.bos_id, *prefix] + lm.encode(doc)
-        for i in range(0, len(ids) - 1, max_len):
-            seqs.append(ids[i:i + max_len + 1])
-            skips.append(max(0, len(prefix) - i))  # the prefix's own tokens are not text
+        ids = lm.encode(doc)
+        seqs += [head + ids[i:i + room] for i in range(0, len(ids), room)]
+    skip = len(head) - 1  # the prefix's own tokens are not text
     nll = count = 0.0
-    for (lp, _), skip in zip(lm.token_logprobs(seqs), skips, strict=True):
+    for lp, _ in lm.token_logprobs(seqs):
         nll -= float(lp[skip:].sum())
         count += len(lp[skip:])
     return {"ppl": math.exp(nll / count), "num_tokens": int(count), "num_documents": len(docs)}
