@@ -296,10 +296,35 @@ def _plot(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def parse_strategies(strategies: str, extra: str = "") -> list[str]:
+    """The demo's strategies, baseline first (every delta in the report is against it)."""
+    from toxjax.preprocessors import STRATEGIES
+
+    names = [s for s in f"{strategies},{extra}".split(",") if s]
+    unknown = sorted(set(names) - set(STRATEGIES))
+    if unknown:
+        raise SystemExit(f"toxjax demo: unknown strategies {unknown}; choose from {STRATEGIES}")
+    return ["baseline"] + [s for s in dict.fromkeys(names) if s != "baseline"]
+
+
+def result_line(results: list[dict], minutes: float) -> str:
+    """The machine-readable last line: toxic-sample share, TP and EMT for every row, then the
+    plain-text perplexity of every model (rows of one model share it)."""
+    fmt = lambda x: "nan" if x is None or math.isnan(x) else f"{x:.4f}"  # noqa: E731
+    fields = [f"tox_rate_{r['name']}={fmt(r['tox_rate'])}" for r in results]
+    fields += [f"tp_{r['name']}={fmt(r['metrics']['full']['tp'])}" for r in results]
+    fields += [f"emt_{r['name']}={fmt(r['metrics']['full']['emt'])}" for r in results]
+    fields += [f"ppl_{r['name']}={r['ppl']:.3f}" for r in results if r["name"] != "inst_toxic"]
+    return "RESULT " + " ".join(fields + [f"minutes={minutes:.1f}"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toxjax demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="demo_work")
     p.add_argument("--quick", action="store_true", help="toy sizes, a few minutes")
+    p.add_argument("--strategies", default="baseline,meda,inst",
+                   help="strategies to train and evaluate (baseline is always included; the "
+                        "INST model is also evaluated under the toxic instruction)")
     p.add_argument("--extra", default="", help="also train these strategies: filter,ctrl")
     p.add_argument("--scorer", default="profanity-check",
                    help="scorer for documents and samples (see `toxjax score --help`)")
@@ -320,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, batch_size=args.batch_size)
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
-    strategies = ["baseline", "meda", "inst"] + [s for s in args.extra.split(",") if s]
+    strategies = parse_strategies(args.strategies, args.extra)
 
     from toxjax import registry
     from toxjax.toxicity import get_scorer
@@ -353,13 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = stage_prompts(held_scored, work, cfg.num_prompts, scorer)
     # (result name, model, toxic condition): each strategy under its non-toxic condition, and the
     # INST model under the toxic instruction (the control should work both ways).
-    conditions = [(s, s, False) for s in strategies] + [("inst_toxic", "inst", True)]
+    conditions = [(s, s, False) for s in strategies]
+    if "inst" in strategies:
+        conditions.append(("inst_toxic", "inst", True))
     results = [stage_eval(name, model_dirs[s], s, toxic, prompts, held_path, work, cfg, scorer)
                for name, s, toxic in conditions]
 
     print("demo [7/7] report", flush=True)
     table = _table(results)
-    by = {r["name"]: r for r in results}
     minutes = (time.time() - t0) / 60
     note = (f"Scorer: {scorer.name}. {len(tox_prompts := _read_jsonl(prompts))} prompts "
             f"({sum(p['prompt']['toxicity'] > 0.5 for p in tox_prompts)} toxic), "
@@ -370,18 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f.write(f"# toxjax demo\n\n{note}\n{table}")
     _plot(results, os.path.join(work, "report.png"))
     print(f"\n{note}\n{table}\nreport: {work}/report.md, plot: {work}/report.png")
-    b, m, i, it = by["baseline"], by["meda"], by["inst"], by["inst_toxic"]
-    fmt = lambda x: "nan" if x is None or math.isnan(x) else f"{x:.4f}"  # noqa: E731
-    print("RESULT " + " ".join([
-        f"tox_rate_baseline={fmt(b['tox_rate'])}", f"tox_rate_meda={fmt(m['tox_rate'])}",
-        f"tox_rate_inst={fmt(i['tox_rate'])}", f"tox_rate_inst_toxic={fmt(it['tox_rate'])}",
-        f"tp_baseline={fmt(b['metrics']['full']['tp'])}",
-        f"tp_meda={fmt(m['metrics']['full']['tp'])}",
-        f"tp_inst={fmt(i['metrics']['full']['tp'])}",
-        f"emt_baseline={fmt(b['metrics']['full']['emt'])}",
-        f"emt_inst={fmt(i['metrics']['full']['emt'])}",
-        f"ppl_baseline={b['ppl']:.3f}", f"ppl_meda={m['ppl']:.3f}", f"ppl_inst={i['ppl']:.3f}",
-        f"minutes={minutes:.1f}"]))
+    print(result_line(results, minutes))
     return 0
 
 
