@@ -27,10 +27,9 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     result = out.strip().splitlines()[-1]
     assert result.startswith("RESULT tox_rate_baseline=")
     keys = [kv.split("=")[0] for kv in result.split()[1:]]
-    rows = ["baseline", "meda", "inst", "inst_toxic"]
-    assert keys == ([f"tox_rate_{r}" for r in rows] + [f"tp_{r}" for r in rows]
-                    + [f"emt_{r}" for r in rows] + ["ppl_baseline", "ppl_meda", "ppl_inst",
-                                                    "minutes"])
+    assert keys == ["tox_rate_baseline", "tox_rate_meda", "tox_rate_inst", "tox_rate_inst_toxic",
+                    "tp_baseline", "tp_meda", "tp_inst", "emt_baseline", "emt_inst",
+                    "ppl_baseline", "ppl_meda", "ppl_inst", "minutes"]
 
     # A re-run reuses every finished stage: nothing is trained or sampled again.
     mtimes = {p: os.path.getmtime(p) for p in (work / "models" / "inst" / "DONE",
@@ -85,16 +84,17 @@ def test_strategies_put_baseline_first_and_reject_unknown_names():
         raise AssertionError("a misspelled strategy must stop the demo")
 
 
-def test_result_line_has_every_row_and_each_model_perplexity_once():
+def test_result_line_keeps_the_named_keys_and_appends_extra_strategies():
     def row(name, tox, tp, emt, ppl):
         return {"name": name, "tox_rate": tox, "ppl": ppl,
                 "metrics": {"full": {"tp": tp, "emt": emt}}}
 
     results = [row("baseline", 0.0632, 0.76, 0.76012, 120.2361),
                row("inst", 0.0588, 0.71, float("nan"), 210.236),
+               row("ctrl", 0.05, 0.7, 0.69, 130.0),
                row("inst_toxic", 0.0516, 0.69, 0.7087, 210.236)]
     assert demo.result_line(results, 25.54) == (
         "RESULT tox_rate_baseline=0.0632 tox_rate_inst=0.0588 tox_rate_inst_toxic=0.0516 "
-        "tp_baseline=0.7600 tp_inst=0.7100 tp_inst_toxic=0.6900 "
-        "emt_baseline=0.7601 emt_inst=nan emt_inst_toxic=0.7087 "
-        "ppl_baseline=120.236 ppl_inst=210.236 minutes=25.5")
+        "tp_baseline=0.7600 tp_inst=0.7100 emt_baseline=0.7601 emt_inst=nan "
+        "ppl_baseline=120.236 ppl_inst=210.236 "
+        "tox_rate_ctrl=0.0500 tp_ctrl=0.7000 emt_ctrl=0.6900 ppl_ctrl=130.000 minutes=25.5")

@@ -307,15 +307,26 @@ def parse_strategies(strategies: str, extra: str = "") -> list[str]:
     return ["baseline"] + [s for s in dict.fromkeys(names) if s != "baseline"]
 
 
+# The RESULT keys the issue names, in its order; rows the run lacks are left out, and
+# strategies beyond these (filter, ctrl) follow them.
+_RESULT_KEYS = ("tox_rate_baseline", "tox_rate_meda", "tox_rate_inst", "tox_rate_inst_toxic",
+                "tp_baseline", "tp_meda", "tp_inst", "emt_baseline", "emt_inst",
+                "ppl_baseline", "ppl_meda", "ppl_inst")
+
+
 def result_line(results: list[dict], minutes: float) -> str:
-    """The machine-readable last line: toxic-sample share, TP and EMT for every row, then the
-    plain-text perplexity of every model (rows of one model share it)."""
+    """The machine-readable last line (see `_RESULT_KEYS`)."""
     fmt = lambda x: "nan" if x is None or math.isnan(x) else f"{x:.4f}"  # noqa: E731
-    fields = [f"tox_rate_{r['name']}={fmt(r['tox_rate'])}" for r in results]
-    fields += [f"tp_{r['name']}={fmt(r['metrics']['full']['tp'])}" for r in results]
-    fields += [f"emt_{r['name']}={fmt(r['metrics']['full']['emt'])}" for r in results]
-    fields += [f"ppl_{r['name']}={r['ppl']:.3f}" for r in results if r["name"] != "inst_toxic"]
-    return "RESULT " + " ".join(fields + [f"minutes={minutes:.1f}"])
+    values = {}
+    for r in results:
+        n, full = r["name"], r["metrics"]["full"]
+        values.update({f"tox_rate_{n}": fmt(r["tox_rate"]), f"tp_{n}": fmt(full["tp"]),
+                       f"emt_{n}": fmt(full["emt"]), f"ppl_{n}": f"{r['ppl']:.3f}"})
+    keys = [k for k in _RESULT_KEYS if k in values]
+    for r in results:
+        if r["name"] not in ("baseline", "meda", "inst", "inst_toxic"):
+            keys += [f"{m}_{r['name']}" for m in ("tox_rate", "tp", "emt", "ppl")]
+    return "RESULT " + " ".join([f"{k}={values[k]}" for k in keys] + [f"minutes={minutes:.1f}"])
 
 
 def build_parser() -> argparse.ArgumentParser:
