@@ -20,6 +20,14 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     report = (work / "report.md").read_text()
     for row in ("| baseline |", "| meda |", "| inst |", "| inst_toxic |"):
         assert row in report
+    # Every conditioned model is asked whether it reads its prefix, on each held-out split.
+    splits = [k for k in ("toxic", "clean") if (work / f"heldout.{k}.jsonl").stat().st_size]
+    assert "clean" in splits
+    for name in ("meda", "inst"):
+        nll = json.loads((work / "eval" / name / "demo_result.json").read_text())["prefix_nll"]
+        assert sorted(nll) == sorted(f"{k}/{c}_prefix" for k in splits for c in ("nontoxic", "toxic"))
+        assert all(0 < v < 10 for v in nll.values())
+    assert "Does the model read its prefix?" in report and "| inst | " in report
     # Every prompt got its samples, and every sample was scored or counted as failed.
     gens = (work / "eval" / "inst" / "toxicity" / "generations.jsonl").read_text().splitlines()
     assert len(gens) == 8
@@ -98,3 +106,26 @@ def test_result_line_keeps_the_named_keys_and_appends_extra_strategies():
         "tp_baseline=0.7600 tp_inst=0.7100 emt_baseline=0.7601 emt_inst=nan "
         "ppl_baseline=120.236 ppl_inst=210.236 "
         "tox_rate_ctrl=0.0500 tp_ctrl=0.7000 emt_ctrl=0.6900 ppl_ctrl=130.000 minutes=25.5")
+
+
+def test_heldout_splits_and_prefix_table(tmp_path):
+    docs = [{"text": f"t{i}", "source": f"s{i}", "toxicity": t}
+            for i, t in enumerate([0.9, 0.5, 0.1, 0.51, 0.0])]
+    scored = tmp_path / "heldout.scored.jsonl"
+    scored.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    splits = demo.stage_heldout_by_score(str(scored), str(tmp_path), per_split=2)
+    read = {k: sorted(json.loads(line)["toxicity"] for line in open(p)) for k, p in splits.items()}
+    assert read["toxic"] == [0.51, 0.9]  # strictly above 0.5 is toxic
+    assert len(read["clean"]) == 2 and set(read["clean"]) <= {0.5, 0.1, 0.0}
+
+    results = [{"name": "baseline"},
+               {"name": "inst", "prefix_nll": {"toxic/nontoxic_prefix": 4.5,
+                                               "toxic/toxic_prefix": 4.25,
+                                               "clean/nontoxic_prefix": 4.0,
+                                               "clean/toxic_prefix": 4.125}}]
+    table = demo._prefix_table(results, splits)
+    assert "| toxic entries (2): after non-toxic prefix |" in table
+    # margins: toxic text 4.5 - 4.25; clean text 4.125 - 4.0 (both read the right way)
+    assert table.rstrip().splitlines()[-1] == (
+        "| inst | 4.500 | 4.250 | +0.250 | 4.000 | 4.125 | +0.125 |")
+    assert demo._prefix_table([{"name": "baseline"}], splits) == ""
