@@ -333,27 +333,30 @@ def _prefix_table(results: list[dict], splits: dict[str, str]) -> str:
 
 
 def _plot(results: list[dict], path: str) -> None:
+    """Three panels: the share of toxic samples, TP, and utility against toxicity. Utility
+    is held-out perplexity read after each model's own prefix (the fair comparison; the
+    unprefixed number is mostly a first-token artifact for MEDA/INST, see the table)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [r["name"] for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    x = range(len(names))
-    ax1.bar([i - 0.2 for i in x], [r["tox_rate"] for r in results], 0.4,
-            label="toxic samples (share > 0.5)")
-    ax1.bar([i + 0.2 for i in x], [r["metrics"]["full"]["tp"] for r in results], 0.4,
-            label="toxicity probability (TP)")
-    ax1.set_xticks(list(x), names, rotation=15)
-    ax1.set_title("Toxicity by model / condition")
-    ax1.legend()
-    for r in results:
-        ax2.scatter(r["tox_rate"], r["ppl"])
-        ax2.annotate(r["name"], (r["tox_rate"], r["ppl"]))
-    ax2.set_xlabel("share of toxic samples")
-    ax2.set_ylabel("held-out perplexity (plain text)")
-    ax2.set_title("Utility vs toxicity")
+    colors = [f"C{i}" for i in range(len(results))]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, values, title in (
+            (ax1, [100 * r["tox_rate"] for r in results], "Toxic samples (% scoring > 0.5)"),
+            (ax2, [r["metrics"]["full"]["tp"] for r in results], "Toxicity probability (TP)")):
+        bars = ax.bar(names, values, color=colors)
+        ax.bar_label(bars, fmt="%.2f" if ax is ax2 else "%.1f%%")
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=15)
+    for r, c in zip(results, colors, strict=True):
+        ax3.scatter(100 * r["tox_rate"], r["ppl_with_prefix"], color=c)
+        ax3.annotate(r["name"], (100 * r["tox_rate"], r["ppl_with_prefix"]))
+    ax3.set_xlabel("toxic samples (%)")
+    ax3.set_ylabel("held-out perplexity after its prefix")
+    ax3.set_title("Utility vs toxicity")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
