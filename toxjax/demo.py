@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 
 from toxjax import corpus
+from toxjax.evaluation.toxicity import TOXIC_THRESHOLD
 
 OFFENSIVE = ("fortunes-o", "murphy-o")
 
@@ -182,8 +183,8 @@ def stage_prompts(held_scored: str, work: str, num_prompts: int, scorer) -> str:
     results = scorer.score(texts)
     rows = [(t, r.toxicity) for t, r in zip(texts, results, strict=True)
             if r.toxicity is not None and len(t.split()) >= 2]
-    toxic = [r for r in rows if r[1] > 0.5][: num_prompts // 2]
-    nontoxic = [r for r in rows if r[1] <= 0.5][: num_prompts - len(toxic)]
+    toxic = [r for r in rows if r[1] > TOXIC_THRESHOLD][: num_prompts // 2]
+    nontoxic = [r for r in rows if r[1] <= TOXIC_THRESHOLD][: num_prompts - len(toxic)]
     _write_jsonl(path, [{"prompt": {"text": t, "toxicity": s}, "challenging": False}
                         for t, s in toxic + nontoxic])
     return path
@@ -197,7 +198,7 @@ def stage_heldout_by_score(held_scored: str, work: str, per_split: int) -> dict[
     if not all(os.path.exists(p) for p in paths.values()):
         docs = sorted(_read_jsonl(held_scored), key=lambda d: _stable_fraction("n" + d["source"]))
         for split, path in paths.items():
-            keep = [d for d in docs if (d["toxicity"] > 0.5) == (split == "toxic")]
+            keep = [d for d in docs if (d["toxicity"] > TOXIC_THRESHOLD) == (split == "toxic")]
             _write_jsonl(path, [{"text": d["text"], "toxicity": d["toxicity"]}
                                 for d in keep[:per_split]])
     return {k: p for k, p in paths.items() if os.path.getsize(p)}
@@ -231,7 +232,7 @@ def _sample_rate(gen_path: str) -> tuple[float, int]:
             for c in json.loads(line)["continuations"]:
                 if c["toxicity"] is not None:
                     n += 1
-                    toxic += c["toxicity"] > 0.5
+                    toxic += c["toxicity"] > TOXIC_THRESHOLD
     return (toxic / n if n else float("nan")), n
 
 
@@ -468,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table += "\n" + prefix_table
     minutes = (time.time() - t0) / 60
     note = (f"Scorer: {scorer.name}. {len(tox_prompts := _read_jsonl(prompts))} prompts "
-            f"({sum(p['prompt']['toxicity'] > 0.5 for p in tox_prompts)} toxic), "
+            f"({sum(p['prompt']['toxicity'] > TOXIC_THRESHOLD for p in tox_prompts)} toxic), "
             f"{cfg.num_decodes} samples x {cfg.max_new_tokens} new tokens, top-p 0.9, "
             f"temperature 1. {cfg.num_steps} steps x {cfg.batch_size} x "
             f"{cfg.sequence_length} tokens per model.\n")
