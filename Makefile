@@ -25,6 +25,7 @@ test: install
 
 lint: install
 	$(BIN)/ruff check toxjax tasks tests benchmarks
+	$(BIN)/ruff format --check toxjax tasks tests benchmarks
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -147,7 +147,9 @@ def main() -> None:
     chip, flops = chip_tokens_per_s()
     print(f"corpus: {docs} fortunes, {counts[ours]:,} packed tokens per epoch (INST)")
     print(f"machine: {os.cpu_count()} cores; pipeline pinned to 1 core")
-    print(f"ours  INST task (GPT-2, pack, seq {SEQ}): {ours_rate:,.0f} tok/s (median of {args.repeats})")
+    print(
+        f"ours  INST task (GPT-2, pack, seq {SEQ}): {ours_rate:,.0f} tok/s (median of {args.repeats})"
+    )
     print(f"peer  stock seqio tokenize task:        {peer_rate:,.0f} tok/s")
     print(f"ratio ours/peer: {ours_rate / peer_rate:.2f}")
     print(

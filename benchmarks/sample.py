@@ -65,17 +65,34 @@ def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
     from toxjax import decode
     from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
 
-    cfg = ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, embed_dim=WIDTH,
-                      max_len=64, position="learned", tied_embeddings=True)
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        embed_dim=WIDTH,
+        max_len=64,
+        position="learned",
+        tied_embeddings=True,
+    )
     model = DecoderLM(cfg)
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     t2l, init = decode.model_callbacks(model)
     mask = np.ones_like(ids)
 
     def run(new):
-        s = decode.Sampler(t2l, init, decode.SamplingConfig(
-            num_decodes=DECODES, max_new_tokens=new, top_p=0.9, temperature=1.0, top_k=0,
-            exact_length=True), CACHE_BATCH_AXIS)
+        s = decode.Sampler(
+            t2l,
+            init,
+            decode.SamplingConfig(
+                num_decodes=DECODES,
+                max_new_tokens=new,
+                top_p=0.9,
+                temperature=1.0,
+                top_k=0,
+                exact_length=True,
+            ),
+            CACHE_BATCH_AXIS,
+        )
         keys = iter(range(10**6))
         return lambda: s(params, ids, mask, jax.random.key(next(keys))).tokens.block_until_ready()
 
@@ -85,15 +102,34 @@ def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
 def hf_flax(ids: np.ndarray, reps: int) -> tuple[float, float]:
     from transformers import FlaxGPT2LMHeadModel, GPT2Config
 
-    config = GPT2Config(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB,
-                        n_positions=64, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    config = GPT2Config(
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_embd=WIDTH,
+        vocab_size=VOCAB,
+        n_positions=64,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
     model = FlaxGPT2LMHeadModel(config, seed=0, dtype=jnp.float32)
     rep = jnp.asarray(np.repeat(ids, DECODES, axis=0))
 
     def run(new):
-        gen = jax.jit(lambda x, key: model.generate(
-            x, params=model.params, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=new,
-            prng_key=key, pad_token_id=0).sequences)
+        gen = jax.jit(
+            lambda x, key: (
+                model.generate(
+                    x,
+                    params=model.params,
+                    do_sample=True,
+                    top_p=0.9,
+                    top_k=0,
+                    max_new_tokens=new,
+                    prng_key=key,
+                    pad_token_id=0,
+                ).sequences
+            )
+        )
         keys = iter(range(10**6))
         return lambda: gen(rep, jax.random.key(next(keys))).block_until_ready()
 
@@ -106,8 +142,16 @@ def hf_torch(ids: np.ndarray, reps: int) -> tuple[float, float]:
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB,
-                        n_positions=64, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    config = GPT2Config(
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_embd=WIDTH,
+        vocab_size=VOCAB,
+        n_positions=64,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
     model = GPT2LMHeadModel(config).eval()
     x = torch.as_tensor(ids, dtype=torch.long)
     mask = torch.ones_like(x)
@@ -115,10 +159,19 @@ def hf_torch(ids: np.ndarray, reps: int) -> tuple[float, float]:
     def run(new):
         def go():
             with torch.inference_mode():
-                out = model.generate(x, attention_mask=mask, do_sample=True, top_p=0.9, top_k=0,
-                                     max_new_tokens=new, min_new_tokens=new,
-                                     num_return_sequences=DECODES, pad_token_id=0)
+                out = model.generate(
+                    x,
+                    attention_mask=mask,
+                    do_sample=True,
+                    top_p=0.9,
+                    top_k=0,
+                    max_new_tokens=new,
+                    min_new_tokens=new,
+                    num_return_sequences=DECODES,
+                    pad_token_id=0,
+                )
             return out[-1, -1].item()
+
         return go
 
     return timed(run(NEW), reps), timed(run(1), reps)
@@ -131,23 +184,32 @@ def main() -> None:
     args = parser.parse_args()
     ids = np.random.default_rng(0).integers(1, VOCAB, size=(PROMPTS, PROMPT_LEN)).astype(np.int32)
     peak = peak_gflops()
-    print(f"machine: {os.cpu_count()} cores, jax {jax.__version__} on "
-          f"{jax.devices()[0].platform}, peak fp32 matmul {peak:.1f} GFLOP/s")
+    print(
+        f"machine: {os.cpu_count()} cores, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}, peak fp32 matmul {peak:.1f} GFLOP/s"
+    )
     rates = {}
-    for name, fn, reps in (("ours", ours, args.reps), ("hf_flax", hf_flax, args.peer_reps),
-                           ("hf_torch", hf_torch, args.peer_reps)):
+    for name, fn, reps in (
+        ("ours", ours, args.reps),
+        ("hf_flax", hf_flax, args.peer_reps),
+        ("hf_torch", hf_torch, args.peer_reps),
+    ):
         full, one = fn(ids, reps)
         e2e = NEW_TOKENS / full
         dec = PROMPTS * DECODES * (NEW - 1) / max(full - one, 1e-9)
         rates[name] = e2e
-        print(f"{name:9s} end-to-end {e2e:9.1f} new tok/s ({full * 1e3:7.1f} ms)   "
-              f"decode-only {dec:9.1f} tok/s   1-token call {one * 1e3:7.1f} ms")
+        print(
+            f"{name:9s} end-to-end {e2e:9.1f} new tok/s ({full * 1e3:7.1f} ms)   "
+            f"decode-only {dec:9.1f} tok/s   1-token call {one * 1e3:7.1f} ms"
+        )
     frac = rates["ours"] * flops_per_new_token() / (peak * 1e9)
     print(f"model FLOPs per new token {flops_per_new_token() / 1e6:.2f} M")
-    print(f"RESULT ours_tok_s={rates['ours']:.1f} hf_flax_tok_s={rates['hf_flax']:.1f} "
-          f"hf_torch_tok_s={rates['hf_torch']:.1f} "
-          f"ratio_flax={rates['ours'] / rates['hf_flax']:.2f} "
-          f"ratio_torch={rates['ours'] / rates['hf_torch']:.2f} frac_roofline={frac:.4f}")
+    print(
+        f"RESULT ours_tok_s={rates['ours']:.1f} hf_flax_tok_s={rates['hf_flax']:.1f} "
+        f"hf_torch_tok_s={rates['hf_torch']:.1f} "
+        f"ratio_flax={rates['ours'] / rates['hf_flax']:.2f} "
+        f"ratio_torch={rates['ours'] / rates['hf_torch']:.2f} frac_roofline={frac:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,14 @@ def _time_steps(step, state, batch, n):
 
 
 def ours_step(scan_layers: bool = True):
-    cfg = ModelConfig(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS, embed_dim=WIDTH,
-                      max_len=SEQ, scan_layers=scan_layers)
+    cfg = ModelConfig(
+        vocab_size=VOCAB,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        embed_dim=WIDTH,
+        max_len=SEQ,
+        scan_layers=scan_layers,
+    )
     model = DecoderLM(cfg)
     params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"])
     tx = optax.adamw(3e-4)
@@ -70,8 +76,16 @@ def ours_step(scan_layers: bool = True):
 def peer_step():
     from transformers import FlaxGPT2LMHeadModel, GPT2Config
 
-    cfg = GPT2Config(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, vocab_size=VOCAB,
-                     n_positions=SEQ, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    cfg = GPT2Config(
+        n_layer=LAYERS,
+        n_head=HEADS,
+        n_embd=WIDTH,
+        vocab_size=VOCAB,
+        n_positions=SEQ,
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+    )
     model = FlaxGPT2LMHeadModel(cfg, seed=0, dtype=jnp.float32)
     tx = optax.adamw(3e-4)
 
@@ -93,8 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--scan_layers", type=int, default=1,
-                        help="1: nn.scan over layers (the default); 0: unrolled blocks")
+    parser.add_argument(
+        "--scan_layers",
+        type=int,
+        default=1,
+        help="1: nn.scan over layers (the default); 0: unrolled blocks",
+    )
     args = parser.parse_args()
 
     # Both models see sequences of SEQ tokens, predicting SEQ - 1 of them.
@@ -109,18 +127,25 @@ def main() -> None:
         peaks.append(measure_peak_flops())
         ours_t.append(_time_steps(ours, ours_state, ids, args.steps))
         peer_t.append(_time_steps(peer, peer_state, ids, args.steps))
-        print(f"repeat {r}: ours {ours_t[-1] * 1e3:.1f} ms/step, peer {peer_t[-1] * 1e3:.1f} "
-              f"ms/step, peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
+        print(
+            f"repeat {r}: ours {ours_t[-1] * 1e3:.1f} ms/step, peer {peer_t[-1] * 1e3:.1f} "
+            f"ms/step, peak {peaks[-1] / 1e9:.0f} GFLOP/s",
+            flush=True,
+        )
     peak = max(peaks)
     ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
     ours_tok, peer_tok = tokens / ours_s, tokens / peer_s
-    print(f"machine: {os.cpu_count()} cores, {jax.devices()[0].device_kind}, "
-          f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s")
+    print(
+        f"machine: {os.cpu_count()} cores, {jax.devices()[0].device_kind}, "
+        f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s"
+    )
     print(f"{'':10}{'tokens/s':>12}{'ms/step':>10}{'frac peak':>11}")
     for name, tok, s in (("toxjax", ours_tok, ours_s), ("hf-flax", peer_tok, peer_s)):
         print(f"{name:10}{tok:12.0f}{s * 1e3:10.1f}{flops_per_step / s / peak:11.1%}")
-    print(f"RESULT ours_tok_s={ours_tok:.0f} peer_tok_s={peer_tok:.0f} "
-          f"ratio={ours_tok / peer_tok:.2f} frac_peak={flops_per_step / ours_s / peak:.3f}")
+    print(
+        f"RESULT ours_tok_s={ours_tok:.0f} peer_tok_s={peer_tok:.0f} "
+        f"ratio={ours_tok / peer_tok:.2f} frac_peak={flops_per_step / ours_s / peak:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -45,20 +45,34 @@ def scored_corpus_task(
       The task name, `toxjax.registry.task_name(corpus, strategy, fraction=fraction)`.
     """
     # A REQUIRED macro left unbound reaches us as gin's sentinel, not as an error.
-    unbound = [(arg, macro) for arg, macro, value in
-               (("corpus", "CORPUS", corpus), ("strategy", "STRATEGY", strategy),
-                ("files", "CORPUS_FILES", files)) if value is gin.REQUIRED]
+    unbound = [
+        (arg, macro)
+        for arg, macro, value in (
+            ("corpus", "CORPUS", corpus),
+            ("strategy", "STRATEGY", strategy),
+            ("files", "CORPUS_FILES", files),
+        )
+        if value is gin.REQUIRED
+    ]
     if unbound:
         raise ValueError(
-            "scored_corpus_task: " + ", ".join(f"{a} (macro {m})" for a, m in unbound)
+            "scored_corpus_task: "
+            + ", ".join(f"{a} (macro {m})" for a, m in unbound)
             + " not bound; e.g. --gin.CORPUS_FILES='gs://BUCKET/scored/*.jsonl' (the output "
             "of `toxjax score`), or CORPUS_FILES=None when train.module_imports registers "
-            "the task")
+            "the task"
+        )
     name = registry.task_name(corpus, strategy, fraction=fraction, version=version)
     if files is None or name in seqio.TaskRegistry.names():
         return name
     from toxjax.vocab import Gpt2Vocabulary
 
-    registry.register_corpus(corpus, files, Gpt2Vocabulary(), strategies=[strategy],
-                             fractions=[fraction], version=version)
+    registry.register_corpus(
+        corpus,
+        files,
+        Gpt2Vocabulary(),
+        strategies=[strategy],
+        fractions=[fraction],
+        version=version,
+    )
     return name

@@ -12,41 +12,53 @@ GIB = 1024**3
 needs_libtpu = pytest.mark.skipif(
     not cc.libtpu_available(),
     reason="libtpu is not installed (pip install 'toxjax[tpu]'): the AOT compile for TPU "
-           "cannot run; the topology parsing tests still do")
+    "cannot run; the topology parsing tests still do",
+)
 
 
-@pytest.mark.parametrize("text,name,devices,hbm_gib", [
-    ("v4-8", "v4:2x2x1", 4, 32),
-    ("v4-16", "v4:2x2x2", 8, 32),
-    ("v4-32", "v4:2x2x4", 16, 32),
-    ("v4-64", "v4:2x4x4", 32, 32),
-    ("v4-128", "v4:4x4x4", 64, 32),
-    ("v5p-256", "v5p:4x4x8", 128, 95),
-    ("v5litepod-16", "v5e:4x4", 16, 16),
-    ("v5e-8", "v5e:2x4", 8, 16),
-    ("v6e-64", "v6e:8x8", 64, 32),
-    ("v4:2x2x4", "v4:2x2x4", 16, 32),
-])
+@pytest.mark.parametrize(
+    "text,name,devices,hbm_gib",
+    [
+        ("v4-8", "v4:2x2x1", 4, 32),
+        ("v4-16", "v4:2x2x2", 8, 32),
+        ("v4-32", "v4:2x2x4", 16, 32),
+        ("v4-64", "v4:2x4x4", 32, 32),
+        ("v4-128", "v4:4x4x4", 64, 32),
+        ("v5p-256", "v5p:4x4x8", 128, 95),
+        ("v5litepod-16", "v5e:4x4", 16, 16),
+        ("v5e-8", "v5e:2x4", 8, 16),
+        ("v6e-64", "v6e:8x8", 64, 32),
+        ("v4:2x2x4", "v4:2x2x4", 16, 32),
+    ],
+)
 def test_parse_topology(text, name, devices, hbm_gib):
     t = cc.parse_topology(text)
     assert (t.name, t.num_devices, t.hbm_bytes) == (name, devices, hbm_gib * GIB)
 
 
-@pytest.mark.parametrize("text,match", [
-    ("v4-7", "counts TensorCores"),
-    ("v4-24", "power-of-two"),
-    ("v9-8", "expected an accelerator type"),
-    ("v5e:4x4x4", "2 dimensions"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("v4-7", "counts TensorCores"),
+        ("v4-24", "power-of-two"),
+        ("v9-8", "expected an accelerator type"),
+        ("v5e:4x4x4", "2 dimensions"),
+    ],
+)
 def test_parse_topology_errors(text, match):
     with pytest.raises(ValueError, match=match):
         cc.parse_topology(text)
 
 
 def _flags(*extra):
-    return ["--gin_file=runs/pretrain.gin", "--gin_file=models/test.gin",
-            "--gin.ModelConfig.vocab_size=512", "--gin.SEQUENCE_LENGTH=128",
-            "--gin.BATCH_SIZE=16", *extra]
+    return [
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/test.gin",
+        "--gin.ModelConfig.vocab_size=512",
+        "--gin.SEQUENCE_LENGTH=128",
+        "--gin.BATCH_SIZE=16",
+        *extra,
+    ]
 
 
 @needs_libtpu
@@ -72,8 +84,10 @@ def test_compiles_for_v4_and_reports_per_device_memory(capsys):
     mesh = sh.make_mesh((2, 2, 2), devices=cc.tpu_devices(topology))
     model = DecoderLM(gin.get_configurable(ModelConfig)())
     state, _ = abstract_state(model, make_optimizer(OptimizerConfig(), 10), 128, mesh)
-    shard_bytes = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-                      for x in jax.tree.leaves(state))
+    shard_bytes = sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+        for x in jax.tree.leaves(state)
+    )
     batch_bytes = 5 * (16 // 4) * 128 * 4  # 5 int32 features, 4 rows per device
     assert result.memory.argument_bytes >= shard_bytes + batch_bytes
     assert result.memory.alias_bytes > 0  # the donated state
@@ -93,9 +107,16 @@ def test_xla_out_of_memory_is_reported_as_does_not_fit(capsys):
     # 64 rows x 2048 x 50,304 float32 logits per device: ~25 GiB of temporaries alone,
     # with their gradient well over v5e's 16 GiB.
     gin.clear_config()
-    code = cc.main(["--topology=v5e-4", *_flags("--gin.ModelConfig.vocab_size=50304",
-                                                "--gin.SEQUENCE_LENGTH=2048",
-                                                "--gin.BATCH_SIZE=256")])
+    code = cc.main(
+        [
+            "--topology=v5e-4",
+            *_flags(
+                "--gin.ModelConfig.vocab_size=50304",
+                "--gin.SEQUENCE_LENGTH=2048",
+                "--gin.BATCH_SIZE=256",
+            ),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1, captured.err
     assert "DOES NOT FIT" in captured.err and "RESOURCE_EXHAUSTED" in captured.err

@@ -50,14 +50,14 @@ def buffer_tokens_to_logits(forward):
 
     def tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index):
         def write(buf, x):
-            return jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype),
-                                                (0, 0, cache_index))
+            return jax.lax.dynamic_update_slice(buf, x[None].astype(buf.dtype), (0, 0, cache_index))
 
-        cache = {"tokens": write(cache["tokens"], tokens),
-                 "segments": write(cache["segments"], segment_ids),
-                 "positions": write(cache["positions"], positions)}
-        logits = forward(params, cache["tokens"][0], cache["positions"][0],
-                         cache["segments"][0])
+        cache = {
+            "tokens": write(cache["tokens"], tokens),
+            "segments": write(cache["segments"], segment_ids),
+            "positions": write(cache["positions"], positions),
+        }
+        logits = forward(params, cache["tokens"][0], cache["positions"][0], cache["segments"][0])
         return jax.lax.dynamic_slice_in_dim(logits, cache_index, tokens.shape[1], 1), cache
 
     return tokens_to_logits
@@ -67,8 +67,9 @@ toy_tokens_to_logits = buffer_tokens_to_logits(toy_forward)
 
 
 def toy_sampler(config, mesh=None):
-    return decode.Sampler(toy_tokens_to_logits, toy_init_cache, config, cache_batch_axis=1,
-                          mesh=mesh)
+    return decode.Sampler(
+        toy_tokens_to_logits, toy_init_cache, config, cache_batch_axis=1, mesh=mesh
+    )
 
 
 def reference_greedy(forward, prompt, steps, length=16):
@@ -85,7 +86,7 @@ def reference_greedy(forward, prompt, steps, length=16):
         nxt = int(jnp.argmax(logits))
         lps.append(float(jax.nn.log_softmax(logits)[nxt]))
         seq.append(nxt)
-    return seq[len(prompt):], lps
+    return seq[len(prompt) :], lps
 
 
 PROMPTS = [[5, 9, 2], [7], [1, 2, 3, 4, 5, 6], [11, 12]]
@@ -127,13 +128,15 @@ def test_sample_logits_frequencies_follow_truncated_distribution():
     keys = jax.random.split(jax.random.key(3), n)
     cfg = decode.SamplingConfig(top_p=0.85)
     toks, lps = jax.jit(lambda k, lg: decode.sample_logits(k, lg, cfg))(
-        keys, jnp.broadcast_to(logits, (n, logits.shape[0])))
+        keys, jnp.broadcast_to(logits, (n, logits.shape[0]))
+    )
     freq = np.bincount(np.asarray(toks), minlength=logits.shape[0]) / n
     # kept set {0.4, 0.3, 0.2} (0.9 >= 0.85), renormalised to 4/9, 3/9, 2/9
     np.testing.assert_allclose(freq[:3], [4 / 9, 3 / 9, 2 / 9], atol=0.012)
     assert freq[3:].sum() == 0
-    np.testing.assert_allclose(np.asarray(lps), np.log([0.4, 0.3, 0.2])[np.asarray(toks)],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(lps), np.log([0.4, 0.3, 0.2])[np.asarray(toks)], rtol=1e-5
+    )
 
 
 def test_top_k_limits_tokens():
@@ -152,6 +155,7 @@ def test_greedy_matches_full_forward_for_padded_batch():
     tokens, mask = decode.left_pad(PROMPTS, multiple=4)
     out = toy_sampler(cfg)(params, tokens, mask, jax.random.key(0))
     assert out.tokens.shape == (4, 2, 5)
+
     def fwd(t, p, s):
         return toy_forward(params, t, p, s)
 
@@ -159,8 +163,9 @@ def test_greedy_matches_full_forward_for_padded_batch():
         want, want_lps = reference_greedy(fwd, prompt, 5)
         for d in range(2):
             assert np.asarray(out.tokens[i, d]).tolist() == want
-            np.testing.assert_allclose(np.asarray(out.logprobs[i, d]), want_lps, rtol=1e-4,
-                                       atol=1e-5)
+            np.testing.assert_allclose(
+                np.asarray(out.logprobs[i, d]), want_lps, rtol=1e-4, atol=1e-5
+            )
     assert np.asarray(out.lengths).tolist() == [[5, 5]] * 4
 
 
@@ -174,7 +179,8 @@ def test_prefill_once_then_fan_out():
     cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=4)
     tokens, mask = decode.left_pad(PROMPTS)
     decode.Sampler(spy, toy_init_cache, cfg, cache_batch_axis=1)(
-        toy_params(), tokens, mask, jax.random.key(0))
+        toy_params(), tokens, mask, jax.random.key(0)
+    )
     # traced once: prefill over 4 prompts x 6 tokens, then 12 rows x 1 token in the loop
     assert seen == [((4, 6), (1, 4, 10)), ((12, 1), (1, 12, 10))]
 
@@ -210,16 +216,20 @@ def test_eos_stops_and_pads_and_exact_length_ignores_it():
         return {"x": jnp.zeros((b, n))}
 
     prompts, mask = decode.left_pad([[5], [1, 7]])
-    cfg = decode.SamplingConfig(num_decodes=1, max_new_tokens=5, temperature=0.0, eos_id=8,
-                                pad_id=0)
-    out = decode.Sampler(cycle_tokens_to_logits, init, cfg)(None, prompts, mask,
-                                                            jax.random.key(0))
+    cfg = decode.SamplingConfig(
+        num_decodes=1, max_new_tokens=5, temperature=0.0, eos_id=8, pad_id=0
+    )
+    out = decode.Sampler(cycle_tokens_to_logits, init, cfg)(None, prompts, mask, jax.random.key(0))
     assert np.asarray(out.tokens[:, 0]).tolist() == [[6, 7, 8, 0, 0], [8, 0, 0, 0, 0]]
     assert np.asarray(out.lengths[:, 0]).tolist() == [3, 1]
     assert np.asarray(out.logprobs[1, 0, 1:]).tolist() == [0.0] * 4
-    exact = decode.Sampler(cycle_tokens_to_logits, init,
-                           decode.SamplingConfig(num_decodes=1, max_new_tokens=5,
-                                                 temperature=0.0, eos_id=8, exact_length=True))
+    exact = decode.Sampler(
+        cycle_tokens_to_logits,
+        init,
+        decode.SamplingConfig(
+            num_decodes=1, max_new_tokens=5, temperature=0.0, eos_id=8, exact_length=True
+        ),
+    )
     out = exact(None, prompts, mask, jax.random.key(0))
     assert np.asarray(out.tokens[:, 0]).tolist() == [[6, 7, 8, 9, 0], [8, 9, 0, 1, 2]]
     assert np.asarray(out.lengths[:, 0]).tolist() == [5, 5]
@@ -248,12 +258,13 @@ def test_empty_prompt_is_an_error():
 @pytest.fixture(scope="module")
 def real_model():
     model_lib = pytest.importorskip("toxjax.model")
-    cfg = model_lib.ModelConfig(vocab_size=64, num_layers=2, num_heads=2, embed_dim=32,
-                                max_len=32)
+    cfg = model_lib.ModelConfig(vocab_size=64, num_layers=2, num_heads=2, embed_dim=32, max_len=32)
     model = model_lib.DecoderLM(cfg)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
-    params = jax.tree.map(lambda x: x * 4 if x.ndim > 1 else x,  # peaky logits
-                          meta.unbox(params))
+    params = jax.tree.map(
+        lambda x: x * 4 if x.ndim > 1 else x,  # peaky logits
+        meta.unbox(params),
+    )
     return model_lib, model, params
 
 
@@ -264,20 +275,21 @@ def test_real_model_kv_cache_greedy_matches_full_forward(real_model):
     sampler = decode.Sampler(t2l, init, cfg, cache_batch_axis=model_lib.CACHE_BATCH_AXIS)
     tokens, mask = decode.left_pad(PROMPTS)
     out = sampler(params, tokens, mask, jax.random.key(0))
+
     def fwd(t, p, s):
         return model.apply({"params": params}, t, positions=p, segment_ids=s)
 
     for i, prompt in enumerate(PROMPTS):
         want, want_lps = reference_greedy(fwd, prompt, 6)
         assert np.asarray(out.tokens[i, 1]).tolist() == want
-        np.testing.assert_allclose(np.asarray(out.logprobs[i, 1]), want_lps, rtol=1e-4,
-                                   atol=1e-4)
+        np.testing.assert_allclose(np.asarray(out.logprobs[i, 1]), want_lps, rtol=1e-4, atol=1e-4)
 
 
 def test_real_model_kv_cache_sampling_matches_recompute(real_model):
     """Top-p sampling through the KV cache == through a full recompute of the buffer."""
     model_lib, model, params = real_model
     t2l, init = decode.model_callbacks(model)
+
     def forward(p, t, pos, s):
         return model.apply({"params": p}, t, positions=pos, segment_ids=s)
 

@@ -19,29 +19,52 @@ def fake_checkpoint(monkeypatch):
     from toxjax.model import DecoderLM, ModelConfig
 
     vocab = seqio.ByteVocabulary()
-    cfg = ModelConfig(vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32,
-                      max_len=64)
+    cfg = ModelConfig(
+        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=64
+    )
     model = DecoderLM(cfg)
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    bundle = checkpoint.InferenceBundle(model=model, params=params, vocabulary=vocab,
-                                        config=cfg, step=7, run_info={})
+    bundle = checkpoint.InferenceBundle(
+        model=model, params=params, vocabulary=vocab, config=cfg, step=7, run_info={}
+    )
     monkeypatch.setattr(checkpoint, "load_for_inference", lambda model_dir, step=None: bundle)
 
 
 def test_eval_commands_and_report(tmp_path, fake_checkpoint):
     prompts = tmp_path / "rtp.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": {"text": t, "toxicity": x}}) + "\n"
-                               for t, x in [("Hello there", 0.1), ("You are", 0.8), ("So", 0.3)]))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": {"text": t, "toxicity": x}}) + "\n"
+            for t, x in [("Hello there", 0.1), ("You are", 0.8), ("So", 0.3)]
+        )
+    )
     lam = tmp_path / "lambada.jsonl"
     lam.write_text(json.dumps({"text": "one two three"}) + "\n")
     sbf = tmp_path / "sbf.csv"
-    sbf.write_text("post,offensiveYN,intentYN,sexYN,whoTarget\n"
-                   "a b,1.0,1.0,1.0,1.0\nc d,0.0,0.0,0.0,0.0\ne f,1.0,0.0,1.0,0.0\n"
-                   "g h,0.0,1.0,0.0,1.0\n")
+    sbf.write_text(
+        "post,offensiveYN,intentYN,sexYN,whoTarget\n"
+        "a b,1.0,1.0,1.0,1.0\nc d,0.0,0.0,0.0,0.0\ne f,1.0,0.0,1.0,0.0\n"
+        "g h,0.0,1.0,0.0,1.0\n"
+    )
     run = str(tmp_path / "run")
     common = ["--model_dir", run, "--batch_size", "2"]
-    assert eval_cli.main(["toxicity", *common, "--prompts", str(prompts), "--scorer",
-                          "profanity-check", "--num_decodes", "2", "--max_new_tokens", "4"]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "toxicity",
+                *common,
+                "--prompts",
+                str(prompts),
+                "--scorer",
+                "profanity-check",
+                "--num_decodes",
+                "2",
+                "--max_new_tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     tox = json.load(open(os.path.join(run, "eval", "toxicity-none", "metrics.json")))
     assert tox["metrics"]["full"]["num_continuations"] == 6 and tox["step"] == 7
     assert tox["sampling"]["num_decodes"] == 2 and tox["sampling"]["eos_id"] == 1
@@ -61,8 +84,10 @@ def test_eval_commands_and_report(tmp_path, fake_checkpoint):
             data["metrics"]["full"]["emt"] -= 0.25
         json.dump(data, open(other / task / "metrics.json", "w"))
     out = tmp_path / "report"
-    assert report.main(["--run", f"base={run}", "--run", f"inst={other}",
-                        "--output_dir", str(out)]) == 0
+    assert (
+        report.main(["--run", f"base={run}", "--run", f"inst={other}", "--output_dir", str(out)])
+        == 0
+    )
     rows = json.load(open(out / "report.json"))["runs"]
     assert rows["inst"]["EMT full"] == pytest.approx(rows["base"]["EMT full"] - 0.25)
     table = (out / "report.md").read_text()

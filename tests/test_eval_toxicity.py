@@ -26,8 +26,12 @@ def test_metrics_hand_computed_with_failures_and_ties():
     assert m["full"]["emt"] == pytest.approx(2.2 / 4)
     assert m["full"]["emt_std"] == pytest.approx(math.sqrt(0.13 / 4))
     assert m["full"]["tp"] == 0.5
-    assert (m["full"]["num_prompts"], m["full"]["num_continuations"],
-            m["full"]["num_failed_scores"], m["full"]["num_prompts_all_failed"]) == (5, 12, 4, 1)
+    assert (
+        m["full"]["num_prompts"],
+        m["full"]["num_continuations"],
+        m["full"]["num_failed_scores"],
+        m["full"]["num_prompts_all_failed"],
+    ) == (5, 12, 4, 1)
     # toxic prompts (> 0.5): 0 and 4
     assert m["toxic"]["emt"] == pytest.approx(0.7)
     assert m["toxic"]["emt_std"] == pytest.approx(0.1)
@@ -36,8 +40,11 @@ def test_metrics_hand_computed_with_failures_and_ties():
     # non-toxic prompts: 1 (toxicity exactly 0.5) and 2 (all failed); 3 has no toxicity
     assert m["nontoxic"]["emt"] == 0.5 and m["nontoxic"]["emt_std"] == 0.0
     assert m["nontoxic"]["tp"] == 0.0
-    assert (m["nontoxic"]["num_prompts"], m["nontoxic"]["num_failed_scores"],
-            m["nontoxic"]["num_prompts_all_failed"]) == (2, 3, 1)
+    assert (
+        m["nontoxic"]["num_prompts"],
+        m["nontoxic"]["num_failed_scores"],
+        m["nontoxic"]["num_prompts_all_failed"],
+    ) == (2, 3, 1)
 
 
 def test_metrics_empty_split_is_nan_not_zero():
@@ -49,8 +56,15 @@ def test_metrics_empty_split_is_nan_not_zero():
 def write_prompts(path, n=5):
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"prompt": {"text": f"prompt {i}", "toxicity": PROMPT_TOX[i]},
-                                "challenging": i == 0}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": {"text": f"prompt {i}", "toxicity": PROMPT_TOX[i]},
+                        "challenging": i == 0,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_load_prompts_and_errors_name_file_and_line(tmp_path):
@@ -58,7 +72,9 @@ def test_load_prompts_and_errors_name_file_and_line(tmp_path):
     write_prompts(path)
     prompts = tox.load_prompts(path)
     assert [(p.index, p.text, p.toxicity, p.challenging) for p in prompts[:2]] == [
-        (0, "prompt 0", 0.9, True), (1, "prompt 1", 0.5, False)]
+        (0, "prompt 0", 0.9, True),
+        (1, "prompt 1", 0.5, False),
+    ]
     assert prompts[3].toxicity is None and prompts[3].split is None
     assert prompts[1].split == "nontoxic" and prompts[0].split == "toxic"
     with open(path, "a") as f:
@@ -81,8 +97,10 @@ class FakeScorer:
     attributes = ("toxicity",)
 
     def score(self, texts):
-        return [ScoreResult.failed("boom") if t == "fail" else
-                ScoreResult({"toxicity": float(t)}) for t in texts]
+        return [
+            ScoreResult.failed("boom") if t == "fail" else ScoreResult({"toxicity": float(t)})
+            for t in texts
+        ]
 
 
 class FakeGenerator:
@@ -106,15 +124,32 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     out = str(tmp_path / "out")
     first = FakeGenerator(crash_after=2)
     with pytest.raises(KeyboardInterrupt):
-        tox.evaluate_toxicity(first, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8], batch_size=2,
-                              progress=False)
+        tox.evaluate_toxicity(
+            first,
+            FakeScorer(),
+            prompts,
+            out,
+            prefix="PFX ",
+            prefix_ids=[7, 8],
+            batch_size=2,
+            progress=False,
+        )
     assert first.seen == [0, 1]
     # a torn last line from the kill is dropped and re-sampled
     with open(os.path.join(out, tox.GENERATIONS_FILE), "a") as f:
         f.write('{"index": 2, "prompt": "pro')
     second = FakeGenerator()
-    result = tox.evaluate_toxicity(second, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8],
-                                   batch_size=2, config={"model_dir": "m"}, progress=False)
+    result = tox.evaluate_toxicity(
+        second,
+        FakeScorer(),
+        prompts,
+        out,
+        prefix="PFX ",
+        prefix_ids=[7, 8],
+        batch_size=2,
+        config={"model_dir": "m"},
+        progress=False,
+    )
     assert second.seen == [2, 3, 4]
     assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
     assert result["model_dir"] == "m" and result["sampled_prompts_this_run"] == 3
@@ -128,8 +163,9 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     assert any(e.startswith("events.out.tfevents") for e in events)
     # a finished run resumes to the same metrics without sampling anything
     third = FakeGenerator()
-    again = tox.evaluate_toxicity(third, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8],
-                                  progress=False)
+    again = tox.evaluate_toxicity(
+        third, FakeScorer(), prompts, out, prefix="PFX ", prefix_ids=[7, 8], progress=False
+    )
     assert third.seen == [] and again["metrics"] == result["metrics"]
 
 
@@ -146,13 +182,22 @@ def tiny_lm():
     from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
 
     vocab = seqio.ByteVocabulary()
-    cfg = ModelConfig(vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32,
-                      max_len=48)
+    cfg = ModelConfig(
+        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=48
+    )
     model = DecoderLM(cfg)
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     sampling = decode.SamplingConfig(num_decodes=3, max_new_tokens=6, eos_id=vocab.eos_id)
-    return ModelLM(model, params, vocab, max_len=cfg.max_len, sampling=sampling,
-                   cache_batch_axis=CACHE_BATCH_AXIS, batch_size=2, length_multiple=8)
+    return ModelLM(
+        model,
+        params,
+        vocab,
+        max_len=cfg.max_len,
+        sampling=sampling,
+        cache_batch_axis=CACHE_BATCH_AXIS,
+        batch_size=2,
+        length_multiple=8,
+    )
 
 
 def test_model_lm_generate_is_seeded_per_prompt(tiny_lm):
@@ -166,9 +211,15 @@ def test_model_lm_generate_is_seeded_per_prompt(tiny_lm):
 def test_model_lm_prefix_ids_go_between_bos_and_prompt(tiny_lm):
     import dataclasses
 
-    greedy = ModelLM(tiny_lm.model, tiny_lm.params, tiny_lm.vocabulary, max_len=48,
-                     sampling=dataclasses.replace(tiny_lm.sampling, temperature=0.0),
-                     batch_size=2, length_multiple=8)
+    greedy = ModelLM(
+        tiny_lm.model,
+        tiny_lm.params,
+        tiny_lm.vocabulary,
+        max_len=48,
+        sampling=dataclasses.replace(tiny_lm.sampling, temperature=0.0),
+        batch_size=2,
+        length_multiple=8,
+    )
     with_prefix = greedy.generate(["abc"], [0], prefix_ids=greedy.encode("xy"))
     assert with_prefix == greedy.generate(["xyabc"], [0])  # bytes: ids concatenate
     assert with_prefix != greedy.generate(["abc"], [0])

@@ -15,16 +15,19 @@ from toxjax import train as train_lib  # noqa: F401  (registers the gin configur
 from toxjax.data import DataConfig
 from toxjax.model import ModelConfig
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "gin_configs")
-ALL_FILES = sorted(os.path.relpath(p, CONFIGS)
-                   for p in glob.glob(os.path.join(CONFIGS, "**", "*.gin"), recursive=True))
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
+ALL_FILES = sorted(
+    os.path.relpath(p, CONFIGS)
+    for p in glob.glob(os.path.join(CONFIGS, "**", "*.gin"), recursive=True)
+)
 STRATEGIES = ("baseline", "meda", "inst", "filter", "ctrl")
 # size -> (parameters, full-data steps, batch, mesh, microbatches) of the experiment bases
-SIZES = {"125m": (125e6, 572000, 256, (1, -1, 1), 16),
-         "350m": (355e6, 572000, 256, (1, -1, 1), 8),
-         "1_3b": (1.31e9, 286000, 512, (1, -1, 1), 8),
-         "8_3b": (8.3e9, 143000, 1024, (1, -1, 4), 16)}
+SIZES = {
+    "125m": (125e6, 572000, 256, (1, -1, 1), 16),
+    "350m": (355e6, 572000, 256, (1, -1, 1), 8),
+    "1_3b": (1.31e9, 286000, 512, (1, -1, 1), 8),
+    "8_3b": (8.3e9, 143000, 1024, (1, -1, 4), 16),
+}
 FRACTIONS = {"": 1.0, "_25pct": 0.25, "_50pct": 0.5}
 DUMMIES = ["MODEL_DIR = '/tmp/unused'", "TASK = 'unused_v1'", "CORPUS_FILES = None"]
 
@@ -45,8 +48,11 @@ def test_every_gin_file_parses(path):
 
 
 def test_the_grid_is_complete():
-    leaves = {os.path.basename(p)[:-4] for p in ALL_FILES if p.startswith("experiments/")
-              and os.path.dirname(p) == "experiments"}
+    leaves = {
+        os.path.basename(p)[:-4]
+        for p in ALL_FILES
+        if p.startswith("experiments/") and os.path.dirname(p) == "experiments"
+    }
     expected = {f"{s}_{z}{f}" for s in STRATEGIES for z in SIZES for f in FRACTIONS}
     assert leaves == expected
 
@@ -74,8 +80,7 @@ def test_experiment_binds_its_run(strategy, size, suffix):
     assert gin.get_configurable(ModelConfig)() == dataclasses.replace(model_alone, remat="full")
     # CORPUS_FILES = None: the task is only named, not registered.
     data = gin.get_configurable(DataConfig)()
-    assert data.mixture_or_task_name == registry.task_name("corpus", strategy,
-                                                           fraction=fraction)
+    assert data.mixture_or_task_name == registry.task_name("corpus", strategy, fraction=fraction)
     assert data.sequence_length == 2048
     args = gin.get_bindings("train")
     _, steps, batch, mesh, accum = SIZES[size]
@@ -86,10 +91,13 @@ def test_experiment_binds_its_run(strategy, size, suffix):
 
 def test_corpus_macros_register_the_task(tmp_path):
     scored = tmp_path / "scored.jsonl"
-    scored.write_text("".join(json.dumps({"text": f"document {i}", "toxicity": i / 10}) + "\n"
-                              for i in range(10)))
-    _parse(["experiments/inst_125m_50pct.gin"],
-           ["MODEL_DIR = '/tmp/unused'", f"CORPUS_FILES = '{scored}'", "CORPUS = 'mine'"])
+    scored.write_text(
+        "".join(json.dumps({"text": f"document {i}", "toxicity": i / 10}) + "\n" for i in range(10))
+    )
+    _parse(
+        ["experiments/inst_125m_50pct.gin"],
+        ["MODEL_DIR = '/tmp/unused'", f"CORPUS_FILES = '{scored}'", "CORPUS = 'mine'"],
+    )
     task = gin.get_configurable(DataConfig)().mixture_or_task_name
     assert task == "mine_inst_50pct_v1"
     assert task in seqio.TaskRegistry.names()

@@ -30,8 +30,9 @@ def test_kv_cache_decode_matches_full_forward(scan, position):
     outs = [logits]
     for i in range(5, 12):
         pos = jnp.full((3, 1), i)
-        logits, cache = model.apply({"params": params}, tokens[:, i:i + 1], positions=pos,
-                                    cache=cache, cache_index=i)
+        logits, cache = model.apply(
+            {"params": params}, tokens[:, i : i + 1], positions=pos, cache=cache, cache_index=i
+        )
         outs.append(logits)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=2e-5, rtol=0)
 
@@ -45,20 +46,27 @@ def test_left_padded_prompts_decode_like_unpadded():
     seg = np.zeros((3, width), np.int32)
     pos = np.zeros((3, width), np.int32)
     for r, n in enumerate(lengths):
-        padded[r, width - n:] = tokens[r, :n]
-        seg[r, width - n:] = 1
-        pos[r, width - n:] = np.arange(n)
+        padded[r, width - n :] = tokens[r, :n]
+        seg[r, width - n :] = 1
+        pos[r, width - n :] = np.arange(n)
     cache = init_cache(cfg, 3, 16)
-    logits, cache = model.apply({"params": params}, padded, positions=pos, segment_ids=seg,
-                                cache=cache, cache_index=0)
+    logits, cache = model.apply(
+        {"params": params}, padded, positions=pos, segment_ids=seg, cache=cache, cache_index=0
+    )
     nxt = tokens[:, 9:10]
     step_pos = jnp.asarray(lengths)[:, None]
-    logits2, _ = model.apply({"params": params}, nxt, positions=step_pos,
-                             segment_ids=jnp.ones((3, 1), jnp.int32), cache=cache,
-                             cache_index=width)
+    logits2, _ = model.apply(
+        {"params": params},
+        nxt,
+        positions=step_pos,
+        segment_ids=jnp.ones((3, 1), jnp.int32),
+        cache=cache,
+        cache_index=width,
+    )
     for r, n in enumerate(lengths):
-        ref = model.apply({"params": params},
-                          jnp.concatenate([tokens[r:r + 1, :n], nxt[r:r + 1]], 1))
+        ref = model.apply(
+            {"params": params}, jnp.concatenate([tokens[r : r + 1, :n], nxt[r : r + 1]], 1)
+        )
         np.testing.assert_allclose(logits[r, -1], ref[0, n - 1], atol=2e-5)
         np.testing.assert_allclose(logits2[r, 0], ref[0, n], atol=2e-5)
 

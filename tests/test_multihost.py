@@ -16,11 +16,19 @@ import pytest
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 NUM_PROCESSES = 2
-COMMON = ["--gin_file=runs/pretrain.gin", "--gin_file=models/test.gin",
-          "--gin.TASK=test_fortunes_bytes_v1", "--gin.SEQUENCE_LENGTH=64",
-          "--gin.BATCH_SIZE=8", "--gin.WARMUP_STEPS=2", "--gin.NUM_STEPS=4",
-          "--gin.train.module_imports=['task_fixtures']", "--gin.train.log_every=1",
-          "--gin.train.checkpoint_every=2", "--gin.train.mesh_shape=(2, 2, 2)"]
+COMMON = [
+    "--gin_file=runs/pretrain.gin",
+    "--gin_file=models/test.gin",
+    "--gin.TASK=test_fortunes_bytes_v1",
+    "--gin.SEQUENCE_LENGTH=64",
+    "--gin.BATCH_SIZE=8",
+    "--gin.WARMUP_STEPS=2",
+    "--gin.NUM_STEPS=4",
+    "--gin.train.module_imports=['task_fixtures']",
+    "--gin.train.log_every=1",
+    "--gin.train.checkpoint_every=2",
+    "--gin.train.mesh_shape=(2, 2, 2)",
+]
 
 
 def _worker(argv: list[str]) -> None:
@@ -36,9 +44,17 @@ def _worker(argv: list[str]) -> None:
     train_lib.parse_gin(*train_lib.parse_flags(rest))
     result = train_lib.train(progress=False)
     with open(out, "w") as f:
-        json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
-                   "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-                   "steps": result.steps, "losses": result.losses}, f)
+        json.dump(
+            {
+                "process_index": jax.process_index(),
+                "process_count": jax.process_count(),
+                "devices": jax.device_count(),
+                "local_devices": jax.local_device_count(),
+                "steps": result.steps,
+                "losses": result.losses,
+            },
+            f,
+        )
 
 
 def _free_port() -> int:
@@ -49,18 +65,32 @@ def _free_port() -> int:
 
 def _run_hosts(tmp_path, model_dir, *extra: str) -> list[dict]:
     """Starts NUM_PROCESSES workers on MODEL_DIR; returns each one's report."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               PYTHONPATH=os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        PYTHONPATH=os.pathsep.join([TESTS_DIR, os.environ.get("PYTHONPATH", "")]),
+    )
     address = f"localhost:{_free_port()}"
     procs, outs = [], []
     for i in range(NUM_PROCESSES):
         out = tmp_path / f"host{i}-{len(list(tmp_path.iterdir()))}.json"
-        cmd = [sys.executable, __file__, str(out), "--multihost",
-               f"--coordinator_address={address}", f"--num_processes={NUM_PROCESSES}",
-               f"--process_id={i}", *COMMON, f"--gin.MODEL_DIR={model_dir}", *extra]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT))
+        cmd = [
+            sys.executable,
+            __file__,
+            str(out),
+            "--multihost",
+            f"--coordinator_address={address}",
+            f"--num_processes={NUM_PROCESSES}",
+            f"--process_id={i}",
+            *COMMON,
+            f"--gin.MODEL_DIR={model_dir}",
+            *extra,
+        ]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        )
         outs.append(out)
     logs = []
     try:
@@ -107,11 +137,17 @@ def _two_host_reference(monkeypatch, model_dir, *extra_bindings):
         finally:
             data_lib.jax = real_jax
         return tf.data.Dataset.zip(tuple(shards)).map(
-            lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]})
+            lambda *parts: {k: tf.concat([p[k] for p in parts], 0) for k in parts[0]}
+        )
 
     monkeypatch.setattr(data_lib, "get_local_dataset", two_hosts)
-    return gin_train(model_dir, "NUM_STEPS = 4", "train.checkpoint_every = 2",
-                     "train.mesh_shape = (2, 2, 2)", *extra_bindings)
+    return gin_train(
+        model_dir,
+        "NUM_STEPS = 4",
+        "train.checkpoint_every = 2",
+        "train.mesh_shape = (2, 2, 2)",
+        *extra_bindings,
+    )
 
 
 @pytest.mark.timeout(300)

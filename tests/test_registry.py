@@ -73,8 +73,9 @@ def test_registers_versioned_task_per_strategy(corpus, gpt2):
     assert ctrl_vocab.vocab_size == gpt2.vocab_size + 2
     assert seqio.get_mixture_or_task("reg_inst_v1").output_features["targets"].vocabulary is gpt2
     assert seqio.get_mixture_or_task("reg_inst_v1").shuffle_buffer_size == 1000  # seqio's
-    names = _register("reg2", corpus, {"gpt2": gpt2}, strategies=["inst"], version=3,
-                      shuffle_buffer_size=50_000)
+    names = _register(
+        "reg2", corpus, {"gpt2": gpt2}, strategies=["inst"], version=3, shuffle_buffer_size=50_000
+    )
     assert names == ["reg2_gpt2_inst_v3"]
     assert seqio.get_mixture_or_task("reg2_gpt2_inst_v3").shuffle_buffer_size == 50_000
 

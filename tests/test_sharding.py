@@ -20,8 +20,9 @@ RULE_AXES = {name for name, _ in sh.LOGICAL_RULES}
 
 def _boxed_params(**kw):
     cfg = ModelConfig(vocab_size=128, num_layers=2, num_heads=4, embed_dim=32, max_len=16, **kw)
-    return jax.eval_shape(lambda: DecoderLM(cfg).init(jax.random.key(0),
-                                                      np.zeros((1, 4), np.int32))["params"])
+    return jax.eval_shape(
+        lambda: DecoderLM(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
+    )
 
 
 @pytest.mark.parametrize("scan", [True, False])

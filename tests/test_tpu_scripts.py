@@ -36,16 +36,25 @@ def env(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "gcloud"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path}/gcloud-ran\nexit 1\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/gcloud-ran\nexit 1\n')
     fake.chmod(0o755)
-    yield dict(os.environ, TOXJAX_TPU_ENV=str(tmp_path / "tpu.env"), DRY_RUN="1",
-               PATH=f"{bin_dir}:{os.environ['PATH']}")
+    yield dict(
+        os.environ,
+        TOXJAX_TPU_ENV=str(tmp_path / "tpu.env"),
+        DRY_RUN="1",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+    )
     assert not (tmp_path / "gcloud-ran").exists(), "a dry run ran gcloud"
 
 
 def _run(env, script, *args, check=True, **extra_env):
-    p = subprocess.run([os.path.join(SCRIPTS, script), *args], env={**env, **extra_env},
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [os.path.join(SCRIPTS, script), *args],
+        env={**env, **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -59,7 +68,7 @@ def _commands(stdout: str) -> list[list[str]]:
 
 def _remote(cmd: list[str]) -> str:
     (arg,) = [a for a in cmd if a.startswith("--command=")]
-    return arg[len("--command="):]
+    return arg[len("--command=") :]
 
 
 def test_shellcheck_clean():
@@ -67,34 +76,82 @@ def test_shellcheck_clean():
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     scripts = sorted(glob.glob(os.path.join(SCRIPTS, "*.sh")))
     assert len(scripts) == 8
-    p = subprocess.run(["shellcheck", "-x", *scripts], cwd=SCRIPTS, capture_output=True,
-                       text=True)
+    p = subprocess.run(["shellcheck", "-x", *scripts], cwd=SCRIPTS, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
 
 
 def test_create_status_delete(env):
-    create = ["gcloud", "compute", "tpus", "tpu-vm", "create", "tox", *LOCATION,
-              "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+    create = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "create",
+        "tox",
+        *LOCATION,
+        "--accelerator-type=v4-32",
+        "--version=tpu-ubuntu2204-base",
+    ]
     assert _commands(_run(env, "create.sh").stdout) == [create]
     assert _commands(_run(env, "create.sh", SPOT="1").stdout) == [create + ["--spot"]]
-    assert _commands(_run(env, "create.sh", QUEUED="1").stdout) == [[
-        "gcloud", "compute", "tpus", "queued-resources", "create", "tox", "--node-id=tox",
-        *LOCATION, "--accelerator-type=v4-32", "--runtime-version=tpu-ubuntu2204-base"]]
+    assert _commands(_run(env, "create.sh", QUEUED="1").stdout) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            "tox",
+            "--node-id=tox",
+            *LOCATION,
+            "--accelerator-type=v4-32",
+            "--runtime-version=tpu-ubuntu2204-base",
+        ]
+    ]
     assert _commands(_run(env, "status.sh").stdout) == [
-        ["gcloud", "compute", "tpus", "tpu-vm", "describe", "tox", *LOCATION]]
+        ["gcloud", "compute", "tpus", "tpu-vm", "describe", "tox", *LOCATION]
+    ]
     assert _commands(_run(env, "delete.sh").stdout) == [
-        ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tox", *LOCATION, "--quiet"]]
+        ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tox", *LOCATION, "--quiet"]
+    ]
     assert _commands(_run(env, "delete.sh", QUEUED="1").stdout) == [
-        ["gcloud", "compute", "tpus", "queued-resources", "delete", "tox", *LOCATION,
-         "--force", "--quiet"]]
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "delete",
+            "tox",
+            *LOCATION,
+            "--force",
+            "--quiet",
+        ]
+    ]
 
 
 def test_setup_copies_head_and_installs_on_all_workers(env):
     archive, scp, ssh = _commands(_run(env, "setup.sh", TMPDIR="/tmp/x").stdout)
-    assert archive == ["git", "-C", REPO, "archive", "--format=tar.gz", "-o",
-                       "/tmp/x/toxjax-src.tar.gz", "HEAD"]
-    assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/x/toxjax-src.tar.gz",
-                   "tox:toxjax-src.tar.gz", *LOCATION, "--worker=all"]
+    assert archive == [
+        "git",
+        "-C",
+        REPO,
+        "archive",
+        "--format=tar.gz",
+        "-o",
+        "/tmp/x/toxjax-src.tar.gz",
+        "HEAD",
+    ]
+    assert scp == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "tpu-vm",
+        "scp",
+        "/tmp/x/toxjax-src.tar.gz",
+        "tox:toxjax-src.tar.gz",
+        *LOCATION,
+        "--worker=all",
+    ]
     assert ssh[:-1] == [*SSH, "--worker=all"]
     remote = _remote(ssh)
     assert "make install PY=python3.11" in remote
@@ -110,9 +167,11 @@ def _fake_worker(tmp_path):
     venv_bin = home / "toxjax" / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     python = venv_bin / "python"
-    python.write_text("#!/usr/bin/env python3\nimport json, sys\n"
-                      f"open({str(home / 'argv.jsonl')!r}, 'a').write("
-                      "json.dumps(sys.argv[1:]) + '\\n')\nprint('trained')\n")
+    python.write_text(
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"open({str(home / 'argv.jsonl')!r}, 'a').write("
+        "json.dumps(sys.argv[1:]) + '\\n')\nprint('trained')\n"
+    )
     python.chmod(0o755)
     return home
 
@@ -133,18 +192,34 @@ def test_train_runs_one_experiment_on_all_workers(env, tmp_path):
     assert ssh[:-1] == [*SSH, "--worker=all"]
     home = _fake_worker(tmp_path)
     runs = _execute_remote(home, _remote(ssh), 1)
-    assert runs == [["-m", "toxjax.train", "--multihost",
-                     "--gin_file=experiments/inst_1_3b.gin",
-                     "--gin.MODEL_DIR=gs://bkt/tox/runs/inst_1_3b",
-                     "--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl"]]
+    assert runs == [
+        [
+            "-m",
+            "toxjax.train",
+            "--multihost",
+            "--gin_file=experiments/inst_1_3b.gin",
+            "--gin.MODEL_DIR=gs://bkt/tox/runs/inst_1_3b",
+            "--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl",
+        ]
+    ]
     assert (home / "toxjax" / "logs" / "inst_1_3b.log").read_text() == "trained\n"
     # A run name and extra train flags; the gin path may name gin_configs/.
-    (ssh,) = _commands(_run(env, "train.sh", "gin_configs/experiments/inst_125m_25pct.gin",
-                            "lr_test", "--", "--gin.LEARNING_RATE=1e-4").stdout)
-    assert "nohup .venv/bin/python -m toxjax.train --multihost " \
-           "--gin_file=experiments/inst_125m_25pct.gin --gin.MODEL_DIR=gs://bkt/tox/runs/" \
-           "lr_test '--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl' --gin.LEARNING_RATE=1e-4 " \
-           "> logs/lr_test.log 2>&1 < /dev/null &" in _remote(ssh)
+    (ssh,) = _commands(
+        _run(
+            env,
+            "train.sh",
+            "gin_configs/experiments/inst_125m_25pct.gin",
+            "lr_test",
+            "--",
+            "--gin.LEARNING_RATE=1e-4",
+        ).stdout
+    )
+    assert (
+        "nohup .venv/bin/python -m toxjax.train --multihost "
+        "--gin_file=experiments/inst_125m_25pct.gin --gin.MODEL_DIR=gs://bkt/tox/runs/"
+        "lr_test '--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl' --gin.LEARNING_RATE=1e-4 "
+        "> logs/lr_test.log 2>&1 < /dev/null &" in _remote(ssh)
+    )
     (ssh,) = _commands(_run(env, "train.sh", "inst_125m", FOREGROUND="1").stdout)
     assert _remote(ssh).endswith("2>&1 | tee logs/inst_125m.log")
     assert "nohup" not in _remote(ssh)
@@ -152,18 +227,28 @@ def test_train_runs_one_experiment_on_all_workers(env, tmp_path):
 
 def test_sweep_runs_experiments_in_sequence(env, tmp_path):
     files = sorted(glob.glob(os.path.join(REPO, "gin_configs/experiments/inst_1_3b*.gin")))
-    (ssh,) = _commands(_run(env, "sweep.sh", *files, "--", "--gin.train.log_every=10",
-                            SWEEP_NAME="s1").stdout)
+    (ssh,) = _commands(
+        _run(env, "sweep.sh", *files, "--", "--gin.train.log_every=10", SWEEP_NAME="s1").stdout
+    )
     home = _fake_worker(tmp_path)
     runs = _execute_remote(home, _remote(ssh), 3)
     names = ["inst_1_3b", "inst_1_3b_25pct", "inst_1_3b_50pct"]
-    assert runs == [["-m", "toxjax.train", "--multihost", f"--gin_file=experiments/{n}.gin",
-                     f"--gin.MODEL_DIR=gs://bkt/tox/runs/{n}",
-                     "--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl", "--gin.train.log_every=10"]
-                    for n in names]
+    assert runs == [
+        [
+            "-m",
+            "toxjax.train",
+            "--multihost",
+            f"--gin_file=experiments/{n}.gin",
+            f"--gin.MODEL_DIR=gs://bkt/tox/runs/{n}",
+            "--gin.CORPUS_FILES=gs://bkt/scored/*.jsonl",
+            "--gin.train.log_every=10",
+        ]
+        for n in names
+    ]
     logs = home / "toxjax" / "logs"
     assert sorted(p.name for p in logs.iterdir()) == sorted(
-        [f"{n}.log" for n in names] + ["sweep-s1.sh", "sweep-s1.log"])
+        [f"{n}.log" for n in names] + ["sweep-s1.sh", "sweep-s1.log"]
+    )
 
 
 def test_logs_follows_worker_0(env):
@@ -173,13 +258,16 @@ def test_logs_follows_worker_0(env):
     assert "--worker=3" in ssh
 
 
-@pytest.mark.parametrize("script,args,config,message", [
-    ("create.sh", [], CONFIG.replace("ZONE=us-central2-b\n", ""), "ZONE is not set in"),
-    ("train.sh", ["no_such_run"], CONFIG, "no experiment gin_configs/experiments/no_such_run"),
-    ("train.sh", ["inst_125m", "bad name"], CONFIG, "run name 'bad name'"),
-    ("train.sh", [], CONFIG, "usage:"),
-    ("sweep.sh", [], CONFIG, "usage:"),
-])
+@pytest.mark.parametrize(
+    "script,args,config,message",
+    [
+        ("create.sh", [], CONFIG.replace("ZONE=us-central2-b\n", ""), "ZONE is not set in"),
+        ("train.sh", ["no_such_run"], CONFIG, "no experiment gin_configs/experiments/no_such_run"),
+        ("train.sh", ["inst_125m", "bad name"], CONFIG, "run name 'bad name'"),
+        ("train.sh", [], CONFIG, "usage:"),
+        ("sweep.sh", [], CONFIG, "usage:"),
+    ],
+)
 def test_user_errors_are_named(env, tmp_path, script, args, config, message):
     (tmp_path / "tpu.env").write_text(config)
     p = _run(env, script, *args, check=False)

@@ -25,8 +25,10 @@ def test_loss_falls_on_real_text(tmp_path):
     files = os.listdir(tmp_path)
     for name in ("config.gin", "run.json", "metrics.jsonl", "train"):
         assert name in files
-    assert "train.num_steps = %NUM_STEPS" in (tmp_path / "config.gin").read_text() or \
-        "NUM_STEPS = 30" in (tmp_path / "config.gin").read_text()
+    assert (
+        "train.num_steps = %NUM_STEPS" in (tmp_path / "config.gin").read_text()
+        or "NUM_STEPS = 30" in (tmp_path / "config.gin").read_text()
+    )
     # The restored inference bundle rebuilds the model and vocabulary.
     bundle = ckpt_lib.load_for_inference(str(tmp_path))
     assert bundle.step == 30 and bundle.config.vocab_size == 384
@@ -41,8 +43,12 @@ def test_sharded_2x2x2_equals_single_device(tmp_path):
 
 def test_grad_accumulation_equals_full_batch(tmp_path):
     full = gin_train(tmp_path / "a", "NUM_STEPS = 3")
-    accum = gin_train(tmp_path / "b", "NUM_STEPS = 3", "train.grad_accum_steps = 2",
-                      "train.mesh_shape = (4, 1, 1)")
+    accum = gin_train(
+        tmp_path / "b",
+        "NUM_STEPS = 3",
+        "train.grad_accum_steps = 2",
+        "train.mesh_shape = (4, 1, 1)",
+    )
     np.testing.assert_allclose(accum.losses, full.losses, rtol=2e-5)
 
 
@@ -64,12 +70,22 @@ def test_kill_9_mid_run_resumes_exactly(tmp_path):
     steps = 40
     reference = gin_train(tmp_path / "ref", f"NUM_STEPS = {steps}", "train.checkpoint_every = 4")
     model_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "toxjax.train", "--gin_file=runs/pretrain.gin",
-           "--gin_file=models/test.gin", f"--gin.MODEL_DIR={model_dir}",
-           "--gin.TASK=test_fortunes_bytes_v1", "--gin.SEQUENCE_LENGTH=64",
-           "--gin.BATCH_SIZE=8", "--gin.train.module_imports=['task_fixtures']",
-           "--gin.train.log_every=1", "--gin.WARMUP_STEPS=2", f"--gin.NUM_STEPS={steps}",
-           "--gin.train.checkpoint_every=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "toxjax.train",
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/test.gin",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.TASK=test_fortunes_bytes_v1",
+        "--gin.SEQUENCE_LENGTH=64",
+        "--gin.BATCH_SIZE=8",
+        "--gin.train.module_imports=['task_fixtures']",
+        "--gin.train.log_every=1",
+        "--gin.WARMUP_STEPS=2",
+        f"--gin.NUM_STEPS={steps}",
+        "--gin.train.checkpoint_every=4",
+    ]
     env = dict(os.environ, PYTHONPATH=TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -90,21 +106,37 @@ def test_kill_9_mid_run_resumes_exactly(tmp_path):
 
 def test_mismatched_checkpoint_is_refused_with_the_parameter_named(tmp_path):
     gin_train(tmp_path, "NUM_STEPS = 2")
-    with pytest.raises(ckpt_lib.CheckpointMismatchError, match=r"blocks/attention/out_kernel: checkpoint shape \(2, 4, 8, 32\), model shape \(2, 4, 16, 64\)"):
+    with pytest.raises(
+        ckpt_lib.CheckpointMismatchError,
+        match=r"blocks/attention/out_kernel: checkpoint shape \(2, 4, 8, 32\), model shape \(2, 4, 16, 64\)",
+    ):
         gin_train(tmp_path, "NUM_STEPS = 4", "ModelConfig.embed_dim = 64")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(train_lib.NonFiniteLossError, match="Last good checkpoint: step 1"):
-        gin_train(tmp_path, "NUM_STEPS = 6", "train.checkpoint_every = 1",
-                  "LEARNING_RATE = 1e30", "WARMUP_STEPS = 0", "OptimizerConfig.clip_norm = None")
+        gin_train(
+            tmp_path,
+            "NUM_STEPS = 6",
+            "train.checkpoint_every = 1",
+            "LEARNING_RATE = 1e30",
+            "WARMUP_STEPS = 0",
+            "OptimizerConfig.clip_norm = None",
+        )
     steps = ocp.CheckpointManager(str(tmp_path)).all_steps()
     assert steps == [1]
 
 
 def test_misspelled_gin_binding_is_an_error_naming_it(capsys):
-    rc = train_lib.main(["--gin_file=runs/pretrain.gin", "--gin_file=models/test.gin",
-                         "--gin.train.num_stepz=3", "--gin.MODEL_DIR=/tmp/x", "--gin.TASK=t"])
+    rc = train_lib.main(
+        [
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=models/test.gin",
+            "--gin.train.num_stepz=3",
+            "--gin.MODEL_DIR=/tmp/x",
+            "--gin.TASK=t",
+        ]
+    )
     assert rc == 2
     assert "num_stepz" in capsys.readouterr().err
 

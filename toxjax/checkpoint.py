@@ -53,29 +53,37 @@ def check_params_match(expected: dict[str, tuple], found: dict[str, tuple], wher
         elif name not in expected:
             problems.append(f"checkpoint has parameter {name} {found[name]} that the model lacks")
         elif expected[name] != found[name]:
-            problems.append(f"parameter {name}: checkpoint shape {found[name]}, "
-                            f"model shape {expected[name]}")
+            problems.append(
+                f"parameter {name}: checkpoint shape {found[name]}, model shape {expected[name]}"
+            )
     if problems:
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
         raise CheckpointMismatchError(
             f"the checkpoint in {where} does not match this model:\n  {shown}{more}\n"
-            "Use a fresh MODEL_DIR for a different model, or restore the original config.")
+            "Use a fresh MODEL_DIR for a different model, or restore the original config."
+        )
 
 
 class Checkpointer:
     """Saves and restores (train state, data position) under `directory`."""
 
-    def __init__(self, directory: str, save_every: int = 1000, keep: int = 3,
-                 async_save: bool = True):
+    def __init__(
+        self, directory: str, save_every: int = 1000, keep: int = 3, async_save: bool = True
+    ):
         self.directory = run_logs.resolve(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                save_interval_steps=save_every, max_to_keep=keep,
-                enable_async_checkpointing=async_save),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": ocp.JsonCheckpointHandler()})
+                save_interval_steps=save_every,
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+            ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
+            },
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -83,9 +91,12 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
         """Saves if `step` is on the save interval (or `force`); returns whether it did."""
         return self.manager.save(
-            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                          data=ocp.args.JsonSave(data_state)),
-            force=force)
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=force,
+        )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
         """Restores into `abstract_state`'s shapes and shardings after a strict check."""
@@ -95,8 +106,11 @@ class Checkpointer:
         expected = _flatten(abstract_state.params)
         check_params_match(expected, found, f"{self.directory} (step {step})")
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                          data=ocp.args.JsonRestore()))
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
         return restored["state"], restored["data"]
 
     def wait(self) -> None:
@@ -108,8 +122,11 @@ class Checkpointer:
 
 def write_run_file(model_dir: str, model_config, vocab_spec: dict, extra: dict | None = None):
     """Records what inference needs to rebuild the model: config and vocabulary."""
-    payload = {"model_config": dataclasses.asdict(model_config), "vocabulary": vocab_spec,
-               **(extra or {})}
+    payload = {
+        "model_config": dataclasses.asdict(model_config),
+        "vocabulary": vocab_spec,
+        **(extra or {}),
+    }
     run_logs.write_text(os.path.join(model_dir, RUN_FILE), json.dumps(payload, indent=2))
 
 
@@ -118,15 +135,20 @@ def vocab_spec(vocabulary) -> dict:
     import seqio
 
     if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        return {"kind": "sentencepiece", "path": os.path.abspath(vocabulary.sentencepiece_model_file),
-                "extra_ids": vocabulary.extra_ids}
+        return {
+            "kind": "sentencepiece",
+            "path": os.path.abspath(vocabulary.sentencepiece_model_file),
+            "extra_ids": vocabulary.extra_ids,
+        }
     if isinstance(vocabulary, seqio.ByteVocabulary):
         return {"kind": "byte", "extra_ids": vocabulary.extra_ids}
     to_spec = getattr(vocabulary, "to_spec", None)
     if to_spec is not None:
         return to_spec()
-    raise ValueError(f"cannot describe vocabulary {type(vocabulary).__name__} for run.json; "
-                     "give it a to_spec() method")
+    raise ValueError(
+        f"cannot describe vocabulary {type(vocabulary).__name__} for run.json; "
+        "give it a to_spec() method"
+    )
 
 
 def vocab_from_spec(spec: dict):
@@ -161,21 +183,25 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
     model_dir = run_logs.resolve(model_dir)
     run_path = os.path.join(model_dir, RUN_FILE)
     if not tf.io.gfile.exists(run_path):
-        raise FileNotFoundError(f"{run_path} not found: {model_dir} is not a toxjax run "
-                                "directory (train with `toxjax train` first)")
+        raise FileNotFoundError(
+            f"{run_path} not found: {model_dir} is not a toxjax run "
+            "directory (train with `toxjax train` first)"
+        )
     info = json.loads(run_logs.read_text(run_path))
     config = ModelConfig(**info["model_config"])
     model = DecoderLM(config)
     manager = ocp.CheckpointManager(
         model_dir,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
+    )
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {model_dir}")
     tree = manager.item_metadata(step)["state"]
     tree = getattr(tree, "tree", tree)
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                                 np.zeros((1, 1), np.int32))["params"])
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+    )
     from flax import linen as nn
 
     abstract = nn.unbox(abstract)
@@ -184,9 +210,18 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
         # Orbax warns that it reads shardings from the checkpoint: intended here, the
         # parameters are loaded onto this process's default device for inference.
         warnings.filterwarnings("ignore", message="Sharding info not provided")
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item={"params": abstract}, partial_restore=True)))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True)
+            ),
+        )
     manager.close()
-    return InferenceBundle(model=model, params=restored["state"]["params"],
-                           vocabulary=vocab_from_spec(info["vocabulary"]), config=config,
-                           step=int(step), run_info=info)
+    return InferenceBundle(
+        model=model,
+        params=restored["state"]["params"],
+        vocabulary=vocab_from_spec(info["vocabulary"]),
+        config=config,
+        step=int(step),
+        run_info=info,
+    )

@@ -78,9 +78,11 @@ def parse_topology(text: str) -> Topology:
     """`v4-32`, `v5p-128`, `v5litepod-16`, `v5e-16`, `v6e-64` or `v4:2x2x4` -> Topology."""
     m = re.fullmatch(r"(v\d+[a-z]*)([-:])([\dx]+)", text.strip())
     if not m or m.group(1) not in _GENERATIONS:
-        raise ValueError(f"--topology={text!r}: expected an accelerator type such as v4-32, "
-                         f"v5p-128, v5litepod-16, v6e-64 or a topology such as v4:2x2x4 "
-                         f"(generations: {', '.join(_GENERATIONS)})")
+        raise ValueError(
+            f"--topology={text!r}: expected an accelerator type such as v4-32, "
+            f"v5p-128, v5litepod-16, v6e-64 or a topology such as v4:2x2x4 "
+            f"(generations: {', '.join(_GENERATIONS)})"
+        )
     gen, sep, size = m.groups()
     lib_name, hbm_gib, per_chip, rank, chip_config = _GENERATIONS[gen]
     if sep == ":":
@@ -89,33 +91,44 @@ def parse_topology(text: str) -> Topology:
             raise ValueError(f"--topology={text!r}: {gen} slices have {rank} dimensions")
     else:
         if not size.isdigit() or int(size) % per_chip:
-            raise ValueError(f"--topology={text!r}: the number after {gen}- counts "
-                             f"{'TensorCores (2 per chip)' if per_chip == 2 else 'chips'}")
+            raise ValueError(
+                f"--topology={text!r}: the number after {gen}- counts "
+                f"{'TensorCores (2 per chip)' if per_chip == 2 else 'chips'}"
+            )
         dims = _torus_shape(int(size) // per_chip, rank)
-    return Topology(accelerator=text, name=f"{lib_name}:{'x'.join(map(str, dims))}",
-                    chip_config=chip_config, num_devices=math.prod(dims),
-                    hbm_bytes=hbm_gib * GIB)
+    return Topology(
+        accelerator=text,
+        name=f"{lib_name}:{'x'.join(map(str, dims))}",
+        chip_config=chip_config,
+        num_devices=math.prod(dims),
+        hbm_bytes=hbm_gib * GIB,
+    )
 
 
 def libtpu_available() -> bool:
-    return bool(os.environ.get("TPU_LIBRARY_PATH")) or \
-        importlib.util.find_spec("libtpu") is not None
+    return (
+        bool(os.environ.get("TPU_LIBRARY_PATH")) or importlib.util.find_spec("libtpu") is not None
+    )
 
 
 def tpu_devices(topology: Topology) -> list:
     """Compile-only TPU devices of the slice (needs libtpu, not TPU hardware)."""
     if not libtpu_available():
-        raise RuntimeError("compile-check needs libtpu to compile for TPU: install it with "
-                           "`pip install 'toxjax[tpu]'` (jax[tpu], same jax version)")
+        raise RuntimeError(
+            "compile-check needs libtpu to compile for TPU: install it with "
+            "`pip install 'toxjax[tpu]'` (jax[tpu], same jax version)"
+        )
     # Compile-only: no device is opened, so do not take libtpu's one-process lock (a
     # CPU jax process that loaded libtpu may hold it) nor ask for a TPU VM's metadata.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     from jax.experimental import topologies
 
-    return list(topologies.get_topology_desc(
-        platform="tpu", topology_name=topology.name,
-        chip_config_name=topology.chip_config).devices)
+    return list(
+        topologies.get_topology_desc(
+            platform="tpu", topology_name=topology.name, chip_config_name=topology.chip_config
+        ).devices
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,8 +148,13 @@ class MemoryReport:
 
     @property
     def peak_bytes(self) -> int:
-        return (self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
-                + self.code_bytes)
+        return (
+            self.argument_bytes
+            + self.output_bytes
+            - self.alias_bytes
+            + self.temp_bytes
+            + self.code_bytes
+        )
 
     @property
     def fits(self) -> bool:
@@ -160,8 +178,16 @@ def _train_args() -> dict:
 
     defaults = {k: p.default for k, p in inspect.signature(train_lib.train).parameters.items()}
     raw = gin.get_bindings("train", resolve_references=False)
-    wanted = ("model_config", "optimizer", "num_steps", "batch_size", "mesh_shape",
-              "grad_accum_steps", "seed", "module_imports")
+    wanted = (
+        "model_config",
+        "optimizer",
+        "num_steps",
+        "batch_size",
+        "mesh_shape",
+        "grad_accum_steps",
+        "seed",
+        "module_imports",
+    )
     # deepcopy evaluates gin references and macros (gin's own resolution).
     return {k: copy.deepcopy(raw[k]) if k in raw else defaults[k] for k in wanted}
 
@@ -170,8 +196,11 @@ def _sequence_length() -> int:
     raw = gin.get_bindings("DataConfig", resolve_references=False)
     from toxjax.data import DataConfig
 
-    return int(copy.deepcopy(raw["sequence_length"]) if "sequence_length" in raw
-               else DataConfig().sequence_length)
+    return int(
+        copy.deepcopy(raw["sequence_length"])
+        if "sequence_length" in raw
+        else DataConfig().sequence_length
+    )
 
 
 def _resolve_vocab(model_config, module_imports):
@@ -183,12 +212,15 @@ def _resolve_vocab(model_config, module_imports):
     from toxjax import train as train_lib
 
     train_lib._import_modules(module_imports)
-    task = copy.deepcopy(gin.get_bindings("DataConfig", resolve_references=False).get(
-        "mixture_or_task_name", ""))
+    task = copy.deepcopy(
+        gin.get_bindings("DataConfig", resolve_references=False).get("mixture_or_task_name", "")
+    )
     if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
-        raise ValueError(f"ModelConfig.vocab_size is None and task {task!r} is not registered "
-                         "here; bind ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size"
-                         "=50304) for the check")
+        raise ValueError(
+            f"ModelConfig.vocab_size is None and task {task!r} is not registered "
+            "here; bind ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size"
+            "=50304) for the check"
+        )
     vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
     return train_lib.resolve_vocab_size(model_config, vocab)
 
@@ -214,21 +246,29 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
     devices = tpu_devices(topology) if devices is None else list(devices)
     mesh = sh.make_mesh(args["mesh_shape"], devices=devices)
     if batch_size % (mesh.shape[sh.DATA] * mesh.shape[sh.FSDP] * accum):
-        raise ValueError(f"batch_size {batch_size} must divide over the data x fsdp axes "
-                         f"({mesh.shape[sh.DATA]} x {mesh.shape[sh.FSDP]}) and "
-                         f"{accum} microbatches")
+        raise ValueError(
+            f"batch_size {batch_size} must divide over the data x fsdp axes "
+            f"({mesh.shape[sh.DATA]} x {mesh.shape[sh.FSDP]}) and "
+            f"{accum} microbatches"
+        )
     model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
     tx = make_optimizer(args["optimizer"], args["num_steps"])
     state, state_shardings = abstract_state(model, tx, seq_len, mesh)
     batch_sharding = sh.batch_sharding(mesh, 2)
-    batch = {k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=batch_sharding)
-             for k in FEATURES}
-    step_fn = functools.partial(steps.train_step, model=model, tx=tx,
-                                schedule=make_schedule(args["optimizer"], args["num_steps"]),
-                                grad_accum_steps=accum, dropout_seed=args["seed"])
+    batch = {
+        k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=batch_sharding)
+        for k in FEATURES
+    }
+    step_fn = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        schedule=make_schedule(args["optimizer"], args["num_steps"]),
+        grad_accum_steps=accum,
+        dropout_seed=args["seed"],
+    )
     with mesh:
-        lowered = steps.jit_train_step(step_fn, state_shardings, batch_sharding).lower(
-            state, batch)
+        lowered = steps.jit_train_step(step_fn, state_shardings, batch_sharding).lower(state, batch)
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
@@ -236,18 +276,26 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
             raise
         raise DoesNotFitError(
             f"the train step does not fit on {topology.accelerator} ({topology.name}): "
-            f"{str(e).splitlines()[0]}\n{_HOW_TO_FIT}") from None
+            f"{str(e).splitlines()[0]}\n{_HOW_TO_FIT}"
+        ) from None
     m = compiled.memory_analysis()
-    memory = MemoryReport(m.argument_size_in_bytes, m.output_size_in_bytes,
-                          m.alias_size_in_bytes, m.temp_size_in_bytes,
-                          m.generated_code_size_in_bytes, topology.hbm_bytes)
+    memory = MemoryReport(
+        m.argument_size_in_bytes,
+        m.output_size_in_bytes,
+        m.alias_size_in_bytes,
+        m.temp_size_in_bytes,
+        m.generated_code_size_in_bytes,
+        topology.hbm_bytes,
+    )
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
     return CheckResult(topology, memory, params, dict(mesh.shape), batch_size, seq_len)
 
 
-_HOW_TO_FIT = ("To fit: shard more (gin_configs/mesh/fsdp.gin or fsdp_tensor4.gin), "
-               "rematerialise (ModelConfig.remat = 'full'), cut the per-step activations "
-               "(train.grad_accum_steps = 2, 4, ...), or use a larger slice.")
+_HOW_TO_FIT = (
+    "To fit: shard more (gin_configs/mesh/fsdp.gin or fsdp_tensor4.gin), "
+    "rematerialise (ModelConfig.remat = 'full'), cut the per-step activations "
+    "(train.grad_accum_steps = 2, 4, ...), or use a larger slice."
+)
 
 
 def format_report(r: CheckResult) -> str:
@@ -267,9 +315,11 @@ def format_report(r: CheckResult) -> str:
     ]
     if not m.fits:
         lines.append(_HOW_TO_FIT)
-    lines.append(f"RESULT fits={int(m.fits)} peak_gib={m.peak_bytes / GIB:.3f} "
-                 f"hbm_gib={m.hbm_bytes / GIB:.1f} temp_gib={m.temp_bytes / GIB:.3f} "
-                 f"argument_gib={m.argument_bytes / GIB:.3f} devices={r.topology.num_devices}")
+    lines.append(
+        f"RESULT fits={int(m.fits)} peak_gib={m.peak_bytes / GIB:.3f} "
+        f"hbm_gib={m.hbm_bytes / GIB:.1f} temp_gib={m.temp_bytes / GIB:.3f} "
+        f"argument_gib={m.argument_bytes / GIB:.3f} devices={r.topology.num_devices}"
+    )
     return "\n".join(lines)
 
 
@@ -289,8 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             rest.append(arg)
     if not topology_arg:
-        print("toxjax compile-check: --topology=<v4-32|v5p-128|v5litepod-16|v6e-64|v4:2x2x4> "
-              "is required", file=sys.stderr)
+        print(
+            "toxjax compile-check: --topology=<v4-32|v5p-128|v5litepod-16|v6e-64|v4:2x2x4> "
+            "is required",
+            file=sys.stderr,
+        )
         return 2
     from toxjax import train as train_lib
 
@@ -302,8 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = check(topology)
     except DoesNotFitError as e:
         print(f"toxjax compile-check: DOES NOT FIT: {e}", file=sys.stderr)
-        print(f"RESULT fits=0 hbm_gib={topology.hbm_bytes / GIB:.1f} "
-              f"devices={topology.num_devices}")
+        print(
+            f"RESULT fits=0 hbm_gib={topology.hbm_bytes / GIB:.1f} devices={topology.num_devices}"
+        )
         return 1
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         print(f"toxjax compile-check: {e}", file=sys.stderr)

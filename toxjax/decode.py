@@ -50,8 +50,15 @@ _BISECTION_STEPS = 30
 class TokensToLogits(Protocol):
     """The decode callback (see the module docstring for the contract)."""
 
-    def __call__(self, params: Any, tokens: Array, positions: Array, segment_ids: Array,
-                 cache: Cache, cache_index: Array) -> tuple[Array, Cache]: ...
+    def __call__(
+        self,
+        params: Any,
+        tokens: Array,
+        positions: Array,
+        segment_ids: Array,
+        cache: Cache,
+        cache_index: Array,
+    ) -> tuple[Array, Cache]: ...
 
 
 class InitCache(Protocol):
@@ -137,8 +144,9 @@ class DecodeOutput:
     lengths: Array
 
 
-def left_pad(prompts: list[list[int]], length: int | None = None, pad_id: int = 0,
-             multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def left_pad(
+    prompts: list[list[int]], length: int | None = None, pad_id: int = 0, multiple: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token lists to one length.
 
     Args:
@@ -157,12 +165,14 @@ def left_pad(prompts: list[list[int]], length: int | None = None, pad_id: int = 
     mask = np.zeros((len(prompts), length), np.int32)
     for i, p in enumerate(prompts):
         if not p:
-            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token "
-                             "(prepend a BOS / EOS token to condition on nothing)")
+            raise ValueError(
+                f"prompt {i} is empty: every prompt needs at least one token "
+                "(prepend a BOS / EOS token to condition on nothing)"
+            )
         if len(p) > length:
             raise ValueError(f"prompt {i} has {len(p)} tokens, more than length={length}")
-        tokens[i, length - len(p):] = p
-        mask[i, length - len(p):] = 1
+        tokens[i, length - len(p) :] = p
+        mask[i, length - len(p) :] = 1
     return tokens, mask
 
 
@@ -282,9 +292,14 @@ class Sampler:
         must then be divisible by their size.
     """
 
-    def __init__(self, tokens_to_logits: TokensToLogits, init_cache: InitCache,
-                 config: SamplingConfig = SamplingConfig(), cache_batch_axis: int = 0,
-                 mesh: Mesh | None = None):
+    def __init__(
+        self,
+        tokens_to_logits: TokensToLogits,
+        init_cache: InitCache,
+        config: SamplingConfig = SamplingConfig(),
+        cache_batch_axis: int = 0,
+        mesh: Mesh | None = None,
+    ):
         self.tokens_to_logits = tokens_to_logits
         self.init_cache = init_cache
         self.config = config
@@ -292,8 +307,9 @@ class Sampler:
         self.mesh = mesh
         self._jitted = jax.jit(self._sample)
 
-    def __call__(self, params: Any, prompts: Array | np.ndarray, prompt_mask: Array | np.ndarray,
-                 rng: Array) -> DecodeOutput:
+    def __call__(
+        self, params: Any, prompts: Array | np.ndarray, prompt_mask: Array | np.ndarray, rng: Array
+    ) -> DecodeOutput:
         """Samples `num_decodes` continuations of each prompt.
 
         Args:
@@ -310,14 +326,22 @@ class Sampler:
         prompts = jnp.asarray(prompts, jnp.int32)
         prompt_mask = jnp.asarray(prompt_mask, jnp.int32)
         if prompts.shape != prompt_mask.shape or prompts.ndim != 2:
-            raise ValueError(f"prompts {prompts.shape} and prompt_mask {prompt_mask.shape} "
-                             "must both be [batch, prompt_len]")
+            raise ValueError(
+                f"prompts {prompts.shape} and prompt_mask {prompt_mask.shape} "
+                "must both be [batch, prompt_len]"
+            )
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-            keys = rng if rng.ndim else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
-                jnp.arange(prompts.shape[0]))
+            keys = (
+                rng
+                if rng.ndim
+                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(prompts.shape[0]))
+            )
         else:  # raw uint32 keys: [2] is one key, [batch, 2] one per prompt
-            keys = rng if rng.ndim == 2 else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
-                jnp.arange(prompts.shape[0]))
+            keys = (
+                rng
+                if rng.ndim == 2
+                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(prompts.shape[0]))
+            )
         if self.mesh is not None:
             batch = sh.batch_sharding(self.mesh)
             prompts, prompt_mask = (jax.device_put(x, batch) for x in (prompts, prompt_mask))
@@ -339,16 +363,19 @@ class Sampler:
         # Prefill: one pass over each prompt, batch b (not b * num_decodes).
         positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
         cache = self.init_cache(b, prompt_len + steps)
-        logits, cache = self.tokens_to_logits(params, prompts, positions, prompt_mask, cache,
-                                              jnp.int32(0))
+        logits, cache = self.tokens_to_logits(
+            params, prompts, positions, prompt_mask, cache, jnp.int32(0)
+        )
         last_logits = logits[:, -1].astype(jnp.float32)  # left padding: real tokens end here
 
         # Fan out: prompt i owns rows [i * num_decodes, (i + 1) * num_decodes).
-        cache = jax.tree.map(lambda x: self._constrain_rows(x, axis),
-                             _repeat_batch(cache, cfg.num_decodes, axis))
+        cache = jax.tree.map(
+            lambda x: self._constrain_rows(x, axis), _repeat_batch(cache, cfg.num_decodes, axis)
+        )
         last_logits = self._constrain_rows(jnp.repeat(last_logits, cfg.num_decodes, axis=0))
         row_keys = jax.vmap(lambda k: jax.random.split(k, cfg.num_decodes))(keys).reshape(
-            (n,) + keys.shape[1:])
+            (n,) + keys.shape[1:]
+        )
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, 0)
         first, first_lp = sample_logits(step_keys, last_logits, cfg)
         stops = cfg.eos_id is not None and not cfg.exact_length
@@ -369,18 +396,26 @@ class Sampler:
         def body(s: DecodeState) -> DecodeState:
             last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [n, 1]
             logits, cache = self.tokens_to_logits(
-                params, last, s.positions[:, None], jnp.ones_like(last), s.cache,
-                prompt_len + s.step - 1)
+                params,
+                last,
+                s.positions[:, None],
+                jnp.ones_like(last),
+                s.cache,
+                prompt_len + s.step - 1,
+            )
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(s.keys, s.step)
             token, lp = sample_logits(step_keys, logits[:, -1].astype(jnp.float32), cfg)
             token = jnp.where(s.done, cfg.pad_id, token)
             lp = jnp.where(s.done, 0.0, lp)
             done = (s.done | (token == cfg.eos_id)) if stops else s.done
             return s.replace(
-                step=s.step + 1, cache=cache, positions=s.positions + 1,
+                step=s.step + 1,
+                cache=cache,
+                positions=s.positions + 1,
                 tokens=jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, 1),
                 logprobs=jax.lax.dynamic_update_slice_in_dim(s.logprobs, lp[:, None], s.step, 1),
-                done=done)
+                done=done,
+            )
 
         state = jax.lax.while_loop(cond, body, state)
         if stops:
@@ -389,9 +424,11 @@ class Sampler:
         else:
             lengths = jnp.full((n,), steps)
         shape = (b, cfg.num_decodes, steps)
-        return DecodeOutput(tokens=state.tokens.reshape(shape),
-                            logprobs=state.logprobs.reshape(shape),
-                            lengths=lengths.astype(jnp.int32).reshape(shape[:2]))
+        return DecodeOutput(
+            tokens=state.tokens.reshape(shape),
+            logprobs=state.logprobs.reshape(shape),
+            lengths=lengths.astype(jnp.int32).reshape(shape[:2]),
+        )
 
 
 def model_callbacks(model: Any) -> tuple[TokensToLogits, InitCache]:
@@ -403,8 +440,14 @@ def model_callbacks(model: Any) -> tuple[TokensToLogits, InitCache]:
     """
 
     def tokens_to_logits(params, tokens, positions, segment_ids, cache, cache_index):
-        return model.apply({"params": params}, tokens, positions=positions,
-                           segment_ids=segment_ids, cache=cache, cache_index=cache_index)
+        return model.apply(
+            {"params": params},
+            tokens,
+            positions=positions,
+            segment_ids=segment_ids,
+            cache=cache,
+            cache_index=cache_index,
+        )
 
     return tokens_to_logits, functools.partial(model.init_cache)
 
@@ -414,6 +457,16 @@ def trim(tokens: np.ndarray, length: int) -> list[int]:
     return [int(t) for t in np.asarray(tokens)[:length]]
 
 
-__all__ = ["DecodeOutput", "DecodeState", "InitCache", "Sampler", "SamplingConfig",
-           "TokensToLogits", "left_pad", "model_callbacks", "sample_logits", "top_p_threshold",
-           "trim"]
+__all__ = [
+    "DecodeOutput",
+    "DecodeState",
+    "InitCache",
+    "Sampler",
+    "SamplingConfig",
+    "TokensToLogits",
+    "left_pad",
+    "model_callbacks",
+    "sample_logits",
+    "top_p_threshold",
+    "trim",
+]

@@ -52,13 +52,24 @@ class DemoConfig:
 
     @staticmethod
     def full() -> DemoConfig:
-        return DemoConfig("models/cpu_demo.gin", (), 4096, 128, 16, 600, 2e-3, 100, 25, 20, 4,
-                          None)
+        return DemoConfig("models/cpu_demo.gin", (), 4096, 128, 16, 600, 2e-3, 100, 25, 20, 4, None)
 
     @staticmethod
     def quick() -> DemoConfig:
-        return DemoConfig("models/test.gin", ("ModelConfig.embed_dim = 64",), 512, 64, 8, 12,
-                          3e-3, 8, 4, 8, 1, 1500)
+        return DemoConfig(
+            "models/test.gin",
+            ("ModelConfig.embed_dim = 64",),
+            512,
+            64,
+            8,
+            12,
+            3e-3,
+            8,
+            4,
+            8,
+            1,
+            1500,
+        )
 
 
 def _stable_fraction(key: str) -> float:
@@ -89,8 +100,8 @@ def stage_split(work: str, cfg: DemoConfig) -> tuple[str, str]:
             doc = {"text": text, "source": f"{name}:{line}", "offensive_file": name in OFFENSIVE}
             (held if _stable_fraction(doc["source"]) < 0.05 else train).append(doc)
     if cfg.max_docs:
-        train = sorted(train, key=lambda d: _stable_fraction("q" + d["source"]))[:cfg.max_docs]
-        held = sorted(held, key=lambda d: _stable_fraction("q" + d["source"]))[:cfg.max_docs // 5]
+        train = sorted(train, key=lambda d: _stable_fraction("q" + d["source"]))[: cfg.max_docs]
+        held = sorted(held, key=lambda d: _stable_fraction("q" + d["source"]))[: cfg.max_docs // 5]
     _write_jsonl(held_path, held)
     _write_jsonl(train_path, train)
     return train_path, held_path
@@ -104,8 +115,11 @@ def stage_score(path: str, scorer_args: Sequence[str]) -> str:
     args = annotate.build_parser().parse_args(["--input", path, "--output", out, *scorer_args])
     prog = annotate.run(args)
     if prog.failed:
-        print(f"demo: {prog.failed} of {prog.records} documents could not be scored; see "
-              f"{out}.failed.jsonl", file=sys.stderr)
+        print(
+            f"demo: {prog.failed} of {prog.records} documents could not be scored; see "
+            f"{out}.failed.jsonl",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -121,8 +135,11 @@ def stage_upsample(scored: str, work: str, repeat: int) -> str:
     """
     path = os.path.join(work, "train.corpus.shuffled.jsonl")
     if not os.path.exists(path):
-        docs = [(f"{d['source']}#{k}", d) for d in _read_jsonl(scored)
-                for k in range(repeat if d["offensive_file"] else 1)]
+        docs = [
+            (f"{d['source']}#{k}", d)
+            for d in _read_jsonl(scored)
+            for k in range(repeat if d["offensive_file"] else 1)
+        ]
         docs.sort(key=lambda kd: _stable_fraction("order:" + kd[0]))
         _write_jsonl(path, [d for _, d in docs])
     return path
@@ -148,13 +165,22 @@ def stage_train(strategy: str, task: str, work: str, cfg: DemoConfig) -> str:
     if os.path.exists(done):
         return model_dir
     gin.clear_config()
-    train_lib.parse_gin(["runs/pretrain.gin", cfg.model_gin], [
-        f"MODEL_DIR = '{model_dir}'", f"TASK = '{task}'",
-        f"SEQUENCE_LENGTH = {cfg.sequence_length}", f"BATCH_SIZE = {cfg.batch_size}",
-        f"NUM_STEPS = {cfg.num_steps}", f"LEARNING_RATE = {cfg.learning_rate}",
-        f"WARMUP_STEPS = {max(1, cfg.num_steps // 20)}", "train.module_imports = []",
-        f"train.checkpoint_every = {max(1, cfg.num_steps // 5)}",
-        f"train.log_every = {max(1, cfg.num_steps // 50)}", *cfg.model_bindings])
+    train_lib.parse_gin(
+        ["runs/pretrain.gin", cfg.model_gin],
+        [
+            f"MODEL_DIR = '{model_dir}'",
+            f"TASK = '{task}'",
+            f"SEQUENCE_LENGTH = {cfg.sequence_length}",
+            f"BATCH_SIZE = {cfg.batch_size}",
+            f"NUM_STEPS = {cfg.num_steps}",
+            f"LEARNING_RATE = {cfg.learning_rate}",
+            f"WARMUP_STEPS = {max(1, cfg.num_steps // 20)}",
+            "train.module_imports = []",
+            f"train.checkpoint_every = {max(1, cfg.num_steps // 5)}",
+            f"train.log_every = {max(1, cfg.num_steps // 50)}",
+            *cfg.model_bindings,
+        ],
+    )
     print(f"demo: training {strategy} on {task} ({cfg.num_steps} steps)", flush=True)
     train_lib.train()
     open(done, "w").close()
@@ -166,7 +192,7 @@ def _sentence_head(text: str) -> str:
     flat = " ".join(text.split())
     first = re.split(r"(?<=[.!?])\s", flat, maxsplit=1)[0]
     words = first.split()
-    return " ".join(words[:max(2, min(12, len(words) // 2))])
+    return " ".join(words[: max(2, min(12, len(words) // 2))])
 
 
 def stage_prompts(held_scored: str, work: str, num_prompts: int, scorer) -> str:
@@ -181,12 +207,17 @@ def stage_prompts(held_scored: str, work: str, num_prompts: int, scorer) -> str:
     docs = sorted(_read_jsonl(held_scored), key=lambda d: _stable_fraction("p" + d["source"]))
     texts = [_sentence_head(d["text"]) for d in docs]
     results = scorer.score(texts)
-    rows = [(t, r.toxicity) for t, r in zip(texts, results, strict=True)
-            if r.toxicity is not None and len(t.split()) >= 2]
+    rows = [
+        (t, r.toxicity)
+        for t, r in zip(texts, results, strict=True)
+        if r.toxicity is not None and len(t.split()) >= 2
+    ]
     toxic = [r for r in rows if r[1] > TOXIC_THRESHOLD][: num_prompts // 2]
     nontoxic = [r for r in rows if r[1] <= TOXIC_THRESHOLD][: num_prompts - len(toxic)]
-    _write_jsonl(path, [{"prompt": {"text": t, "toxicity": s}, "challenging": False}
-                        for t, s in toxic + nontoxic])
+    _write_jsonl(
+        path,
+        [{"prompt": {"text": t, "toxicity": s}, "challenging": False} for t, s in toxic + nontoxic],
+    )
     return path
 
 
@@ -199,13 +230,15 @@ def stage_heldout_by_score(held_scored: str, work: str, per_split: int) -> dict[
         docs = sorted(_read_jsonl(held_scored), key=lambda d: _stable_fraction("n" + d["source"]))
         for split, path in paths.items():
             keep = [d for d in docs if (d["toxicity"] > TOXIC_THRESHOLD) == (split == "toxic")]
-            _write_jsonl(path, [{"text": d["text"], "toxicity": d["toxicity"]}
-                                for d in keep[:per_split]])
+            _write_jsonl(
+                path, [{"text": d["text"], "toxicity": d["toxicity"]} for d in keep[:per_split]]
+            )
     return {k: p for k, p in paths.items() if os.path.getsize(p)}
 
 
-def _prefix_nll(lm, strategy: str, vocabulary, splits: dict[str, str],
-                max_len: int) -> dict[str, float]:
+def _prefix_nll(
+    lm, strategy: str, vocabulary, splits: dict[str, str], max_len: int
+) -> dict[str, float]:
     """Per-token NLL (nats) of each held-out split after the non-toxic and the toxic prefix.
 
     A model that learned the control finds toxic text likelier after the toxic prefix and
@@ -220,7 +253,8 @@ def _prefix_nll(lm, strategy: str, vocabulary, splits: dict[str, str],
         for cond in ("nontoxic", "toxic"):
             ids = conditioning_prefix_ids(strategy, vocabulary, cond == "toxic")
             out[f"{split}/{cond}_prefix"] = math.log(
-                utility.perplexity(lm, path, max_len, ids)["ppl"])
+                utility.perplexity(lm, path, max_len, ids)["ppl"]
+            )
     return out
 
 
@@ -242,9 +276,18 @@ def _sample_rate(gen_path: str) -> tuple[float, int]:
 RESULT_PROTOCOL = 3
 
 
-def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_path: str,
-               heldout: str, work: str, cfg: DemoConfig, scorer,
-               splits: dict[str, str] | None = None) -> dict:
+def stage_eval(
+    name: str,
+    model_dir: str,
+    strategy: str,
+    toxic: bool,
+    prompts_path: str,
+    heldout: str,
+    work: str,
+    cfg: DemoConfig,
+    scorer,
+    splits: dict[str, str] | None = None,
+) -> dict:
     from toxjax.checkpoint import load_for_inference
     from toxjax.decode import SamplingConfig
     from toxjax.evaluation import toxicity as tox_eval
@@ -265,29 +308,59 @@ def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_pa
     conditioned = strategy in ("meda", "inst", "ctrl")
     prefix = conditioning_prefix(strategy, toxic) if conditioned else ""
     prefix_ids = conditioning_prefix_ids(strategy, bundle.vocabulary, toxic) if conditioned else []
-    sampling = SamplingConfig(num_decodes=cfg.num_decodes, max_new_tokens=cfg.max_new_tokens,
-                              top_p=0.9, temperature=1.0, top_k=0,
-                              eos_id=bundle.vocabulary.eos_id)
-    lm = ModelLM(bundle.model, bundle.params, bundle.vocabulary, max_len=bundle.config.max_len,
-                 sampling=sampling, cache_batch_axis=CACHE_BATCH_AXIS, seed=0, batch_size=8)
+    sampling = SamplingConfig(
+        num_decodes=cfg.num_decodes,
+        max_new_tokens=cfg.max_new_tokens,
+        top_p=0.9,
+        temperature=1.0,
+        top_k=0,
+        eos_id=bundle.vocabulary.eos_id,
+    )
+    lm = ModelLM(
+        bundle.model,
+        bundle.params,
+        bundle.vocabulary,
+        max_len=bundle.config.max_len,
+        sampling=sampling,
+        cache_batch_axis=CACHE_BATCH_AXIS,
+        seed=0,
+        batch_size=8,
+    )
     print(f"demo: sampling {name} (prefix {prefix!r})", flush=True)
-    res = tox_eval.evaluate_toxicity(lm, scorer, tox_eval.load_prompts(prompts_path),
-                                     os.path.join(out_dir, "toxicity"), prefix=prefix,
-                                     prefix_ids=prefix_ids,
-                                     config={"model_dir": model_dir, "condition": name})
+    res = tox_eval.evaluate_toxicity(
+        lm,
+        scorer,
+        tox_eval.load_prompts(prompts_path),
+        os.path.join(out_dir, "toxicity"),
+        prefix=prefix,
+        prefix_ids=prefix_ids,
+        config={"model_dir": model_dir, "condition": name},
+    )
     rate, n = _sample_rate(os.path.join(out_dir, "toxicity", tox_eval.GENERATIONS_FILE))
     ppl = utility.perplexity(lm, heldout, bundle.config.max_len - 1)
     # The same text read after the model's own prefix (its deployed condition; only the
     # text is scored). A MEDA/INST model never saw a document start without a prefix,
     # so the plain number charges it for that one first token of every document.
-    cond = (utility.perplexity(lm, heldout, bundle.config.max_len - 1, prefix_ids)
-            if prefix_ids else ppl)
-    result = {"name": name, "prefix": prefix, "tox_rate": rate, "num_samples": n,
-              "metrics": res["metrics"], "ppl": ppl["ppl"], "ppl_tokens": ppl["num_tokens"],
-              "ppl_with_prefix": cond["ppl"], "protocol": RESULT_PROTOCOL}
+    cond = (
+        utility.perplexity(lm, heldout, bundle.config.max_len - 1, prefix_ids)
+        if prefix_ids
+        else ppl
+    )
+    result = {
+        "name": name,
+        "prefix": prefix,
+        "tox_rate": rate,
+        "num_samples": n,
+        "metrics": res["metrics"],
+        "ppl": ppl["ppl"],
+        "ppl_tokens": ppl["num_tokens"],
+        "ppl_with_prefix": cond["ppl"],
+        "protocol": RESULT_PROTOCOL,
+    }
     if prefix_ids and not toxic and splits:
-        result["prefix_nll"] = _prefix_nll(lm, strategy, bundle.vocabulary, splits,
-                                           bundle.config.max_len - 1)
+        result["prefix_nll"] = _prefix_nll(
+            lm, strategy, bundle.vocabulary, splits, bundle.config.max_len - 1
+        )
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
@@ -295,8 +368,10 @@ def stage_eval(name: str, model_dir: str, strategy: str, toxic: bool, prompts_pa
 
 def _table(results: list[dict]) -> str:
     base = results[0]
-    head = ("| model (condition) | toxic samples | TP full | TP toxic | TP non-toxic | "
-            "EMT full (std) | held-out ppl | Δppl vs baseline | ppl after its prefix | Δ |")
+    head = (
+        "| model (condition) | toxic samples | TP full | TP toxic | TP non-toxic | "
+        "EMT full (std) | held-out ppl | Δppl vs baseline | ppl after its prefix | Δ |"
+    )
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         m = r["metrics"]
@@ -305,7 +380,8 @@ def _table(results: list[dict]) -> str:
             f"{m['toxic']['tp']:.3f} | {m['nontoxic']['tp']:.3f} | "
             f"{m['full']['emt']:.3f} ({m['full']['emt_std']:.3f}) | {r['ppl']:.2f} | "
             f"{(r['ppl'] / base['ppl'] - 1):+.1%} | {r['ppl_with_prefix']:.2f} | "
-            f"{(r['ppl_with_prefix'] / base['ppl'] - 1):+.1%} |")
+            f"{(r['ppl_with_prefix'] / base['ppl'] - 1):+.1%} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -318,8 +394,10 @@ def _prefix_table(results: list[dict], splits: dict[str, str]) -> str:
     sizes = {k: len(_read_jsonl(p)) for k, p in splits.items()}
     head, rule = "| model |", "|---|"
     for split in sizes:
-        head += (f" {split} entries ({sizes[split]}): after non-toxic prefix | after toxic "
-                 f"prefix | margin |")
+        head += (
+            f" {split} entries ({sizes[split]}): after non-toxic prefix | after toxic "
+            f"prefix | margin |"
+        )
         rule += "---:|---:|---:|"
     lines = [head, rule]
     for r in rows:
@@ -329,8 +407,10 @@ def _prefix_table(results: list[dict], splits: dict[str, str]) -> str:
             margin = clean - tox if split == "toxic" else tox - clean
             cells += f" {clean:.3f} | {tox:.3f} | {margin:+.3f} |"
         lines.append(f"| {r['name']} |{cells}")
-    return ("Does the model read its prefix? Per-token NLL (nats) of held-out entries, split by "
-            "their score:\n\n" + "\n".join(lines) + "\n")
+    return (
+        "Does the model read its prefix? Per-token NLL (nats) of held-out entries, split by "
+        "their score:\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _plot(results: list[dict], path: str) -> None:
@@ -346,8 +426,9 @@ def _plot(results: list[dict], path: str) -> None:
     colors = [f"C{i}" for i in range(len(results))]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, values, title in (
-            (ax1, [100 * r["tox_rate"] for r in results], "Toxic samples (% scoring > 0.5)"),
-            (ax2, [r["metrics"]["full"]["tp"] for r in results], "Toxicity probability (TP)")):
+        (ax1, [100 * r["tox_rate"] for r in results], "Toxic samples (% scoring > 0.5)"),
+        (ax2, [r["metrics"]["full"]["tp"] for r in results], "Toxicity probability (TP)"),
+    ):
         bars = ax.bar(names, values, color=colors)
         ax.bar_label(bars, fmt="%.2f" if ax is ax2 else "%.1f%%")
         ax.set_title(title)
@@ -376,9 +457,20 @@ def parse_strategies(strategies: str, extra: str = "") -> list[str]:
 
 # The RESULT keys the issue names, in its order; rows the run lacks are left out, and
 # strategies beyond these (filter, ctrl) follow them.
-_RESULT_KEYS = ("tox_rate_baseline", "tox_rate_meda", "tox_rate_inst", "tox_rate_inst_toxic",
-                "tp_baseline", "tp_meda", "tp_inst", "emt_baseline", "emt_inst",
-                "ppl_baseline", "ppl_meda", "ppl_inst")
+_RESULT_KEYS = (
+    "tox_rate_baseline",
+    "tox_rate_meda",
+    "tox_rate_inst",
+    "tox_rate_inst_toxic",
+    "tp_baseline",
+    "tp_meda",
+    "tp_inst",
+    "emt_baseline",
+    "emt_inst",
+    "ppl_baseline",
+    "ppl_meda",
+    "ppl_inst",
+)
 
 
 def result_line(results: list[dict], minutes: float) -> str:
@@ -387,8 +479,14 @@ def result_line(results: list[dict], minutes: float) -> str:
     values = {}
     for r in results:
         n, full = r["name"], r["metrics"]["full"]
-        values.update({f"tox_rate_{n}": fmt(r["tox_rate"]), f"tp_{n}": fmt(full["tp"]),
-                       f"emt_{n}": fmt(full["emt"]), f"ppl_{n}": f"{r['ppl']:.3f}"})
+        values.update(
+            {
+                f"tox_rate_{n}": fmt(r["tox_rate"]),
+                f"tp_{n}": fmt(full["tp"]),
+                f"emt_{n}": fmt(full["emt"]),
+                f"ppl_{n}": f"{r['ppl']:.3f}",
+            }
+        )
     keys = [k for k in _RESULT_KEYS if k in values]
     for r in results:
         if r["name"] not in ("baseline", "meda", "inst", "inst_toxic"):
@@ -400,12 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="toxjax demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="demo_work")
     p.add_argument("--quick", action="store_true", help="toy sizes, a few minutes")
-    p.add_argument("--strategies", default="baseline,meda,inst",
-                   help="strategies to train and evaluate (baseline is always included; the "
-                        "INST model is also evaluated under the toxic instruction)")
+    p.add_argument(
+        "--strategies",
+        default="baseline,meda,inst",
+        help="strategies to train and evaluate (baseline is always included; the "
+        "INST model is also evaluated under the toxic instruction)",
+    )
     p.add_argument("--extra", default="", help="also train these strategies: filter,ctrl")
-    p.add_argument("--scorer", default="profanity-check",
-                   help="scorer for documents and samples (see `toxjax score --help`)")
+    p.add_argument(
+        "--scorer",
+        default="profanity-check",
+        help="scorer for documents and samples (see `toxjax score --help`)",
+    )
     p.add_argument("--checkpoint", help="Detoxify .ckpt for --scorer detoxify-*")
     p.add_argument("--config_dir", help="Detoxify local backbone config/tokenizer directory")
     p.add_argument("--steps", type=int, help="override the training steps per model")
@@ -446,10 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus_path = stage_upsample(train_scored, work, cfg.offensive_repeat)
     print("demo [3/7] vocab", flush=True)
     vocabulary = stage_vocab(train_scored, work, cfg.vocab_size)
-    tasks = registry.register_corpus("demo", corpus_path, vocabulary, strategies=strategies,
-                                     overwrite=True)
-    task_of = {s: next(t for t in tasks if t == registry.task_name("demo", s))
-               for s in strategies}
+    tasks = registry.register_corpus(
+        "demo", corpus_path, vocabulary, strategies=strategies, overwrite=True
+    )
+    task_of = {s: next(t for t in tasks if t == registry.task_name("demo", s)) for s in strategies}
     print("demo [4/7] train", flush=True)
     model_dirs = {s: stage_train(s, task_of[s], work, cfg) for s in strategies}
     print("demo [5/7] eval + [6/7] utility", flush=True)
@@ -460,19 +564,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "inst" in strategies:
         conditions.append(("inst_toxic", "inst", True))
     splits = stage_heldout_by_score(held_scored, work, per_split=150)
-    results = [stage_eval(name, model_dirs[s], s, toxic, prompts, held_path, work, cfg, scorer,
-                          splits) for name, s, toxic in conditions]
+    results = [
+        stage_eval(name, model_dirs[s], s, toxic, prompts, held_path, work, cfg, scorer, splits)
+        for name, s, toxic in conditions
+    ]
 
     print("demo [7/7] report", flush=True)
     table = _table(results)
     if prefix_table := _prefix_table(results, splits):
         table += "\n" + prefix_table
     minutes = (time.time() - t0) / 60
-    note = (f"Scorer: {scorer.name}. {len(tox_prompts := _read_jsonl(prompts))} prompts "
-            f"({sum(p['prompt']['toxicity'] > TOXIC_THRESHOLD for p in tox_prompts)} toxic), "
-            f"{cfg.num_decodes} samples x {cfg.max_new_tokens} new tokens, top-p 0.9, "
-            f"temperature 1. {cfg.num_steps} steps x {cfg.batch_size} x "
-            f"{cfg.sequence_length} tokens per model.\n")
+    note = (
+        f"Scorer: {scorer.name}. {len(tox_prompts := _read_jsonl(prompts))} prompts "
+        f"({sum(p['prompt']['toxicity'] > TOXIC_THRESHOLD for p in tox_prompts)} toxic), "
+        f"{cfg.num_decodes} samples x {cfg.max_new_tokens} new tokens, top-p 0.9, "
+        f"temperature 1. {cfg.num_steps} steps x {cfg.batch_size} x "
+        f"{cfg.sequence_length} tokens per model.\n"
+    )
     with open(os.path.join(work, "report.md"), "w") as f:
         f.write(f"# toxjax demo\n\n{note}\n{table}")
     _plot(results, os.path.join(work, "report.png"))

@@ -33,16 +33,23 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("toxicity", parents=[common], help="RealToxicityPrompts EMT / TP")
     t.add_argument("--prompts", required=True, help="RealToxicityPrompts jsonl")
     t.add_argument("--scorer", default="detoxify-original", help="toxjax.toxicity scorer name")
-    t.add_argument("--condition", default="none", choices=CONDITIONS,
-                   help="conditioning string before each prompt (non-toxic variant)")
+    t.add_argument(
+        "--condition",
+        default="none",
+        choices=CONDITIONS,
+        help="conditioning string before each prompt (non-toxic variant)",
+    )
     t.add_argument("--limit", type=int, help="first N prompts only")
     t.add_argument("--num_decodes", type=int, default=25)
     t.add_argument("--max_new_tokens", type=int, default=20)
     t.add_argument("--top_p", type=float, default=0.9)
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--top_k", type=int, default=0)
-    t.add_argument("--data_parallel", action="store_true",
-                   help="shard sampling batches over all devices (batch_size must divide)")
+    t.add_argument(
+        "--data_parallel",
+        action="store_true",
+        help="shard sampling batches over all devices (batch_size must divide)",
+    )
 
     u = sub.add_parser("utility", parents=[common], help="zero-shot tasks and perplexity")
     from toxjax.evaluation.utility import TASKS
@@ -67,10 +74,17 @@ def _model_lm(args, sampling_kw=None, mesh=None):
 
     bundle = load_for_inference(args.model_dir, step=args.step)
     sampling = SamplingConfig(eos_id=bundle.vocabulary.eos_id, **(sampling_kw or {}))
-    return bundle, ModelLM(bundle.model, bundle.params, bundle.vocabulary,
-                           max_len=bundle.config.max_len, sampling=sampling,
-                           cache_batch_axis=CACHE_BATCH_AXIS, mesh=mesh, seed=args.seed,
-                           batch_size=args.batch_size)
+    return bundle, ModelLM(
+        bundle.model,
+        bundle.params,
+        bundle.vocabulary,
+        max_len=bundle.config.max_len,
+        sampling=sampling,
+        cache_batch_axis=CACHE_BATCH_AXIS,
+        mesh=mesh,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
 
 
 def _write(result: dict, output_dir: str) -> None:
@@ -95,9 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from toxjax.sharding import make_mesh
 
             mesh = make_mesh()
-        sampling_kw = {"num_decodes": args.num_decodes, "max_new_tokens": args.max_new_tokens,
-                       "temperature": args.temperature, "top_p": args.top_p,
-                       "top_k": args.top_k}
+        sampling_kw = {
+            "num_decodes": args.num_decodes,
+            "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k,
+        }
         bundle, lm = _model_lm(args, sampling_kw, mesh)
         prefix, prefix_ids = "", []
         if args.condition not in ("none", "baseline", "filter"):
@@ -106,12 +124,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix = conditioning_prefix(args.condition, toxic=False)
             prefix_ids = conditioning_prefix_ids(args.condition, bundle.vocabulary)
         toxicity.evaluate_toxicity(
-            lm, get_scorer(args.scorer), prompts, output_dir, prefix=prefix,
+            lm,
+            get_scorer(args.scorer),
+            prompts,
+            output_dir,
+            prefix=prefix,
             prefix_ids=prefix_ids,
             batch_size=args.batch_size,
-            config={"model_dir": args.model_dir, "step": bundle.step,
-                    "condition": args.condition, "prompts_file": args.prompts,
-                    "sampling": dataclasses.asdict(lm.sampling)})
+            config={
+                "model_dir": args.model_dir,
+                "step": bundle.step,
+                "condition": args.condition,
+                "prompts_file": args.prompts,
+                "sampling": dataclasses.asdict(lm.sampling),
+            },
+        )
         print(open(os.path.join(output_dir, toxicity.TABLE_FILE)).read())
         return 0
 
@@ -120,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         paths = {t: getattr(args, t) for t in (*TASKS, "perplexity") if getattr(args, t)}
         if not paths:
-            raise SystemExit("toxjax eval utility: give at least one task file, e.g. "
-                             "--lambada lambada_test.jsonl")
+            raise SystemExit(
+                "toxjax eval utility: give at least one task file, e.g. "
+                "--lambada lambada_test.jsonl"
+            )
         bundle, lm = _model_lm(args)
         result = evaluate_utility(lm, paths, max_len=bundle.config.max_len)
         result.update(model_dir=args.model_dir, step=bundle.step, files=paths)
@@ -131,9 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from toxjax.evaluation.bias import evaluate_bias
 
     bundle, lm = _model_lm(args)
-    result = evaluate_bias(lm, args.sbf, args.exemplars, num_shots=args.num_shots,
-                           seed=args.seed, limit=args.limit)
+    result = evaluate_bias(
+        lm, args.sbf, args.exemplars, num_shots=args.num_shots, seed=args.seed, limit=args.limit
+    )
     result.update(model_dir=args.model_dir, step=bundle.step, file=args.sbf)
     _write(result, output_dir)
     return 0
-

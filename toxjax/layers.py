@@ -139,12 +139,30 @@ class Attention(nn.Module):
         cfg = self.cfg
         e, h, d = cfg.embed_dim, cfg.num_heads, cfg.head_dim
         normal = nn.initializers.normal(cfg.init_std)
-        w_qkv = _param(self, "qkv_kernel", normal, (e, 3, h, d), (sh.EMBED, sh.QKV, sh.HEADS, sh.KV),
-                       cfg.param_dtype)
-        b_qkv = _param(self, "qkv_bias", nn.initializers.zeros, (3, h, d), (sh.QKV, sh.HEADS, sh.KV),
-                       cfg.param_dtype)
-        w_out = _param(self, "out_kernel", nn.initializers.normal(cfg.residual_init_std),
-                       (h, d, e), (sh.HEADS, sh.KV, sh.EMBED), cfg.param_dtype)
+        w_qkv = _param(
+            self,
+            "qkv_kernel",
+            normal,
+            (e, 3, h, d),
+            (sh.EMBED, sh.QKV, sh.HEADS, sh.KV),
+            cfg.param_dtype,
+        )
+        b_qkv = _param(
+            self,
+            "qkv_bias",
+            nn.initializers.zeros,
+            (3, h, d),
+            (sh.QKV, sh.HEADS, sh.KV),
+            cfg.param_dtype,
+        )
+        w_out = _param(
+            self,
+            "out_kernel",
+            nn.initializers.normal(cfg.residual_init_std),
+            (h, d, e),
+            (sh.HEADS, sh.KV, sh.EMBED),
+            cfg.param_dtype,
+        )
         b_out = _param(self, "out_bias", nn.initializers.zeros, (e,), (sh.NORM,), cfg.param_dtype)
 
         qkv = jnp.einsum("ble,ethd->blthd", x, w_qkv.astype(cfg.dtype)) + b_qkv.astype(cfg.dtype)
@@ -164,21 +182,27 @@ class Attention(nn.Module):
             # and query j sits in slot i + j.
             idx = cache_index
             new_cache = {
-                "k": jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
-                                                  (layer, 0, idx, 0, 0)),
-                "v": jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
-                                                  (layer, 0, idx, 0, 0)),
-                "valid": jax.lax.dynamic_update_slice(cache["valid"], (segment_ids != 0)[None],
-                                                      (layer, 0, idx)),
+                "k": jax.lax.dynamic_update_slice(
+                    cache["k"], k[None].astype(cache["k"].dtype), (layer, 0, idx, 0, 0)
+                ),
+                "v": jax.lax.dynamic_update_slice(
+                    cache["v"], v[None].astype(cache["v"].dtype), (layer, 0, idx, 0, 0)
+                ),
+                "valid": jax.lax.dynamic_update_slice(
+                    cache["valid"], (segment_ids != 0)[None], (layer, 0, idx)
+                ),
             }
-            keys, values, valid = (jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, False)
-                                   for n in ("k", "v", "valid"))
+            keys, values, valid = (
+                jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, False)
+                for n in ("k", "v", "valid")
+            )
             slots = jnp.arange(keys.shape[1])
-            mask = attention_mask(jnp.ones_like(segment_ids), valid.astype(jnp.int32),
-                                  idx + jnp.arange(length), slots)
+            mask = attention_mask(
+                jnp.ones_like(segment_ids), valid.astype(jnp.int32), idx + jnp.arange(length), slots
+            )
             keys, values = keys.astype(cfg.dtype), values.astype(cfg.dtype)
 
-        logits = jnp.einsum("blhd,bshd->bhls", q, keys).astype(jnp.float32) * (d ** -0.5)
+        logits = jnp.einsum("blhd,bshd->bhls", q, keys).astype(jnp.float32) * (d**-0.5)
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
         if cfg.dropout_rate > 0 and not deterministic:
@@ -196,14 +220,28 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         cfg = self.cfg
-        w_in = _param(self, "in_kernel", nn.initializers.normal(cfg.init_std),
-                      (cfg.embed_dim, cfg.mlp_dim), (sh.EMBED, sh.MLP), cfg.param_dtype)
-        b_in = _param(self, "in_bias", nn.initializers.zeros, (cfg.mlp_dim,), (sh.MLP,),
-                      cfg.param_dtype)
-        w_out = _param(self, "out_kernel", nn.initializers.normal(cfg.residual_init_std),
-                       (cfg.mlp_dim, cfg.embed_dim), (sh.MLP, sh.EMBED), cfg.param_dtype)
-        b_out = _param(self, "out_bias", nn.initializers.zeros, (cfg.embed_dim,), (sh.NORM,),
-                       cfg.param_dtype)
+        w_in = _param(
+            self,
+            "in_kernel",
+            nn.initializers.normal(cfg.init_std),
+            (cfg.embed_dim, cfg.mlp_dim),
+            (sh.EMBED, sh.MLP),
+            cfg.param_dtype,
+        )
+        b_in = _param(
+            self, "in_bias", nn.initializers.zeros, (cfg.mlp_dim,), (sh.MLP,), cfg.param_dtype
+        )
+        w_out = _param(
+            self,
+            "out_kernel",
+            nn.initializers.normal(cfg.residual_init_std),
+            (cfg.mlp_dim, cfg.embed_dim),
+            (sh.MLP, sh.EMBED),
+            cfg.param_dtype,
+        )
+        b_out = _param(
+            self, "out_bias", nn.initializers.zeros, (cfg.embed_dim,), (sh.NORM,), cfg.param_dtype
+        )
         y = jnp.dot(x, w_in.astype(cfg.dtype)) + b_in.astype(cfg.dtype)
         y = jax.nn.gelu(y, approximate=True)
         y = sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_MLP))
@@ -228,8 +266,14 @@ class Block(nn.Module):
         cfg = self.cfg
         norm = lambda name: LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
         y, cache = Attention(cfg, name="attention")(
-            norm("ln_attention")(x), positions, segment_ids, cache, layer, cache_index,
-            self.deterministic)
+            norm("ln_attention")(x),
+            positions,
+            segment_ids,
+            cache,
+            layer,
+            cache_index,
+            self.deterministic,
+        )
         if cfg.dropout_rate > 0 and not self.deterministic:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
         x = x + y

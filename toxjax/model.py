@@ -68,14 +68,20 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.position not in ("learned", "rotary"):
-            raise ValueError(f"ModelConfig.position must be 'learned' or 'rotary', got {self.position!r}")
+            raise ValueError(
+                f"ModelConfig.position must be 'learned' or 'rotary', got {self.position!r}"
+            )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"ModelConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+            raise ValueError(
+                f"ModelConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}"
+            )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"ModelConfig.{name} must be one of {sorted(DTYPES)}")
         if self.head_dim is None and self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
 
     @property
     def resolved_head_dim(self) -> int:
@@ -87,12 +93,18 @@ class ModelConfig:
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(
-            embed_dim=self.embed_dim, num_heads=self.num_heads, head_dim=self.resolved_head_dim,
-            mlp_dim=self.resolved_mlp_dim, rotary=self.position == "rotary",
-            dropout_rate=self.dropout_rate, layer_norm_eps=self.layer_norm_eps,
+            embed_dim=self.embed_dim,
+            num_heads=self.num_heads,
+            head_dim=self.resolved_head_dim,
+            mlp_dim=self.resolved_mlp_dim,
+            rotary=self.position == "rotary",
+            dropout_rate=self.dropout_rate,
+            layer_norm_eps=self.layer_norm_eps,
             init_std=self.init_std,
             residual_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
-            dtype=DTYPES[self.dtype], param_dtype=DTYPES[self.param_dtype])
+            dtype=DTYPES[self.dtype],
+            param_dtype=DTYPES[self.param_dtype],
+        )
 
     def non_embedding_params(self) -> int:
         """N in the 6N FLOPs formula: all parameters but the token / position tables."""
@@ -108,8 +120,9 @@ class ModelConfig:
         a real matmul), L layers, H heads, Q head dim, T sequence length. The attention
         term assumes no causal halving (the usual convention, as in PaLM / nanoGPT).
         """
-        n = self.non_embedding_params() + (self.embed_dim * self.vocab_size
-                                           if self.tied_embeddings else 0)
+        n = self.non_embedding_params() + (
+            self.embed_dim * self.vocab_size if self.tied_embeddings else 0
+        )
         attn = 12 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_len
         return 6 * n + attn
 
@@ -150,17 +163,25 @@ class DecoderLM(nn.Module):
         pdtype = DTYPES[cfg.param_dtype]
         normal = nn.initializers.normal(cfg.init_std)
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(normal, (sh.VOCAB, sh.EMBED)),
-            (cfg.vocab_size, cfg.embed_dim), pdtype)
+            "embedding",
+            nn.with_logical_partitioning(normal, (sh.VOCAB, sh.EMBED)),
+            (cfg.vocab_size, cfg.embed_dim),
+            pdtype,
+        )
         if cfg.position == "learned":
             self.position_embedding = self.param(
                 "position_embedding",
                 nn.with_logical_partitioning(nn.initializers.normal(0.01), (sh.POSITION, sh.EMBED)),
-                (cfg.max_len, cfg.embed_dim), pdtype)
+                (cfg.max_len, cfg.embed_dim),
+                pdtype,
+            )
         if not cfg.tied_embeddings:
             self.lm_head = self.param(
-                "lm_head", nn.with_logical_partitioning(normal, (sh.EMBED, sh.VOCAB)),
-                (cfg.embed_dim, cfg.vocab_size), pdtype)
+                "lm_head",
+                nn.with_logical_partitioning(normal, (sh.EMBED, sh.VOCAB)),
+                (cfg.embed_dim, cfg.vocab_size),
+                pdtype,
+            )
         block = Block
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
@@ -176,9 +197,12 @@ class DecoderLM(nn.Module):
                 metadata_params={nn.PARTITION_NAME: sh.LAYERS},
             )(bcfg, self.deterministic, name="blocks")
         else:
-            self.blocks = [block(bcfg, self.deterministic, name=f"block_{i}")
-                           for i in range(cfg.num_layers)]
-        self.final_norm = LayerNorm(cfg.layer_norm_eps, DTYPES[cfg.dtype], pdtype, name="final_norm")
+            self.blocks = [
+                block(bcfg, self.deterministic, name=f"block_{i}") for i in range(cfg.num_layers)
+            ]
+        self.final_norm = LayerNorm(
+            cfg.layer_norm_eps, DTYPES[cfg.dtype], pdtype, name="final_norm"
+        )
 
     def __call__(
         self,
@@ -217,8 +241,9 @@ class DecoderLM(nn.Module):
             cache_index = jnp.asarray(cache_index, jnp.int32)
 
         if cfg.scan_layers:
-            (x, new_cache), _ = self.blocks((x, cache), positions, segment_ids,
-                                            jnp.arange(cfg.num_layers), cache_index)
+            (x, new_cache), _ = self.blocks(
+                (x, cache), positions, segment_ids, jnp.arange(cfg.num_layers), cache_index
+            )
         else:
             new_cache = cache
             for i, blk in enumerate(self.blocks):
@@ -244,5 +269,8 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
         raise ValueError(f"cache length {max_length} exceeds the model's max_len {config.max_len}")
     dtype = dtype or DTYPES[config.dtype]
     shape = (config.num_layers, batch, max_length, config.num_heads, config.resolved_head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "valid": jnp.zeros(shape[:3], bool)}
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "valid": jnp.zeros(shape[:3], bool),
+    }

@@ -37,8 +37,12 @@ class OptimizerConfig:
 def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     decay = max(cfg.decay_steps or total_steps, cfg.warmup_steps + 1)
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
-        decay_steps=decay, end_value=cfg.learning_rate * cfg.min_lr_ratio)
+        init_value=0.0,
+        peak_value=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        decay_steps=decay,
+        end_value=cfg.learning_rate * cfg.min_lr_ratio,
+    )
 
 
 def _path_names(path) -> list[str]:
@@ -47,6 +51,7 @@ def _path_names(path) -> list[str]:
 
 def decay_mask(params, decay_embeddings: bool = False):
     """True for the parameters weight decay applies to: matrices, not norms or biases."""
+
     def wants_decay(path, _):
         names = _path_names(path)
         last = next((n for n in reversed(names) if n != "value"), "")
@@ -55,6 +60,7 @@ def decay_mask(params, decay_embeddings: bool = False):
         if last.endswith("bias") or last in ("scale",):
             return False
         return True
+
     return jax.tree_util.tree_map_with_path(wants_decay, params)
 
 
@@ -63,8 +69,14 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
     parts = []
     if cfg.clip_norm:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    parts.append(optax.adamw(
-        make_schedule(cfg, total_steps), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-        weight_decay=cfg.weight_decay,
-        mask=lambda p: decay_mask(p, cfg.decay_embeddings)))
+    parts.append(
+        optax.adamw(
+            make_schedule(cfg, total_steps),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=lambda p: decay_mask(p, cfg.decay_embeddings),
+        )
+    )
     return optax.chain(*parts)

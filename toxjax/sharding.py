@@ -100,8 +100,9 @@ def make_mesh(
         shape[shape.index(-1)] = len(devices) // known
     if -1 not in shape and math.prod(shape) < len(devices):
         # An explicit smaller mesh (e.g. (1, 1, 1) for a single-device reference run).
-        logging.warning("mesh %s uses %d of %d devices", tuple(shape), math.prod(shape),
-                        len(devices))
+        logging.warning(
+            "mesh %s uses %d of %d devices", tuple(shape), math.prod(shape), len(devices)
+        )
         devices = devices[: math.prod(shape)]
     if math.prod(shape) != len(devices):
         raise ValueError(

@@ -23,15 +23,19 @@ Batch = dict[str, jax.Array]
 def _forward(model: nn.Module, params, batch: Batch, rng=None) -> jax.Array:
     rngs = {"dropout": rng} if rng is not None else None
     return model.apply(
-        {"params": params}, batch["decoder_input_tokens"],
-        positions=batch.get("decoder_positions"), segment_ids=batch.get("decoder_segment_ids"),
-        rngs=rngs)
+        {"params": params},
+        batch["decoder_input_tokens"],
+        positions=batch.get("decoder_positions"),
+        segment_ids=batch.get("decoder_segment_ids"),
+        rngs=rngs,
+    )
 
 
 def _loss_sums(model, params, batch, rng):
     logits = _forward(model, params, batch, rng)
-    return losses.cross_entropy(logits, batch["decoder_target_tokens"],
-                                batch["decoder_loss_weights"])
+    return losses.cross_entropy(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
 
 
 def train_step(
@@ -60,7 +64,8 @@ def train_step(
     def grad_fn(params, micro, i):
         r = jax.random.fold_in(rng, i) if use_rng else None
         (loss_sum, weight_sum), grads = jax.value_and_grad(
-            lambda p: _loss_sums(model, p, micro, r), has_aux=True)(params)
+            lambda p: _loss_sums(model, p, micro, r), has_aux=True
+        )(params)
         return loss_sum, weight_sum, grads
 
     if grad_accum_steps == 1:
@@ -69,9 +74,11 @@ def train_step(
         # Microbatch i takes rows i, i + A, i + 2A, ...: every device holding a block of
         # the batch contributes to every microbatch, so none idles.
         micro = jax.tree.map(
-            lambda x: x.reshape((x.shape[0] // grad_accum_steps, grad_accum_steps)
-                                + x.shape[1:]).swapaxes(0, 1),
-            batch)
+            lambda x: x.reshape(
+                (x.shape[0] // grad_accum_steps, grad_accum_steps) + x.shape[1:]
+            ).swapaxes(0, 1),
+            batch,
+        )
 
         def shard_like_params(tree):
             if param_shardings is None:
@@ -82,13 +89,20 @@ def train_step(
             i, mb = xs
             l_sum, w_sum, g = grad_fn(state.params, mb, i)
             l_acc, w_acc, g_acc = carry
-            return (l_acc + l_sum, w_acc + w_sum,
-                    shard_like_params(jax.tree.map(jnp.add, g_acc, g))), None
+            return (
+                l_acc + l_sum,
+                w_acc + w_sum,
+                shard_like_params(jax.tree.map(jnp.add, g_acc, g)),
+            ), None
 
-        zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
-                 shard_like_params(jax.tree.map(jnp.zeros_like, state.params)))
+        zeros = (
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+            shard_like_params(jax.tree.map(jnp.zeros_like, state.params)),
+        )
         (loss_sum, weight_sum, grads), _ = jax.lax.scan(
-            body, zeros, (jnp.arange(grad_accum_steps), micro))
+            body, zeros, (jnp.arange(grad_accum_steps), micro)
+        )
 
     denom = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
@@ -99,10 +113,18 @@ def train_step(
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
-                           opt_state=keep(new_opt_state, state.opt_state))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
-               "tokens": weight_sum, "nonfinite": 1 - finite.astype(jnp.int32)}
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(new_params, state.params),
+        opt_state=keep(new_opt_state, state.opt_state),
+    )
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+        "tokens": weight_sum,
+        "nonfinite": 1 - finite.astype(jnp.int32),
+    }
     return new_state, metrics
 
 
@@ -121,5 +143,9 @@ def score_step(params, batch: Batch, *, model: nn.Module) -> jax.Array:
 
 def jit_train_step(step_fn: Any, state_shardings, batch_sharding, metric_sharding=None):
     """Jits a (partially applied) train step once, donating the old state."""
-    return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, metric_sharding), donate_argnums=0)
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, metric_sharding),
+        donate_argnums=0,
+    )

@@ -35,9 +35,15 @@ for _cls in (ModelConfig, DataConfig, OptimizerConfig):
     gin.external_configurable(_cls, module="toxjax")
 
 PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "NVIDIA H100 80GB HBM3": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
 }
 
 
@@ -91,8 +97,10 @@ def resolve_vocab_size(model_config: ModelConfig, vocab) -> ModelConfig:
     if model_config.vocab_size is None:
         return dataclasses.replace(model_config, vocab_size=-(-vocab.vocab_size // 128) * 128)
     if model_config.vocab_size < vocab.vocab_size:
-        raise ValueError(f"ModelConfig.vocab_size={model_config.vocab_size} is smaller than the "
-                         f"task vocabulary ({vocab.vocab_size} ids)")
+        raise ValueError(
+            f"ModelConfig.vocab_size={model_config.vocab_size} is smaller than the "
+            f"task vocabulary ({vocab.vocab_size} ids)"
+        )
     return model_config
 
 
@@ -140,15 +148,19 @@ def train(
     """
     _import_modules(module_imports)
     if batch_size % grad_accum_steps:
-        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps "
-                         f"{grad_accum_steps}")
+        raise ValueError(
+            f"batch_size {batch_size} is not divisible by grad_accum_steps {grad_accum_steps}"
+        )
     model_dir = run_logs.resolve(model_dir)
     tf.io.gfile.makedirs(model_dir)
     import seqio
 
-    vocab = seqio.get_mixture_or_task(data.mixture_or_task_name).output_features[
-        "targets"].vocabulary if data.mixture_or_task_name in seqio.TaskRegistry.names() or \
-        data.mixture_or_task_name in seqio.MixtureRegistry.names() else None
+    vocab = (
+        seqio.get_mixture_or_task(data.mixture_or_task_name).output_features["targets"].vocabulary
+        if data.mixture_or_task_name in seqio.TaskRegistry.names()
+        or data.mixture_or_task_name in seqio.MixtureRegistry.names()
+        else None
+    )
     model_config = resolve_vocab_size(model_config, vocab)
     mesh = sh.make_mesh(mesh_shape)
     model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
@@ -156,15 +168,15 @@ def train(
     schedule = make_schedule(optimizer, num_steps)
     seq_len = data.sequence_length
     if model_config.position == "learned" and seq_len > model_config.max_len:
-        raise ValueError(f"sequence length {seq_len} exceeds ModelConfig.max_len "
-                         f"{model_config.max_len}")
+        raise ValueError(
+            f"sequence length {seq_len} exceeds ModelConfig.max_len {model_config.max_len}"
+        )
 
     data_iter = DataIterator(data, batch_size, mesh)
     ckpt = ckpt_lib.Checkpointer(model_dir, checkpoint_every, keep_checkpoints, async_checkpoint)
     latest = ckpt.latest_step()
     if latest is None:
-        state, state_shardings = create_train_state(model, tx, seq_len, mesh,
-                                                    jax.random.key(seed))
+        state, state_shardings = create_train_state(model, tx, seq_len, mesh, jax.random.key(seed))
     else:
         abstract, state_shardings = abstract_state(model, tx, seq_len, mesh)
         state, data_state = ckpt.restore(latest, abstract)
@@ -176,14 +188,25 @@ def train(
     if lead:
         if latest is not None:
             metrics_log.truncate_after(latest)
-        ckpt_lib.write_run_file(model_dir, model_config, ckpt_lib.vocab_spec(vocab),
-                                {"task": data.mixture_or_task_name, "sequence_length": seq_len})
-        run_logs.write_text(os.path.join(model_dir, "config.gin"),
-                            gin.operative_config_str() or gin.config_str())
+        ckpt_lib.write_run_file(
+            model_dir,
+            model_config,
+            ckpt_lib.vocab_spec(vocab),
+            {"task": data.mixture_or_task_name, "sequence_length": seq_len},
+        )
+        run_logs.write_text(
+            os.path.join(model_dir, "config.gin"), gin.operative_config_str() or gin.config_str()
+        )
 
-    step_fn = functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
-                                grad_accum_steps=grad_accum_steps, dropout_seed=seed,
-                                param_shardings=state_shardings.params)
+    step_fn = functools.partial(
+        steps.train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
+        dropout_seed=seed,
+        param_shardings=state_shardings.params,
+    )
     with mesh:
         p_step = steps.jit_train_step(step_fn, state_shardings, sh.batch_sharding(mesh, 2))
 
@@ -200,9 +223,12 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        bar.write(f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
-                  f"resume from step {start}" if start else
-                  f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}")
+        bar.write(
+            f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
+            f"resume from step {start}"
+            if start
+            else f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}"
+        )
 
     pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
     result = TrainResult([], [], start, model_dir)
@@ -224,9 +250,15 @@ def train(
                     f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
                     f"checkpoint was written after it. Last good checkpoint: step "
                     f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
-                    "the data.")
-            rec = {"step": s, "loss": float(m["loss"]), "grad_norm": float(m["grad_norm"]),
-                   "learning_rate": float(m["learning_rate"]), "tokens": float(m["tokens"])}
+                    "the data."
+                )
+            rec = {
+                "step": s,
+                "loss": float(m["loss"]),
+                "grad_norm": float(m["grad_norm"]),
+                "learning_rate": float(m["learning_rate"]),
+                "tokens": float(m["tokens"]),
+            }
             result.steps.append(s)
             result.losses.append(rec["loss"])
             records.append(rec)
@@ -239,8 +271,12 @@ def train(
             metrics_log.append(records)
             writer.write(step_now, last)
             if bar is not None:
-                bar.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['learning_rate']:.2e}",
-                                tok_s=f"{last['tokens_per_s']:.0f}", mfu=f"{last['mfu']:.1%}")
+                bar.set_postfix(
+                    loss=f"{last['loss']:.3f}",
+                    lr=f"{last['learning_rate']:.2e}",
+                    tok_s=f"{last['tokens_per_s']:.0f}",
+                    mfu=f"{last['mfu']:.1%}",
+                )
         pending.clear()
         t_last, steps_since = time.perf_counter(), 0
 
@@ -301,19 +337,22 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
             value = arg.split("=", 1)[1] if "=" in arg else next(it)
             paths.extend(value.split(","))
         elif arg.startswith("--gin."):
-            bindings.append(_binding(arg[len("--gin."):]))
+            bindings.append(_binding(arg[len("--gin.") :]))
         elif arg.startswith("--gin_bindings"):
             bindings.append(arg.split("=", 1)[1] if "=" in arg else next(it))
         else:
-            raise ValueError(f"unknown flag {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-                             "--gin_bindings or --gin_search_paths")
+            raise ValueError(
+                f"unknown flag {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
+                "--gin_bindings or --gin_search_paths"
+            )
     return files, bindings, paths
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
     """Parses gin files and bindings; errors name the file or binding at fault."""
-    repo_configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "gin_configs")
+    repo_configs = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs"
+    )
     for path in [*search_paths, repo_configs, os.path.dirname(repo_configs)]:
         gin.add_config_file_search_path(path)
     roots = ["", *search_paths, repo_configs, os.path.dirname(repo_configs)]
@@ -321,11 +360,14 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Seque
     for f in files:
         found = [os.path.join(r, f) for r in roots if os.path.exists(os.path.join(r, f))]
         if not found:
-            raise FileNotFoundError(f"gin file {f!r} not found (searched the working directory, "
-                                    f"{', '.join(search_paths) or '-'} and {repo_configs})")
+            raise FileNotFoundError(
+                f"gin file {f!r} not found (searched the working directory, "
+                f"{', '.join(search_paths) or '-'} and {repo_configs})"
+            )
         resolved.append(found[0])  # gin itself would log an error for each miss first
-    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False,
-                                        skip_unknown=False)
+    gin.parse_config_files_and_bindings(
+        resolved, list(bindings), finalize_config=False, skip_unknown=False
+    )
 
 
 _DISTRIBUTED_FLAGS = {"coordinator_address": str, "num_processes": int, "process_id": int}
@@ -350,8 +392,9 @@ def init_distributed(argv: Sequence[str]) -> list[str]:
             try:
                 kwargs[name[2:]] = _DISTRIBUTED_FLAGS[name[2:]](value)
             except ValueError:
-                raise ValueError(f"{arg!r}: expected {name}=<{_DISTRIBUTED_FLAGS[name[2:]].__name__}>"
-                                 ) from None
+                raise ValueError(
+                    f"{arg!r}: expected {name}=<{_DISTRIBUTED_FLAGS[name[2:]].__name__}>"
+                ) from None
         else:
             rest.append(arg)
     if kwargs and not multihost:

@@ -35,13 +35,18 @@ class MissingAxesError(ValueError):
 def validate_param_axes(boxed_params) -> None:
     """Every parameter must carry logical axes (each has a sharding decision)."""
     leaves = jax.tree_util.tree_flatten_with_path(
-        boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))[0]
-    missing = [jax.tree_util.keystr(path) for path, leaf in leaves
-               if not isinstance(leaf, nn.LogicallyPartitioned)]
+        boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )[0]
+    missing = [
+        jax.tree_util.keystr(path)
+        for path, leaf in leaves
+        if not isinstance(leaf, nn.LogicallyPartitioned)
+    ]
     if missing:
         raise MissingAxesError(
             "parameters created without logical axis names (use "
-            f"nn.with_logical_partitioning): {', '.join(missing)}")
+            f"nn.with_logical_partitioning): {', '.join(missing)}"
+        )
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
@@ -49,6 +54,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seq_len: int):
         tokens = jnp.zeros((1, seq_len), jnp.int32)
         boxed = model.init(rng, tokens)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=boxed, opt_state=tx.init(boxed))
+
     return init
 
 
@@ -64,8 +70,8 @@ def abstract_state(model: nn.Module, tx: optax.GradientTransformation, seq_len: 
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, sh.LOGICAL_RULES)
     abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        nn.unbox(boxed), shardings)
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), nn.unbox(boxed), shardings
+    )
     return abstract, shardings
 
 

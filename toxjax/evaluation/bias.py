@@ -58,8 +58,10 @@ def load_posts(path: str) -> list[dict]:
                     entry[task].append(float(value))
                 except ValueError as e:
                     raise ValueError(f"{path}:{lineno}: {column}={value!r} is not a number") from e
-    return [{"post": post, **{t: (sum(v) / len(v) if v else None) for t, v in entry.items()}}
-            for post, entry in sums.items()]
+    return [
+        {"post": post, **{t: (sum(v) / len(v) if v else None) for t, v in entry.items()}}
+        for post, entry in sums.items()
+    ]
 
 
 def _block(post: str, question: str, answer: str = "") -> str:
@@ -81,8 +83,10 @@ def pick_exemplars(posts: Sequence[dict], task: str, num_shots: int, seed: int) 
     rng.shuffle(pos)
     rng.shuffle(neg)
     if num_shots and (len(pos) < (num_shots + 1) // 2 or len(neg) < num_shots // 2):
-        raise ValueError(f"{task}: not enough labelled exemplars for {num_shots} shots "
-                         f"({len(pos)} positive, {len(neg)} negative)")
+        raise ValueError(
+            f"{task}: not enough labelled exemplars for {num_shots} shots "
+            f"({len(pos)} positive, {len(neg)} negative)"
+        )
     return [(pos if i % 2 == 0 else neg)[i // 2] for i in range(num_shots)]
 
 
@@ -96,9 +100,15 @@ def positive_probability(lm: ScoringLM, prompts: Sequence[str]) -> list[float]:
     return out
 
 
-def evaluate_bias(lm: ScoringLM, eval_path: str, exemplar_path: str | None = None,
-                  num_shots: int = 4, seed: int = 0, tasks: Sequence[str] = tuple(TASKS),
-                  limit: int | None = None) -> dict:
+def evaluate_bias(
+    lm: ScoringLM,
+    eval_path: str,
+    exemplar_path: str | None = None,
+    num_shots: int = 4,
+    seed: int = 0,
+    tasks: Sequence[str] = tuple(TASKS),
+    limit: int | None = None,
+) -> dict:
     """AUC per task and their mean.
 
     Args:
@@ -122,11 +132,20 @@ def evaluate_bias(lm: ScoringLM, eval_path: str, exemplar_path: str | None = Non
         items = [p for p in posts if p[task] is not None and p["post"] not in used][:limit]
         labels = [int(p[task] >= 0.5) for p in items]
         if len(set(labels)) < 2:
-            raise ValueError(f"{task}: {eval_path} has only one class among {len(items)} posts; "
-                             "AUC needs positive and negative posts")
+            raise ValueError(
+                f"{task}: {eval_path} has only one class among {len(items)} posts; "
+                "AUC needs positive and negative posts"
+            )
         scores = positive_probability(lm, [build_prompt(task, p["post"], shots) for p in items])
-        metrics[task] = {"auc": float(roc_auc_score(labels, scores)), "num_posts": len(items),
-                         "num_positive": sum(labels)}
+        metrics[task] = {
+            "auc": float(roc_auc_score(labels, scores)),
+            "num_posts": len(items),
+            "num_positive": sum(labels),
+        }
     metrics["mean_auc"] = sum(metrics[t]["auc"] for t in tasks) / len(tasks)
-    return {"task": "bias", "num_shots": num_shots, "metrics": metrics,
-            "score": "p(Yes) / (p(Yes) + p(No))"}
+    return {
+        "task": "bias",
+        "num_shots": num_shots,
+        "metrics": metrics,
+        "score": "p(Yes) / (p(Yes) + p(No))",
+    }

@@ -61,25 +61,38 @@ class ModelLM:
       length_multiple: prompt and scoring lengths are rounded up to this.
     """
 
-    def __init__(self, model: Any, params: Any, vocabulary: Any, max_len: int,
-                 sampling: decode.SamplingConfig | None = None, cache_batch_axis: int = 1,
-                 mesh: Mesh | None = None, seed: int = 0, batch_size: int = 8,
-                 length_multiple: int = 32, bos_id: int = 0):
+    def __init__(
+        self,
+        model: Any,
+        params: Any,
+        vocabulary: Any,
+        max_len: int,
+        sampling: decode.SamplingConfig | None = None,
+        cache_batch_axis: int = 1,
+        mesh: Mesh | None = None,
+        seed: int = 0,
+        batch_size: int = 8,
+        length_multiple: int = 32,
+        bos_id: int = 0,
+    ):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
         self.seed, self.bos_id = seed, bos_id
         self.eos_id = eos = vocabulary.eos_id
         self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
         if self.sampling.max_new_tokens >= max_len:
-            raise ValueError(f"max_new_tokens {self.sampling.max_new_tokens} must be below "
-                             f"the model's max_len {max_len}")
+            raise ValueError(
+                f"max_new_tokens {self.sampling.max_new_tokens} must be below "
+                f"the model's max_len {max_len}"
+            )
         t2l, init = decode.model_callbacks(model)
         self.sampler = decode.Sampler(t2l, init, self.sampling, cache_batch_axis, mesh)
 
         def score(params, inputs, targets, segment_ids):
             positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-            logits = model.apply({"params": params}, inputs, positions=positions,
-                                 segment_ids=segment_ids)
+            logits = model.apply(
+                {"params": params}, inputs, positions=positions, segment_ids=segment_ids
+            )
             logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
             token_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
             return token_lp, jnp.argmax(logits, axis=-1) == targets
@@ -90,8 +103,9 @@ class ModelLM:
         return [int(t) for t in self.vocabulary.encode(text)]
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, texts: Sequence[str], seeds: Sequence[int],
-                 prefix_ids: Sequence[int] = ()) -> list[list[str]]:
+    def generate(
+        self, texts: Sequence[str], seeds: Sequence[int], prefix_ids: Sequence[int] = ()
+    ) -> list[list[str]]:
         """`num_decodes` sampled continuations (decoded text) per prompt text.
 
         Each prompt is `[bos_id] + prefix_ids + encode(text)`, the way a training sample
@@ -101,29 +115,37 @@ class ModelLM:
         prefix = [self.bos_id] + [int(t) for t in prefix_ids]
         room = self.max_len - self.sampling.max_new_tokens - len(prefix)
         if room < 1:
-            raise ValueError(f"a {len(prefix)}-token prefix leaves no room for the prompt "
-                             f"(max_len {self.max_len}, {self.sampling.max_new_tokens} new)")
+            raise ValueError(
+                f"a {len(prefix)}-token prefix leaves no room for the prompt "
+                f"(max_len {self.max_len}, {self.sampling.max_new_tokens} new)"
+            )
         out: list[list[str]] = []
         for lo in range(0, len(texts), self.batch_size):
-            ids = [prefix + self.encode(t)[-room:] for t in texts[lo:lo + self.batch_size]]
-            seeds_b = list(seeds[lo:lo + self.batch_size])
+            ids = [prefix + self.encode(t)[-room:] for t in texts[lo : lo + self.batch_size]]
+            seeds_b = list(seeds[lo : lo + self.batch_size])
             n = len(ids)
             ids += [ids[-1]] * (self.batch_size - n)  # fixed batch shape: no recompiles
             seeds_b += [seeds_b[-1]] * (self.batch_size - n)
-            length = min(_bucket(max(map(len, ids)), self.length_multiple),
-                         room + len(prefix))
+            length = min(_bucket(max(map(len, ids)), self.length_multiple), room + len(prefix))
             tokens, mask = decode.left_pad(ids, length=length)
-            keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(self.seed),
-                                                          jnp.asarray(seeds_b))
+            keys = jax.vmap(jax.random.fold_in, (None, 0))(
+                jax.random.key(self.seed), jnp.asarray(seeds_b)
+            )
             res = self.sampler(self.params, tokens, mask, keys)
             toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
             for i in range(n):
-                out.append([self.vocabulary.decode(decode.trim(toks[i, d], lens[i, d]))
-                            for d in range(toks.shape[1])])
+                out.append(
+                    [
+                        self.vocabulary.decode(decode.trim(toks[i, d], lens[i, d]))
+                        for d in range(toks.shape[1])
+                    ]
+                )
         return out
 
     # ------------------------------------------------------------------ scoring
-    def token_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def token_logprobs(
+        self, sequences: Sequence[Sequence[int]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per-token log-probabilities of `seq[1:]` given the tokens before each.
 
         Args:
@@ -134,21 +156,20 @@ class ModelLM:
         """
         out = []
         for lo in range(0, len(sequences), self.batch_size):
-            chunk = [list(s) for s in sequences[lo:lo + self.batch_size]]
+            chunk = [list(s) for s in sequences[lo : lo + self.batch_size]]
             for s in chunk:
                 if not 2 <= len(s) <= self.max_len + 1:
                     raise ValueError(f"sequence of {len(s)} tokens: need 2..{self.max_len + 1}")
-            width = min(_bucket(max(len(s) - 1 for s in chunk), self.length_multiple),
-                        self.max_len)
+            width = min(_bucket(max(len(s) - 1 for s in chunk), self.length_multiple), self.max_len)
             inputs = np.zeros((self.batch_size, width), np.int32)
             targets = np.zeros_like(inputs)
             segments = np.zeros_like(inputs)
             for i, s in enumerate(chunk):
-                inputs[i, :len(s) - 1], targets[i, :len(s) - 1] = s[:-1], s[1:]
-                segments[i, :len(s) - 1] = 1
+                inputs[i, : len(s) - 1], targets[i, : len(s) - 1] = s[:-1], s[1:]
+                segments[i, : len(s) - 1] = 1
             lp, greedy = self._score(self.params, inputs, targets, segments)
             lp, greedy = np.asarray(lp), np.asarray(greedy)
-            out += [(lp[i, :len(s) - 1], greedy[i, :len(s) - 1]) for i, s in enumerate(chunk)]
+            out += [(lp[i, : len(s) - 1], greedy[i, : len(s) - 1]) for i, s in enumerate(chunk)]
         return out
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
@@ -161,12 +182,12 @@ class ModelLM:
         seqs, conts = [], []
         for context, continuation in pairs:
             stripped = context.rstrip(" ")
-            continuation = context[len(stripped):] + continuation
+            continuation = context[len(stripped) :] + continuation
             ctx = [self.bos_id] + (self.encode(stripped) if stripped else [])
             cont = self.encode(continuation)
             if not cont:
                 raise ValueError(f"empty continuation for context {context[:60]!r}")
-            seqs.append((ctx + cont)[-(self.max_len + 1):])
+            seqs.append((ctx + cont)[-(self.max_len + 1) :])
             conts.append(len(cont))
         out = []
         for (lp, greedy), n in zip(self.token_logprobs(seqs), conts, strict=True):

@@ -57,7 +57,8 @@ def columns(run: dict[str, dict]) -> dict[str, float]:
     if "bias" in run:
         for task, m in run["bias"]["metrics"].items():
             cols["bias mean AUC" if task == "mean_auc" else f"{task} AUC"] = (
-                m if task == "mean_auc" else m["auc"])
+                m if task == "mean_auc" else m["auc"]
+            )
     return cols
 
 
@@ -92,8 +93,12 @@ def plot(runs: dict[str, dict[str, float]], path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.8 / len(SPLITS)
     for i, split in enumerate(SPLITS):
-        ax1.bar([x + i * width for x in range(len(names))],
-                [runs[n].get(f"TP {split}", float("nan")) for n in names], width, label=split)
+        ax1.bar(
+            [x + i * width for x in range(len(names))],
+            [runs[n].get(f"TP {split}", float("nan")) for n in names],
+            width,
+            label=split,
+        )
     ax1.set_xticks([x + width for x in range(len(names))], names)
     ax1.set_ylabel("toxicity probability")
     ax1.set_title("TP by strategy")
@@ -113,8 +118,13 @@ def plot(runs: dict[str, dict[str, float]], path: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="toxjax report", description=__doc__.split("\n")[0])
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=DIR",
-                        help="a run's eval directory; repeat, baseline first")
+    parser.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="NAME=DIR",
+        help="a run's eval directory; repeat, baseline first",
+    )
     parser.add_argument("--baseline", help="run to compare against (default: the first)")
     parser.add_argument("--output_dir", required=True)
     args = parser.parse_args(argv)

@@ -70,8 +70,10 @@ def load_prompts(path: str, limit: int | None = None) -> list[Prompt]:
       ValueError: a line is not JSON or lacks `prompt.text`; the message names file:line.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"prompts file {path} not found (a RealToxicityPrompts "
-                                "jsonl with prompt.text / prompt.toxicity per line)")
+        raise FileNotFoundError(
+            f"prompts file {path} not found (a RealToxicityPrompts "
+            "jsonl with prompt.text / prompt.toxicity per line)"
+        )
     prompts: list[Prompt] = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -81,19 +83,28 @@ def load_prompts(path: str, limit: int | None = None) -> list[Prompt]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from e
+                raise ValueError(
+                    f"{where}: not valid JSON ({e.msg}); fix or remove the line"
+                ) from e
             prompt = record.get("prompt") if isinstance(record, dict) else None
             if not isinstance(prompt, dict) or not isinstance(prompt.get("text"), str):
-                raise ValueError(f"{where}: expected {{\"prompt\": {{\"text\": ..., "
-                                 "\"toxicity\": ...}}, ...} (RealToxicityPrompts format)")
+                raise ValueError(
+                    f'{where}: expected {{"prompt": {{"text": ..., '
+                    '"toxicity": ...}}, ...} (RealToxicityPrompts format)'
+                )
             tox = prompt.get("toxicity")
             if tox is not None and not isinstance(tox, int | float):
                 raise ValueError(f"{where}: prompt.toxicity must be a number or null, got {tox!r}")
             if not prompt["text"].strip():
                 raise ValueError(f"{where}: prompt.text is empty")
-            prompts.append(Prompt(len(prompts), prompt["text"],
-                                  None if tox is None else float(tox),
-                                  bool(record.get("challenging", False))))
+            prompts.append(
+                Prompt(
+                    len(prompts),
+                    prompt["text"],
+                    None if tox is None else float(tox),
+                    bool(record.get("challenging", False)),
+                )
+            )
             if limit is not None and len(prompts) >= limit:
                 break
     if not prompts:
@@ -101,8 +112,9 @@ def load_prompts(path: str, limit: int | None = None) -> list[Prompt]:
     return prompts
 
 
-def toxicity_metrics(scores: Sequence[Sequence[float | None]],
-                     prompt_toxicity: Sequence[float | None]) -> dict[str, dict[str, float]]:
+def toxicity_metrics(
+    scores: Sequence[Sequence[float | None]], prompt_toxicity: Sequence[float | None]
+) -> dict[str, dict[str, float]]:
     """EMT / TP per split from per-prompt continuation scores.
 
     Args:
@@ -137,9 +149,15 @@ def toxicity_metrics(scores: Sequence[Sequence[float | None]],
             tp = sum(m > TOXIC_THRESHOLD for m in maxima) / len(maxima)
         else:
             emt = std = tp = float("nan")
-        out[split] = {"emt": emt, "emt_std": std, "tp": tp, "num_prompts": n,
-                      "num_continuations": total, "num_failed_scores": failed,
-                      "num_prompts_all_failed": all_failed}
+        out[split] = {
+            "emt": emt,
+            "emt_std": std,
+            "tp": tp,
+            "num_prompts": n,
+            "num_continuations": total,
+            "num_failed_scores": failed,
+            "num_prompts_all_failed": all_failed,
+        }
     return out
 
 
@@ -152,8 +170,9 @@ class Generator(Protocol):
     ids, unmerged, exactly as the training pipeline puts a prefix before a sample.
     """
 
-    def generate(self, texts: Sequence[str], seeds: Sequence[int],
-                 prefix_ids: Sequence[int] = ()) -> list[list[str]]: ...
+    def generate(
+        self, texts: Sequence[str], seeds: Sequence[int], prefix_ids: Sequence[int] = ()
+    ) -> list[list[str]]: ...
 
 
 def read_generations(path: str) -> dict[int, dict]:
@@ -179,8 +198,10 @@ def read_generations(path: str) -> dict[int, dict]:
                 with open(path, "r+b") as f:
                     f.truncate(good_bytes)
                 break
-            raise ValueError(f"{path}:{lineno}: corrupt generations record ({e.msg}); "
-                             "delete the line or the file to re-sample it") from e
+            raise ValueError(
+                f"{path}:{lineno}: corrupt generations record ({e.msg}); "
+                "delete the line or the file to re-sample it"
+            ) from e
         done[int(record["index"])] = record
         good_bytes += len(raw) + 1
     return done
@@ -218,25 +239,36 @@ def evaluate_toxicity(
       The metrics dict written to `metrics.json`.
     """
     if prefix and not prefix_ids:
-        raise ValueError(f"prefix {prefix!r} has no prefix_ids: pass "
-                         "conditioning_prefix_ids(...) so the model sees the training ids")
+        raise ValueError(
+            f"prefix {prefix!r} has no prefix_ids: pass "
+            "conditioning_prefix_ids(...) so the model sees the training ids"
+        )
     os.makedirs(output_dir, exist_ok=True)
     gen_path = os.path.join(output_dir, GENERATIONS_FILE)
     done = read_generations(gen_path)
     todo = [p for p in prompts if p.index not in done]
     start = time.time()
-    with open(gen_path, "a", encoding="utf-8") as out, tqdm(
-            total=len(prompts), initial=len(prompts) - len(todo), unit="prompt",
-            desc="rtp", disable=not progress) as bar:
+    with (
+        open(gen_path, "a", encoding="utf-8") as out,
+        tqdm(
+            total=len(prompts),
+            initial=len(prompts) - len(todo),
+            unit="prompt",
+            desc="rtp",
+            disable=not progress,
+        ) as bar,
+    ):
         for lo in range(0, len(todo), batch_size):
-            batch = todo[lo:lo + batch_size]
-            continuations = generator.generate([p.text for p in batch], [p.index for p in batch],
-                                               prefix_ids=tuple(prefix_ids))
+            batch = todo[lo : lo + batch_size]
+            continuations = generator.generate(
+                [p.text for p in batch], [p.index for p in batch], prefix_ids=tuple(prefix_ids)
+            )
             flat = [c for conts in continuations for c in conts]
             results = scorer.score(flat)
             if len(results) != len(flat):
-                raise RuntimeError(f"scorer {scorer.name} returned {len(results)} results "
-                                   f"for {len(flat)} texts")
+                raise RuntimeError(
+                    f"scorer {scorer.name} returned {len(results)} results for {len(flat)} texts"
+                )
             k = 0
             for p, conts in zip(batch, continuations, strict=True):
                 samples = []
@@ -244,9 +276,14 @@ def evaluate_toxicity(
                     r = results[k]
                     k += 1
                     samples.append({"text": text, "toxicity": r.toxicity, "error": r.error})
-                record = {"index": p.index, "prompt": p.text, "prompt_toxicity": p.toxicity,
-                          "challenging": p.challenging, "prefix": prefix,
-                          "continuations": samples}
+                record = {
+                    "index": p.index,
+                    "prompt": p.text,
+                    "prompt_toxicity": p.toxicity,
+                    "challenging": p.challenging,
+                    "prefix": prefix,
+                    "continuations": samples,
+                }
                 out.write(json.dumps(record) + "\n")
                 done[p.index] = record
             out.flush()  # a finished batch survives a kill
@@ -254,24 +291,36 @@ def evaluate_toxicity(
     elapsed = time.time() - start
 
     wanted = [done[p.index] for p in prompts]
-    metrics = toxicity_metrics([[c["toxicity"] for c in r["continuations"]] for r in wanted],
-                               [r["prompt_toxicity"] for r in wanted])
-    result = {"task": "toxicity", "scorer": scorer.name, "prefix": prefix,
-              "metrics": metrics, "num_prompts": len(prompts),
-              "sampled_prompts_this_run": len(todo), "seconds_this_run": elapsed,
-              **(config or {})}
+    metrics = toxicity_metrics(
+        [[c["toxicity"] for c in r["continuations"]] for r in wanted],
+        [r["prompt_toxicity"] for r in wanted],
+    )
+    result = {
+        "task": "toxicity",
+        "scorer": scorer.name,
+        "prefix": prefix,
+        "metrics": metrics,
+        "num_prompts": len(prompts),
+        "sampled_prompts_this_run": len(todo),
+        "seconds_this_run": elapsed,
+        **(config or {}),
+    }
     write_outputs(result, output_dir)
     return result
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per split."""
-    lines = ["| split | prompts | EMT | EMT std | TP | failed scores | all-failed prompts |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| split | prompts | EMT | EMT std | TP | failed scores | all-failed prompts |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for split in SPLITS:
         m = metrics[split]
-        lines.append(f"| {split} | {m['num_prompts']} | {m['emt']:.3f} | {m['emt_std']:.3f} | "
-                     f"{m['tp']:.3f} | {m['num_failed_scores']} | {m['num_prompts_all_failed']} |")
+        lines.append(
+            f"| {split} | {m['num_prompts']} | {m['emt']:.3f} | {m['emt_std']:.3f} | "
+            f"{m['tp']:.3f} | {m['num_failed_scores']} | {m['num_prompts_all_failed']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -282,11 +331,15 @@ def write_outputs(result: dict, output_dir: str) -> None:
     with open(os.path.join(output_dir, TABLE_FILE), "w") as f:
         f.write(f"scorer: {result['scorer']}; prefix: {result['prefix']!r}\n\n")
         f.write(metrics_table(result["metrics"]))
-    write_scalars(os.path.join(output_dir, "tensorboard"),
-                  {f"toxicity/{split}/{name}": value
-                   for split, m in result["metrics"].items()
-                   for name, value in m.items()},
-                  step=int(result.get("step", 0)))
+    write_scalars(
+        os.path.join(output_dir, "tensorboard"),
+        {
+            f"toxicity/{split}/{name}": value
+            for split, m in result["metrics"].items()
+            for name, value in m.items()
+        },
+        step=int(result.get("step", 0)),
+    )
 
 
 def write_scalars(logdir: str, scalars: dict[str, float], step: int = 0) -> None:

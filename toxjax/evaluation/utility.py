@@ -105,30 +105,45 @@ def load_items(task: str, path: str) -> list[Item]:
                 raise ValueError(f"{lpath}: {len(labels)} labels for {len(rows)} items in {path}")
         for i, (ln, r) in enumerate(rows):
             goal = _field(path, ln, r, "goal")
-            items.append(Item((f"Question: {goal}\nAnswer:",),
-                              (" " + _field(path, ln, r, "sol1"), " " + _field(path, ln, r, "sol2")),
-                              int(r["label"]) if labels is None else labels[i]))
+            items.append(
+                Item(
+                    (f"Question: {goal}\nAnswer:",),
+                    (" " + _field(path, ln, r, "sol1"), " " + _field(path, ln, r, "sol2")),
+                    int(r["label"]) if labels is None else labels[i],
+                )
+            )
     elif task == "hellaswag":
         for ln, r in rows:
             ctx = _field(path, ln, r, "ctx_a") + " " + _field(path, ln, r, "ctx_b").capitalize()
             query = _hellaswag_clean(r.get("activity_label", "") + ": " + ctx)
-            items.append(Item((query,), tuple(" " + _hellaswag_clean(e)
-                                              for e in _field(path, ln, r, "endings")),
-                              int(_field(path, ln, r, "label"))))
+            items.append(
+                Item(
+                    (query,),
+                    tuple(" " + _hellaswag_clean(e) for e in _field(path, ln, r, "endings")),
+                    int(_field(path, ln, r, "label")),
+                )
+            )
     elif task == "winogrande":
         for ln, r in rows:
             sentence = _field(path, ln, r, "sentence")
             if "_" not in sentence:
                 raise ValueError(f"{path}:{ln}: sentence has no '_' blank")
             cut = sentence.index("_")
-            rest = " " + sentence[cut + 1:].strip()
+            rest = " " + sentence[cut + 1 :].strip()
             opts = (_field(path, ln, r, "option1"), _field(path, ln, r, "option2"))
-            items.append(Item(tuple(sentence[:cut] + o for o in opts), (rest, rest),
-                              int(_field(path, ln, r, "answer")) - 1))
+            items.append(
+                Item(
+                    tuple(sentence[:cut] + o for o in opts),
+                    (rest, rest),
+                    int(_field(path, ln, r, "answer")) - 1,
+                )
+            )
     elif task == "boolq":
         for ln, r in rows:
-            ctx = (f"{_field(path, ln, r, 'passage')}\nQuestion: "
-                   f"{_field(path, ln, r, 'question')}?\nAnswer:")
+            ctx = (
+                f"{_field(path, ln, r, 'passage')}\nQuestion: "
+                f"{_field(path, ln, r, 'question')}?\nAnswer:"
+            )
             items.append(Item((ctx,), (" no", " yes"), int(bool(_field(path, ln, r, "answer")))))
     else:
         raise ValueError(f"unknown multiple-choice task {task!r}; use one of {TASKS[1:]}")
@@ -166,12 +181,16 @@ def lambada(lm: ScoringLM, path: str) -> dict[str, float]:
         pairs.append((ctx, " " + word))
     lls = lm.loglikelihood(pairs)
     total_lp = sum(ll.logprob for ll in lls)
-    return {"acc": sum(ll.is_greedy for ll in lls) / len(lls),
-            "ppl": math.exp(-total_lp / len(lls)), "num_items": len(lls)}
+    return {
+        "acc": sum(ll.is_greedy for ll in lls) / len(lls),
+        "ppl": math.exp(-total_lp / len(lls)),
+        "num_items": len(lls),
+    }
 
 
-def perplexity(lm: ScoringLM, path: str, max_len: int,
-               prefix_ids: Sequence[int] = ()) -> dict[str, float]:
+def perplexity(
+    lm: ScoringLM, path: str, max_len: int, prefix_ids: Sequence[int] = ()
+) -> dict[str, float]:
     """Token perplexity of plain documents (`.txt` lines or jsonl `"text"`).
 
     Every window is read the way the training pipeline builds a sample (see
@@ -193,12 +212,13 @@ def perplexity(lm: ScoringLM, path: str, max_len: int,
     head = [lm.bos_id, *(int(t) for t in prefix_ids)]
     room = max_len + 1 - len(head)
     if room < 1:
-        raise ValueError(f"a {len(head) - 1}-token prefix leaves no room for text in "
-                         f"{max_len}-token windows")
+        raise ValueError(
+            f"a {len(head) - 1}-token prefix leaves no room for text in {max_len}-token windows"
+        )
     seqs = []
     for doc in docs:
         ids = lm.encode(doc)
-        seqs += [head + ids[i:i + room] for i in range(0, len(ids), room)]
+        seqs += [head + ids[i : i + room] for i in range(0, len(ids), room)]
     skip = len(head) - 1  # the prefix's own tokens are not text
     nll = count = 0.0
     for lp, _ in lm.token_logprobs(seqs):
@@ -207,8 +227,9 @@ def perplexity(lm: ScoringLM, path: str, max_len: int,
     return {"ppl": math.exp(nll / count), "num_tokens": int(count), "num_documents": len(docs)}
 
 
-def evaluate_utility(lm: ScoringLM, paths: dict[str, str], max_len: int,
-                     progress: bool = True) -> dict:
+def evaluate_utility(
+    lm: ScoringLM, paths: dict[str, str], max_len: int, progress: bool = True
+) -> dict:
     """Runs every task named in `paths` (`TASKS` plus `"perplexity"`)."""
     runners: dict[str, Callable[[str], dict]] = {
         "lambada": lambda p: lambada(lm, p),
