@@ -2,8 +2,9 @@
 
 Same shape for both (4 layers, 4 heads, width 256, vocab 8192, sequence 256, batch 8,
 fp32, dropout off, tied embeddings, learned positions), same loss (next-token
-cross-entropy) and optimizer (optax.adamw(3e-4)), each a `jax.jit` of value_and_grad +
-update. Also measures the machine's peak fp32 matmul FLOP/s in the same run.
+cross-entropy). Ours is the step `toxjax train` runs (`steps.build_train_step`: AdamW
+0.9/0.95 with weight decay, global-norm clipping, the schedule, the non-finite guard); the
+peer is a `jax.jit` of value_and_grad + `optax.adamw(3e-4)` update. Also measures the machine's peak fp32 matmul FLOP/s in the same run.
 
     python benchmarks/train_step.py [--steps 10] [--repeats 3]
 
@@ -24,10 +25,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from flax import linen as nn  # noqa: E402
 
-from toxjax import losses  # noqa: E402
-from toxjax.model import DecoderLM, ModelConfig  # noqa: E402
+from toxjax import steps  # noqa: E402
+from toxjax.model import ModelConfig  # noqa: E402
+from toxjax.optim import OptimizerConfig  # noqa: E402
+from toxjax.sharding import make_mesh  # noqa: E402
 from toxjax.train import measure_peak_flops  # noqa: E402
 
 LAYERS, HEADS, WIDTH, VOCAB, SEQ, BATCH = 4, 4, 256, 8192, 256, 8
@@ -46,6 +48,8 @@ def _time_steps(step, state, batch, n):
 
 
 def ours_step(scan_layers: bool = True):
+    """The step `toxjax train` runs (`steps.build_train_step`: the paper's AdamW recipe with
+    clipping and the schedule), on packed features with one document per row."""
     cfg = ModelConfig(
         vocab_size=VOCAB,
         num_layers=LAYERS,
@@ -54,23 +58,27 @@ def ours_step(scan_layers: bool = True):
         max_len=SEQ,
         scan_layers=scan_layers,
     )
-    model = DecoderLM(cfg)
-    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, SEQ), jnp.int32))["params"])
-    tx = optax.adamw(3e-4)
+    ts = steps.build_train_step(
+        cfg,
+        OptimizerConfig(learning_rate=3e-4, warmup_steps=0),
+        num_steps=1000,
+        batch_size=BATCH,
+        seq_len=SEQ - 1,
+        mesh=make_mesh((1, 1, 1)),
+    )
 
-    def loss_fn(p, ids):
-        logits = model.apply({"params": p}, ids[:, :-1])
-        loss_sum, n = losses.cross_entropy(logits, ids[:, 1:], jnp.ones_like(ids[:, 1:]))
-        return loss_sum / n
-
-    @jax.jit
     def step(state, ids):
-        p, o = state
-        _, g = jax.value_and_grad(loss_fn)(p, ids)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o
+        ones = jnp.ones_like(ids[:, 1:])
+        batch = {
+            "decoder_input_tokens": ids[:, :-1],
+            "decoder_target_tokens": ids[:, 1:],
+            "decoder_loss_weights": ones,
+            "decoder_segment_ids": ones,
+            "decoder_positions": jnp.broadcast_to(jnp.arange(SEQ - 1), ones.shape),
+        }
+        return ts(state, batch)[0]
 
-    return cfg, step, (params, tx.init(params))
+    return cfg, step, ts.init(jax.random.key(0))
 
 
 def peer_step():

@@ -7,20 +7,23 @@ The experiment configs (gin_configs/experiments/) bind
     scored_corpus_task.files = %CORPUS_FILES     # `toxjax score` output (glob; gs:// works)
     scored_corpus_task.strategy = %STRATEGY
     scored_corpus_task.fraction = %DATA_FRACTION
+    scored_corpus_task.vocabulary = %VOCABULARY    # 'gpt2' or a SentencePiece .model
+    scored_corpus_task.augment = @AugmentConfig()  # so AugmentConfig.* bindings apply
 
 so a run needs only `--gin.CORPUS_FILES=...`. Gin calls `scored_corpus_task` when the run
-starts: it registers `<corpus>_<strategy>[_<pct>pct]_v1` over the files with the GPT-2
-BPE vocabulary (the paper's; the model configs pad it to 50,304 ids) and returns that
-name. With `CORPUS_FILES = None` it registers nothing and only returns the name: a
-module in `train.module_imports` must register it (another vocabulary, a TFDS source).
+starts: it registers `<corpus>_<strategy>[_<pct>pct]_v1` over the files with the
+vocabulary (GPT-2 BPE by default, the paper's; the model configs pad it to 50,304 ids)
+and the augmentation config, and returns that name. With `CORPUS_FILES = None` it
+registers nothing and only returns the name: a module in `train.module_imports` must
+register it (another vocabulary, a TFDS source).
 """
 
 from __future__ import annotations
 
 import gin
-import seqio
 
 from toxjax import registry
+from toxjax.preprocessors import AugmentConfig
 
 
 @gin.configurable(module="tasks")
@@ -30,6 +33,8 @@ def scored_corpus_task(
     files: str | None = gin.REQUIRED,
     fraction: float = 1.0,
     version: int = 1,
+    augment: AugmentConfig | None = None,
+    vocabulary: str = "gpt2",
 ) -> str:
     """Registers (once) and names the task of one (corpus, strategy, fraction) run.
 
@@ -40,6 +45,9 @@ def scored_corpus_task(
         task is registered elsewhere.
       fraction: share of the documents kept (nested hash subsets, see the registry).
       version: the `_v{version}` suffix.
+      augment: the augmentation config (default `AugmentConfig()`).
+      vocabulary: "gpt2" (GPT-2 BPE), or the path of a SentencePiece model (then bind
+        `ModelConfig.vocab_size = None` to size the model from it).
 
     Returns:
       The task name, `toxjax.registry.task_name(corpus, strategy, fraction=fraction)`.
@@ -63,16 +71,23 @@ def scored_corpus_task(
             "the task"
         )
     name = registry.task_name(corpus, strategy, fraction=fraction, version=version)
-    if files is None or name in seqio.TaskRegistry.names():
-        return name
-    from toxjax.vocab import Gpt2Vocabulary
+    if files is None:
+        return name  # a module in train.module_imports registers it
+    from toxjax import vocab as vocab_lib
 
+    if vocabulary == "gpt2":
+        vocab = vocab_lib.Gpt2Vocabulary()
+    else:
+        vocab = vocab_lib.sentencepiece_vocabulary(vocabulary)
+    # The gin config is the truth for this run: (re-)register the task with it.
     registry.register_corpus(
         corpus,
         files,
-        Gpt2Vocabulary(),
+        vocab,
         strategies=[strategy],
+        config=augment if augment is not None else AugmentConfig(),
         fractions=[fraction],
         version=version,
+        overwrite=True,
     )
     return name

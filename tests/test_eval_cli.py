@@ -15,17 +15,23 @@ from toxjax.evaluation import report
 
 
 @pytest.fixture()
-def fake_checkpoint(monkeypatch):
+def fake_checkpoint(monkeypatch, tmp_path):
+    """A run directory whose run.json is real (a byte-vocabulary model of a task not
+    registered through toxjax.registry: no strategy) and whose parameters are fresh."""
     from toxjax.model import DecoderLM, ModelConfig
+    from toxjax.run_info import RunInfo
 
     vocab = seqio.ByteVocabulary()
     cfg = ModelConfig(
         vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=64
     )
+    run = RunInfo(model_config=cfg, vocabulary={"kind": "byte", "extra_ids": 0})
+    (tmp_path / "run").mkdir()
+    run.write(str(tmp_path / "run"))
     model = DecoderLM(cfg)
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     bundle = checkpoint.InferenceBundle(
-        model=model, params=params, vocabulary=vocab, config=cfg, step=7, run_info={}
+        model=model, params=params, vocabulary=vocab, config=cfg, step=7, run=run
     )
     monkeypatch.setattr(checkpoint, "load_for_inference", lambda model_dir, step=None: bundle)
 
@@ -69,15 +75,15 @@ def test_eval_commands_and_report(tmp_path, fake_checkpoint):
     assert tox["metrics"]["full"]["num_continuations"] == 6 and tox["step"] == 7
     assert tox["sampling"]["num_decodes"] == 2 and tox["sampling"]["eos_id"] == 1
     assert eval_cli.main(["utility", *common, "--lambada", str(lam)]) == 0
-    util = json.load(open(os.path.join(run, "eval", "utility", "metrics.json")))
+    util = json.load(open(os.path.join(run, "eval", "utility-none", "metrics.json")))
     assert util["metrics"]["lambada"]["num_items"] == 1
     assert eval_cli.main(["bias", *common, "--sbf", str(sbf), "--num_shots", "0"]) == 0
-    bias = json.load(open(os.path.join(run, "eval", "bias", "metrics.json")))
+    bias = json.load(open(os.path.join(run, "eval", "bias-none", "metrics.json")))
     assert set(bias["metrics"]) == {"offensive", "intent", "lewd", "group", "mean_auc"}
 
     # a second "run": the same results with EMT shifted, to check the deltas
     other = tmp_path / "other" / "eval"
-    for task in ("toxicity-none", "utility", "bias"):
+    for task in ("toxicity-none", "utility-none", "bias-none"):
         os.makedirs(other / task)
         data = json.load(open(os.path.join(run, "eval", task, "metrics.json")))
         if task.startswith("toxicity"):

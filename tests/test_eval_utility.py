@@ -17,6 +17,7 @@ from toxjax.evaluation.lm import LogLikelihood
 
 class FakeLM:
     bos_id = 0
+    prefix_ids = ()
 
     def encode(self, text):
         return list(text.encode())

@@ -10,6 +10,7 @@ import tensorflow as tf
 from seqio import test_utils
 
 from toxjax.preprocessors import (
+    STRATEGIES,
     AugmentConfig,
     conditioning_prefix,
     conditioning_prefix_ids,
@@ -106,7 +107,7 @@ def test_meda_number_format_matches_tf_graph():
     )
     for cfg in (config, dataclasses.replace(config, meda_decimals=1, meda_scale=100.0)):
         ds = tf.data.Dataset.from_tensor_slices({"toxicity": scores})
-        got = [x["prefix"].decode() for x in pipeline.add_meda_prefix(ds, cfg).as_numpy_iterator()]
+        got = [x["prefix"].decode() for x in STRATEGIES["meda"].select(ds, cfg).as_numpy_iterator()]
         assert got == [cfg.meda_template.replace("{score}", format_score(s, cfg)) for s in scores]
     assert format_score(0.07, config) == "0.07"
     assert format_score(0.07, dataclasses.replace(config, meda_scale=100.0, meda_decimals=0)) == "7"
@@ -126,18 +127,26 @@ def test_config_validation_names_the_field():
         AugmentConfig(inst_fraction=1.5)
 
 
-def test_config_is_gin_bindable():
+def test_config_is_plain_data_and_round_trips_through_json():
+    import json
+
+    config = AugmentConfig(inst_fraction=0.25, ctrl_tokens=["<|g|>", "<|b|>"])
+    assert config.ctrl_tokens == ("<|g|>", "<|b|>")  # lists (gin, JSON) become tuples
+    again = AugmentConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert conditioning_prefix("ctrl", config=again) == "<|g|>"
+    with pytest.raises(ValueError, match=r"no fields \['inst_fractoin'\]"):
+        AugmentConfig.from_dict({**config.to_dict(), "inst_fractoin": 0.5})
+    # Library code never reads gin: a binding does not change a plain AugmentConfig().
+    from toxjax import train  # noqa: F401  (the entry point registers it with gin)
+
     with gin.unlock_config():
-        gin.parse_config(
-            "AugmentConfig.inst_fraction = 0.25\nAugmentConfig.ctrl_tokens = ['<|g|>', '<|b|>']"
-        )
+        gin.parse_config("AugmentConfig.inst_fraction = 0.25")
     try:
-        config = AugmentConfig()
-        assert config.inst_fraction == 0.25 and config.ctrl_tokens == ("<|g|>", "<|b|>")
-        assert conditioning_prefix("ctrl") == "<|g|>"
+        assert AugmentConfig().inst_fraction == 1.0
+        assert gin.get_configurable(AugmentConfig)().inst_fraction == 0.25  # entry points
     finally:
         gin.clear_config()
-    assert AugmentConfig().inst_fraction == 1.0
 
 
 def _keyed(n, toxicity=0.2):

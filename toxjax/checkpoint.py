@@ -13,19 +13,14 @@ else `CheckpointMismatchError` names the first differing parameters.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import warnings
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 
 from toxjax import run_logs
-
-RUN_FILE = "run.json"  # model config + vocabulary, written by the trainer
 
 
 class CheckpointMismatchError(ValueError):
@@ -120,50 +115,6 @@ class Checkpointer:
         self.manager.close()
 
 
-def write_run_file(model_dir: str, model_config, vocab_spec: dict, extra: dict | None = None):
-    """Records what inference needs to rebuild the model: config and vocabulary."""
-    payload = {
-        "model_config": dataclasses.asdict(model_config),
-        "vocabulary": vocab_spec,
-        **(extra or {}),
-    }
-    run_logs.write_text(os.path.join(model_dir, RUN_FILE), json.dumps(payload, indent=2))
-
-
-def vocab_spec(vocabulary) -> dict:
-    """A JSON description of a seqio vocabulary that `vocab_from_spec` rebuilds."""
-    import seqio
-
-    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        return {
-            "kind": "sentencepiece",
-            "path": os.path.abspath(vocabulary.sentencepiece_model_file),
-            "extra_ids": vocabulary.extra_ids,
-        }
-    if isinstance(vocabulary, seqio.ByteVocabulary):
-        return {"kind": "byte", "extra_ids": vocabulary.extra_ids}
-    to_spec = getattr(vocabulary, "to_spec", None)
-    if to_spec is not None:
-        return to_spec()
-    raise ValueError(
-        f"cannot describe vocabulary {type(vocabulary).__name__} for run.json; "
-        "give it a to_spec() method"
-    )
-
-
-def vocab_from_spec(spec: dict):
-    import seqio
-
-    kind = spec.get("kind")
-    if kind == "sentencepiece":
-        return seqio.SentencePieceVocabulary(spec["path"], extra_ids=spec.get("extra_ids", 0))
-    if kind == "byte":
-        return seqio.ByteVocabulary(extra_ids=spec.get("extra_ids", 0))
-    from toxjax import vocab as vocab_lib  # GPT-2 BPE and control-token vocabularies
-
-    return vocab_lib.vocab_from_spec(spec)
-
-
 @dataclasses.dataclass
 class InferenceBundle:
     """What the sampler and the evals need from a run directory."""
@@ -173,22 +124,24 @@ class InferenceBundle:
     vocabulary: Any  # seqio.Vocabulary
     config: Any  # toxjax.model.ModelConfig
     step: int
-    run_info: dict
+    run: Any  # toxjax.run_info.RunInfo: how the model was trained (strategy, augment, ...)
+
+    @property
+    def run_info(self) -> dict:
+        """run.json as a dict."""
+        return self.run.to_dict()
 
 
 def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBundle:
     """Loads the newest (or given) checkpoint's parameters, model config and vocabulary."""
-    from toxjax.model import DecoderLM, ModelConfig
+    from toxjax.model import DecoderLM
+    from toxjax.run_info import RunInfo
+    from toxjax.vocab import vocab_from_spec
 
     model_dir = run_logs.resolve(model_dir)
-    run_path = os.path.join(model_dir, RUN_FILE)
-    if not tf.io.gfile.exists(run_path):
-        raise FileNotFoundError(
-            f"{run_path} not found: {model_dir} is not a toxjax run "
-            "directory (train with `toxjax train` first)"
-        )
-    info = json.loads(run_logs.read_text(run_path))
-    config = ModelConfig(**info["model_config"])
+    info = RunInfo.read(model_dir)
+    config = info.model_config
+    vocabulary = vocab_from_spec(info.vocabulary, model_dir)
     model = DecoderLM(config)
     manager = ocp.CheckpointManager(
         model_dir,
@@ -220,8 +173,8 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
     return InferenceBundle(
         model=model,
         params=restored["state"]["params"],
-        vocabulary=vocab_from_spec(info["vocabulary"]),
+        vocabulary=vocabulary,
         config=config,
         step=int(step),
-        run_info=info,
+        run=info,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import importlib.util
 import inspect
 import math
@@ -207,68 +206,50 @@ def _resolve_vocab(model_config, module_imports):
     """Paper configs name the vocabulary size; `None` needs the task's vocabulary."""
     if model_config.vocab_size is not None:
         return model_config
-    import seqio
-
     from toxjax import train as train_lib
 
     train_lib._import_modules(module_imports)
     task = copy.deepcopy(
         gin.get_bindings("DataConfig", resolve_references=False).get("mixture_or_task_name", "")
     )
-    if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+    try:
+        vocab = train_lib.task_vocabulary(task)
+    except ValueError as e:
         raise ValueError(
-            f"ModelConfig.vocab_size is None and task {task!r} is not registered "
-            "here; bind ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size"
-            "=50304) for the check"
-        )
-    vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+            f"ModelConfig.vocab_size is None and the task is not known here ({e}); bind "
+            "ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size=50304) for the check"
+        ) from None
     return train_lib.resolve_vocab_size(model_config, vocab)
+
+
+def build_step(devices: Sequence):
+    """The train step `toxjax train` would run for the parsed gin config, on `devices`
+    (built by the same `steps.build_train_step`; nothing is allocated or compiled)."""
+    from toxjax import sharding as sh
+    from toxjax import steps
+
+    args = _train_args()
+    model_config = _resolve_vocab(args["model_config"], args["module_imports"])
+    mesh = sh.make_mesh(args["mesh_shape"], devices=list(devices))
+    return steps.build_train_step(
+        model_config,
+        args["optimizer"],
+        num_steps=args["num_steps"],
+        batch_size=args["batch_size"],
+        seq_len=_sequence_length(),
+        mesh=mesh,
+        grad_accum_steps=args["grad_accum_steps"],
+        seed=args["seed"],
+    )
 
 
 def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
     """Compiles the gin-configured train step for `topology` (gin must be parsed)."""
     import jax
-    import jax.numpy as jnp
 
-    from toxjax import sharding as sh
-    from toxjax import steps
-    from toxjax.data import FEATURES
-    from toxjax.model import DecoderLM
-    from toxjax.optim import make_optimizer, make_schedule
-    from toxjax.train_state import abstract_state
-
-    args = _train_args()
-    seq_len = _sequence_length()
-    model_config = _resolve_vocab(args["model_config"], args["module_imports"])
-    batch_size, accum = args["batch_size"], args["grad_accum_steps"]
-    if batch_size % accum:
-        raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum_steps {accum}")
-    devices = tpu_devices(topology) if devices is None else list(devices)
-    mesh = sh.make_mesh(args["mesh_shape"], devices=devices)
-    if batch_size % (mesh.shape[sh.DATA] * mesh.shape[sh.FSDP] * accum):
-        raise ValueError(
-            f"batch_size {batch_size} must divide over the data x fsdp axes "
-            f"({mesh.shape[sh.DATA]} x {mesh.shape[sh.FSDP]}) and "
-            f"{accum} microbatches"
-        )
-    model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
-    tx = make_optimizer(args["optimizer"], args["num_steps"])
-    state, state_shardings = abstract_state(model, tx, seq_len, mesh)
-    batch_sharding = sh.batch_sharding(mesh, 2)
-    batch = {
-        k: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=batch_sharding)
-        for k in FEATURES
-    }
-    step_fn = functools.partial(
-        steps.train_step,
-        model=model,
-        tx=tx,
-        schedule=make_schedule(args["optimizer"], args["num_steps"]),
-        grad_accum_steps=accum,
-        dropout_seed=args["seed"],
-    )
-    with mesh:
-        lowered = steps.jit_train_step(step_fn, state_shardings, batch_sharding).lower(state, batch)
+    ts = build_step(tpu_devices(topology) if devices is None else devices)
+    mesh = ts.mesh
+    lowered = ts.lower()
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
@@ -287,8 +268,8 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
         m.generated_code_size_in_bytes,
         topology.hbm_bytes,
     )
-    params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
-    return CheckResult(topology, memory, params, dict(mesh.shape), batch_size, seq_len)
+    params = sum(math.prod(x.shape) for x in jax.tree.leaves(ts.abstract_state.params))
+    return CheckResult(topology, memory, params, dict(mesh.shape), ts.batch_size, ts.seq_len)
 
 
 _HOW_TO_FIT = (

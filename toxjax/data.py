@@ -19,14 +19,7 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from toxjax import sharding as sh
-
-FEATURES = (
-    "decoder_input_tokens",
-    "decoder_target_tokens",
-    "decoder_loss_weights",
-    "decoder_segment_ids",
-    "decoder_positions",
-)
+from toxjax.steps import FEATURES
 
 
 @dataclasses.dataclass(frozen=True)

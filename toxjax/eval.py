@@ -1,12 +1,17 @@
 """`toxjax eval {toxicity,utility,bias}`: evaluate a checkpoint, one command per claim.
 
-    toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl \
-        --scorer detoxify-original --condition inst
+    toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --scorer detoxify-original
+    toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --toxic_condition
     toxjax eval utility --model_dir runs/inst --lambada lambada_test.jsonl --piqa valid.jsonl
     toxjax eval bias --model_dir runs/inst --sbf SBIC.v2.agg.dev.csv
 
-Results go to `--output_dir` (default `<model_dir>/eval/<command>[-<condition>]`) as
-`metrics.json`, which `toxjax report` gathers.
+The run directory says how the model was trained (run.json: strategy and augmentation
+config), so every command puts the model's own non-toxic conditioning prefix before each
+prompt by default; `--toxic_condition` uses the toxic one (does the control work both
+ways?), `--condition STRATEGY|none` overrides (with a warning when it differs from
+training). Results go to `--output_dir` (default
+`<model_dir>/eval/<command>-<condition>[-toxic]`) as `metrics.json`, which `toxjax
+report` gathers.
 """
 
 from __future__ import annotations
@@ -15,9 +20,13 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Sequence
 
-CONDITIONS = ("none", "baseline", "filter", "meda", "inst", "ctrl")
+from toxjax.preprocessors.strategies import STRATEGIES
+from toxjax.run_info import NO_CONDITION
+
+CONDITIONS = (NO_CONDITION, *STRATEGIES)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,19 +35,26 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model_dir", required=True, help="a `toxjax train` run directory")
     common.add_argument("--step", type=int, help="checkpoint step (default: newest)")
-    common.add_argument("--output_dir", help="default: <model_dir>/eval/<command>")
+    common.add_argument(
+        "--output_dir", help="default: <model_dir>/eval/<command>-<condition>[-toxic]"
+    )
     common.add_argument("--batch_size", type=int, default=8)
     common.add_argument("--seed", type=int, default=0)
+    common.add_argument(
+        "--condition",
+        choices=CONDITIONS,
+        help="conditioning prefix before each prompt (default: the strategy the model was "
+        "trained with, from run.json; 'none' = no prefix)",
+    )
+    common.add_argument(
+        "--toxic_condition",
+        action="store_true",
+        help="use the condition's toxic variant (e.g. INST's toxic instruction)",
+    )
 
     t = sub.add_parser("toxicity", parents=[common], help="RealToxicityPrompts EMT / TP")
     t.add_argument("--prompts", required=True, help="RealToxicityPrompts jsonl")
     t.add_argument("--scorer", default="detoxify-original", help="toxjax.toxicity scorer name")
-    t.add_argument(
-        "--condition",
-        default="none",
-        choices=CONDITIONS,
-        help="conditioning string before each prompt (non-toxic variant)",
-    )
     t.add_argument("--limit", type=int, help="first N prompts only")
     t.add_argument("--num_decodes", type=int, default=25)
     t.add_argument("--max_new_tokens", type=int, default=20)
@@ -65,8 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_lm(args, sampling_kw=None, mesh=None):
-    """Loads the checkpoint; sampling stops a continuation at the vocabulary's EOS."""
+def _model_lm(args, prefix_ids=(), sampling_kw=None, mesh=None):
+    """Loads the checkpoint; sampling stops a continuation at the vocabulary's EOS.
+    `prefix_ids` go before every scored context (utility, bias)."""
     from toxjax.checkpoint import load_for_inference
     from toxjax.decode import SamplingConfig
     from toxjax.evaluation.lm import ModelLM
@@ -84,6 +101,7 @@ def _model_lm(args, sampling_kw=None, mesh=None):
         mesh=mesh,
         seed=args.seed,
         batch_size=args.batch_size,
+        prefix_ids=prefix_ids,
     )
 
 
@@ -94,10 +112,40 @@ def _write(result: dict, output_dir: str) -> None:
     print(json.dumps(result["metrics"], indent=2))
 
 
+def conditioning_for(args):
+    """The prefix for this eval, from run.json and `--condition` / `--toxic_condition`
+    (before any checkpoint is loaded, so a bad condition fails fast)."""
+    from toxjax.run_info import RunInfo
+    from toxjax.vocab import vocab_from_spec
+
+    run = RunInfo.read(args.model_dir)
+    vocabulary = vocab_from_spec(run.vocabulary, args.model_dir)
+    return run.conditioning(vocabulary, args.condition, args.toxic_condition)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    suffix = f"-{args.condition}" if args.command == "toxicity" else ""
-    output_dir = args.output_dir or os.path.join(args.model_dir, "eval", args.command + suffix)
+    from toxjax.checkpoint import CheckpointMismatchError
+
+    try:
+        return run(args)
+    except (FileNotFoundError, ValueError, CheckpointMismatchError) as e:
+        print(f"toxjax eval {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    cond = conditioning_for(args)
+    output_dir = args.output_dir or os.path.join(
+        args.model_dir, "eval", f"{args.command}-{cond.label}"
+    )
+    facts = {
+        "model_dir": args.model_dir,
+        "condition": cond.condition,
+        "toxic_condition": cond.toxic,
+        "prefix": cond.prefix,
+        "prefix_ids": list(cond.prefix_ids),
+    }
 
     if args.command == "toxicity":
         from toxjax.evaluation import toxicity
@@ -116,30 +164,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "top_p": args.top_p,
             "top_k": args.top_k,
         }
-        bundle, lm = _model_lm(args, sampling_kw, mesh)
-        prefix, prefix_ids = "", []
-        if args.condition not in ("none", "baseline", "filter"):
-            from toxjax.preprocessors import conditioning_prefix, conditioning_prefix_ids
-
-            prefix = conditioning_prefix(args.condition, toxic=False)
-            prefix_ids = conditioning_prefix_ids(args.condition, bundle.vocabulary)
+        bundle, lm = _model_lm(args, (), sampling_kw, mesh)
         toxicity.evaluate_toxicity(
             lm,
             get_scorer(args.scorer),
             prompts,
             output_dir,
-            prefix=prefix,
-            prefix_ids=prefix_ids,
+            prefix=cond.prefix,
+            prefix_ids=cond.prefix_ids,
             batch_size=args.batch_size,
             config={
-                "model_dir": args.model_dir,
+                **facts,
                 "step": bundle.step,
-                "condition": args.condition,
                 "prompts_file": args.prompts,
                 "sampling": dataclasses.asdict(lm.sampling),
             },
         )
-        print(open(os.path.join(output_dir, toxicity.TABLE_FILE)).read())
+        with open(os.path.join(output_dir, toxicity.TABLE_FILE)) as f:
+            print(f.read())
         return 0
 
     if args.command == "utility":
@@ -147,22 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         paths = {t: getattr(args, t) for t in (*TASKS, "perplexity") if getattr(args, t)}
         if not paths:
-            raise SystemExit(
-                "toxjax eval utility: give at least one task file, e.g. "
-                "--lambada lambada_test.jsonl"
-            )
-        bundle, lm = _model_lm(args)
+            raise ValueError("give at least one task file, e.g. --lambada lambada_test.jsonl")
+        bundle, lm = _model_lm(args, cond.prefix_ids)
         result = evaluate_utility(lm, paths, max_len=bundle.config.max_len)
-        result.update(model_dir=args.model_dir, step=bundle.step, files=paths)
+        result.update(facts, step=bundle.step, files=paths)
         _write(result, output_dir)
         return 0
 
     from toxjax.evaluation.bias import evaluate_bias
 
-    bundle, lm = _model_lm(args)
+    bundle, lm = _model_lm(args, cond.prefix_ids)
     result = evaluate_bias(
         lm, args.sbf, args.exemplars, num_shots=args.num_shots, seed=args.seed, limit=args.limit
     )
-    result.update(model_dir=args.model_dir, step=bundle.step, file=args.sbf)
+    result.update(facts, step=bundle.step, file=args.sbf)
     _write(result, output_dir)
     return 0

@@ -15,6 +15,7 @@ those fields.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,8 +25,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from toxjax.preprocessors import STRATEGIES, AugmentConfig, task_preprocessors
-from toxjax.preprocessors.config import resolve
+from toxjax.preprocessors import STRATEGIES, AugmentConfig, get_strategy, task_preprocessors
 from toxjax.vocab import ControlTokenVocabulary
 
 DEFAULT_FRACTIONS = (0.25, 0.5, 1.0)
@@ -38,6 +38,71 @@ _RECORD_SIGNATURE = {
     "window_end": tf.TensorSpec([None], tf.int64),
     "window_toxicity": tf.TensorSpec([None], tf.float32),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What a task registered here is: run.json records it, eval reads it back.
+
+    Attributes:
+      task: the seqio task name.
+      corpus: the corpus name (first part of the task name).
+      strategy: its entry in `toxjax.preprocessors.STRATEGIES`.
+      config: the `AugmentConfig` its preprocessors were built with.
+      source: the corpus files (pattern, or {split: pattern}), or a description.
+      fraction: share of the documents kept.
+      version: the `_v{version}` suffix.
+    """
+
+    task: str
+    corpus: str
+    strategy: str
+    config: AugmentConfig
+    source: str | dict
+    fraction: float
+    version: int
+
+    def scorer(self) -> str | None:
+        """The scorer named in the corpus's first record ("scorer" field of `toxjax
+        score` output), or None when unknown (TFRecords, TFDS, other sources)."""
+        patterns = self.source.values() if isinstance(self.source, dict) else [self.source]
+        for pattern in patterns:
+            if not isinstance(pattern, str) or ".tfrecord" in pattern:
+                continue
+            for path in sorted(tf.io.gfile.glob(pattern))[:1]:
+                with tf.io.gfile.GFile(path, "r") as f:
+                    for line in f:
+                        if line.strip():
+                            try:
+                                value = json.loads(line).get("scorer")
+                            except (json.JSONDecodeError, AttributeError):
+                                return None
+                            return value if isinstance(value, str) else None
+        return None
+
+
+# task name -> TaskInfo, for every task `register_corpus` registered.
+_TASK_INFO: dict[str, TaskInfo] = {}
+
+
+def task_info(name: str) -> TaskInfo | None:
+    """The `TaskInfo` of a task (or of a mixture whose tasks share strategy and config);
+    None for tasks registered elsewhere (their strategy is unknown)."""
+    if name in _TASK_INFO:
+        return _TASK_INFO[name]
+    if name in seqio.MixtureRegistry.names():
+        infos = [task_info(t.name) for t in seqio.get_mixture_or_task(name).tasks]
+        if not infos or any(i is None for i in infos):
+            return None
+        kinds = {(i.strategy, i.config) for i in infos}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"mixture {name!r} mixes strategies or augmentation configs "
+                f"({sorted(i.task for i in infos)}): a model trained on it has no single "
+                "conditioning prefix"
+            )
+        return dataclasses.replace(infos[0], task=name)
+    return None
 
 
 def _jsonl_records(path: bytes, text_field: bytes) -> Iterator[dict]:
@@ -202,8 +267,8 @@ def register_corpus(
     name: str,
     source: str | Mapping[str, str] | seqio.DataSource,
     vocabulary: seqio.Vocabulary | Mapping[str, seqio.Vocabulary],
-    strategies: Sequence[str] = STRATEGIES,
-    config: AugmentConfig | None = None,
+    strategies: Sequence[str] = tuple(STRATEGIES),
+    config: AugmentConfig = AugmentConfig(),
     text_field: str = "text",
     fractions: Sequence[float] = (1.0,),
     version: int = 1,
@@ -217,9 +282,10 @@ def register_corpus(
       source: see `make_source`.
       vocabulary: one vocabulary, or {name: vocabulary} to register each (the name goes
         into the task names). `ctrl` tasks wrap it in a `ControlTokenVocabulary`.
-      strategies: subset of `STRATEGIES`.
-      config: a fixed `AugmentConfig`; None reads `AugmentConfig()` (gin bindings
-        included) when a dataset is built. `ctrl_tokens` is read at registration.
+      strategies: subset of `STRATEGIES` (the strategy table).
+      config: the augmentation config of every registered task (recorded in each
+        trained run's run.json). Gin users bind it at the entry point, e.g.
+        `scored_corpus_task.augment = @AugmentConfig()` and `AugmentConfig.* = ...`.
       text_field: field holding the text.
       fractions: corpus fractions to register (the sample-scaling ablation); < 1.0 adds
         `_{pct}pct` to the name and keeps a hash-chosen, nested subset of documents.
@@ -235,7 +301,9 @@ def register_corpus(
     """
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; use a subset of {STRATEGIES}")
+        raise ValueError(f"unknown strategies {unknown}; use a subset of {', '.join(STRATEGIES)}")
+    if not isinstance(config, AugmentConfig):
+        raise TypeError(f"config must be an AugmentConfig, got {type(config).__name__}")
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ValueError(f"fractions {bad} must be in (0, 1]")
@@ -245,8 +313,9 @@ def register_corpus(
     for vocab_name, vocab in vocabs.items():
         for strategy in strategies:
             task_vocab = vocab
-            if strategy == "ctrl":
-                task_vocab = ControlTokenVocabulary(vocab, resolve(config).ctrl_tokens)
+            extra_tokens = get_strategy(strategy).control_tokens(config)
+            if extra_tokens:
+                task_vocab = ControlTokenVocabulary(vocab, extra_tokens)
             features = {"targets": seqio.Feature(task_vocab, add_eos=True, dtype=tf.int32)}
             for fraction in fractions:
                 head = (
@@ -265,6 +334,19 @@ def register_corpus(
                     preprocessors=head + task_preprocessors(strategy, config),
                     output_features=features,
                     shuffle_buffer_size=shuffle_buffer_size,
+                )
+                _TASK_INFO[task] = TaskInfo(
+                    task=task,
+                    corpus=name,
+                    strategy=strategy,
+                    config=config,
+                    source=dict(source)
+                    if isinstance(source, Mapping)
+                    else source
+                    if isinstance(source, str)
+                    else repr(source),
+                    fraction=fraction,
+                    version=version,
                 )
                 names.append(task)
     return names
@@ -310,13 +392,15 @@ def filter_report(
 
     Args:
       baseline_task: a `*_baseline_v*` task of the corpus.
-      threshold: default `AugmentConfig().filter_threshold`.
+      threshold: default: the task's `AugmentConfig.filter_threshold`.
       split: the split to count.
 
     Returns:
       {"samples", "tokens", "dropped_samples", "dropped_tokens", "dropped_token_share"}.
     """
-    threshold = resolve().filter_threshold if threshold is None else threshold
+    if threshold is None:
+        info = task_info(baseline_task)
+        threshold = (info.config if info else AugmentConfig()).filter_threshold
     ds = seqio.get_mixture_or_task(baseline_task).get_dataset(
         None, split=split, shuffle=False, use_cached=False, seed=0
     )

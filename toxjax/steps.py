@@ -1,23 +1,39 @@
-"""Pure train / eval / score steps. No I/O; jitted by the caller with explicit shardings.
+"""Pure train / eval / score steps (no I/O), and the one builder of the train step.
 
-A batch is seqio's packed decoder features, each `[batch, length]`:
+A batch is seqio's packed decoder features (`FEATURES`), each `[batch, length]` int32:
 `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
 `decoder_segment_ids`, `decoder_positions`.
+
+`build_train_step` is the only place that wires model, optimizer, shardings and the
+jitted step: `toxjax train`, `toxjax compile-check` and the benchmarks all call it, so
+what is compiled ahead of time is what trains.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
 
 from toxjax import losses
-from toxjax.train_state import TrainState
+from toxjax import sharding as sh
+from toxjax.train_state import TrainState, abstract_state, create_train_state
 
 Batch = dict[str, jax.Array]
+FEATURES = (
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+    "decoder_segment_ids",
+    "decoder_positions",
+)
 
 
 def _forward(model: nn.Module, params, batch: Batch, rng=None) -> jax.Array:
@@ -148,4 +164,119 @@ def jit_train_step(step_fn: Any, state_shardings, batch_sharding, metric_shardin
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, metric_sharding),
         donate_argnums=0,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted train step and everything it was built from.
+
+    Attributes:
+      model, tx, schedule: the model, the optax chain and its learning-rate schedule.
+      mesh: the device mesh the step is sharded over.
+      abstract_state: the train state's shapes, dtypes and shardings (nothing allocated).
+      state_shardings: the same tree of `NamedSharding`s.
+      batch_sharding: the sharding of every `[batch, length]` feature.
+      batch_size, seq_len: the global batch the step takes.
+      fn: `(state, batch) -> (state, metrics)`, jitted once, donating the old state.
+    """
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: Mesh
+    abstract_state: Any
+    state_shardings: Any
+    batch_sharding: NamedSharding
+    batch_size: int
+    seq_len: int
+    fn: Callable
+
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        shape = (self.batch_size, self.seq_len)
+        return {
+            k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
+            for k in FEATURES
+        }
+
+    def init(self, rng) -> TrainState:
+        """A fresh state, born sharded."""
+        state, _ = create_train_state(self.model, self.tx, self.seq_len, self.mesh, rng)
+        return state
+
+    def lower(self):
+        """The step lowered for the abstract state and batch (nothing allocated)."""
+        with self.mesh:
+            return self.fn.lower(self.abstract_state, self.abstract_batch())
+
+    def __call__(self, state, batch: Batch):
+        with self.mesh:
+            return self.fn(state, batch)
+
+
+def build_train_step(
+    model_config,
+    optimizer,
+    *,
+    num_steps: int,
+    batch_size: int,
+    seq_len: int,
+    mesh: Mesh,
+    grad_accum_steps: int = 1,
+    seed: int = 0,
+) -> TrainStep:
+    """Builds the train step of a run. The one place that does (see the module docstring).
+
+    Args:
+      model_config: a `toxjax.model.ModelConfig` with its vocabulary size resolved.
+      optimizer: a `toxjax.optim.OptimizerConfig`.
+      num_steps: the run's total steps (the schedule's length).
+      batch_size: global rows per step.
+      seq_len: packed length of a row.
+      mesh: the `('data', 'fsdp', 'tensor')` mesh.
+      grad_accum_steps: microbatches per step.
+      seed: the dropout seed.
+
+    Raises:
+      ValueError: the batch does not split over the microbatches and the batch axes.
+    """
+    from toxjax.model import DecoderLM
+    from toxjax.optim import make_optimizer, make_schedule
+
+    rows = mesh.shape[sh.DATA] * mesh.shape[sh.FSDP]
+    if grad_accum_steps < 1 or batch_size % (rows * grad_accum_steps):
+        raise ValueError(
+            f"batch_size {batch_size} must divide over the data x fsdp mesh axes "
+            f"({mesh.shape[sh.DATA]} x {mesh.shape[sh.FSDP]}) times grad_accum_steps "
+            f"({grad_accum_steps})"
+        )
+    if model_config.position == "learned" and seq_len > model_config.max_len:
+        raise ValueError(
+            f"sequence length {seq_len} exceeds ModelConfig.max_len {model_config.max_len}"
+        )
+    model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
+    tx = make_optimizer(optimizer, num_steps)
+    schedule = make_schedule(optimizer, num_steps)
+    abstract, shardings = abstract_state(model, tx, seq_len, mesh)
+    batch_sharding = sh.batch_sharding(mesh, 2)
+    step_fn = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
+        dropout_seed=seed,
+        param_shardings=shardings.params,
+    )
+    return TrainStep(
+        model=model,
+        tx=tx,
+        schedule=schedule,
+        mesh=mesh,
+        abstract_state=abstract,
+        state_shardings=shardings,
+        batch_sharding=batch_sharding,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        fn=jit_train_step(step_fn, shardings, batch_sharding),
     )

@@ -11,9 +11,9 @@ and TensorBoard summaries (`train/`) there.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -23,15 +23,18 @@ import jax
 import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import run_logs, steps
+from toxjax import registry, run_logs, steps
 from toxjax import sharding as sh
 from toxjax.data import DataConfig, DataIterator
-from toxjax.model import DecoderLM, ModelConfig
-from toxjax.optim import OptimizerConfig, make_optimizer, make_schedule
-from toxjax.train_state import abstract_state, create_train_state, param_count
+from toxjax.model import ModelConfig
+from toxjax.optim import OptimizerConfig
+from toxjax.preprocessors import AugmentConfig
+from toxjax.run_info import RunInfo
+from toxjax.train_state import param_count
+from toxjax.vocab import vocab_spec
 
 # Frozen config dataclasses are the only library objects gin binds.
-for _cls in (ModelConfig, DataConfig, OptimizerConfig):
+for _cls in (ModelConfig, DataConfig, OptimizerConfig, AugmentConfig):
     gin.external_configurable(_cls, module="toxjax")
 
 PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
@@ -45,6 +48,10 @@ PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
     "NVIDIA A100-SXM4-80GB": 312e12,
     "NVIDIA A100-SXM4-40GB": 312e12,
 }
+
+
+class ConfigError(ValueError):
+    """The run's configuration cannot work (found before any expensive work)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -104,6 +111,45 @@ def resolve_vocab_size(model_config: ModelConfig, vocab) -> ModelConfig:
     return model_config
 
 
+def task_vocabulary(task: str):
+    """The "targets" vocabulary of a registered seqio task or mixture."""
+    import seqio
+
+    if not task:
+        raise ConfigError(
+            "DataConfig.mixture_or_task_name is empty: bind TASK (e.g. --gin.TASK=fortunes_inst_v1)"
+        )
+    if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
+        raise ConfigError(
+            f"no seqio task or mixture named {task!r} is registered; import the module that "
+            "registers it (train.module_imports) or check the name"
+        )
+    return seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+
+
+def check_augment_bindings(task: str, info) -> None:
+    """`AugmentConfig.*` bindings must reach the task, or they would be silently ignored.
+
+    Gin binds an `AugmentConfig` only where a gin file passes `@AugmentConfig()` (the
+    experiment bases pass it to `scored_corpus_task.augment`). A task registered with a
+    fixed config (e.g. at import time) does not see the bindings: that is an error.
+    """
+    if not gin.get_bindings(AugmentConfig):
+        return
+    bound = gin.get_configurable(AugmentConfig)()
+    if info is None or info.config != bound:
+        how = (
+            "it is not a toxjax.registry task"
+            if info is None
+            else "it was registered with a fixed AugmentConfig"
+        )
+        raise ConfigError(
+            f"the AugmentConfig.* bindings do not reach task {task!r} ({how}); register it "
+            "with `config=` or through `scored_corpus_task.augment = @AugmentConfig()` "
+            "(experiments/bases/common.gin does this)"
+        )
+
+
 @gin.configurable(denylist=["progress"])
 def train(
     model_dir: str = gin.REQUIRED,
@@ -147,68 +193,73 @@ def train(
       The steps and losses this invocation ran.
     """
     _import_modules(module_imports)
-    if batch_size % grad_accum_steps:
-        raise ValueError(
-            f"batch_size {batch_size} is not divisible by grad_accum_steps {grad_accum_steps}"
-        )
     model_dir = run_logs.resolve(model_dir)
     tf.io.gfile.makedirs(model_dir)
-    import seqio
-
-    vocab = (
-        seqio.get_mixture_or_task(data.mixture_or_task_name).output_features["targets"].vocabulary
-        if data.mixture_or_task_name in seqio.TaskRegistry.names()
-        or data.mixture_or_task_name in seqio.MixtureRegistry.names()
-        else None
-    )
-    model_config = resolve_vocab_size(model_config, vocab)
-    mesh = sh.make_mesh(mesh_shape)
-    model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
-    tx = make_optimizer(optimizer, num_steps)
-    schedule = make_schedule(optimizer, num_steps)
+    task = data.mixture_or_task_name
+    vocab = task_vocabulary(task)
     seq_len = data.sequence_length
-    if model_config.position == "learned" and seq_len > model_config.max_len:
-        raise ValueError(
-            f"sequence length {seq_len} exceeds ModelConfig.max_len {model_config.max_len}"
+    try:
+        model_config = resolve_vocab_size(model_config, vocab)
+        info = registry.task_info(task)
+        mesh = sh.make_mesh(mesh_shape)
+        ts = steps.build_train_step(
+            model_config,
+            optimizer,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            mesh=mesh,
+            grad_accum_steps=grad_accum_steps,
+            seed=seed,
         )
-
-    data_iter = DataIterator(data, batch_size, mesh)
-    ckpt = ckpt_lib.Checkpointer(model_dir, checkpoint_every, keep_checkpoints, async_checkpoint)
-    latest = ckpt.latest_step()
-    if latest is None:
-        state, state_shardings = create_train_state(model, tx, seq_len, mesh, jax.random.key(seed))
-    else:
-        abstract, state_shardings = abstract_state(model, tx, seq_len, mesh)
-        state, data_state = ckpt.restore(latest, abstract)
-        data_iter.restore(data_state)
-    start = int(jax.device_get(state.step))
+    except ValueError as e:  # a mixture of strategies, a batch that does not split, ...
+        raise ConfigError(str(e)) from None
+    check_augment_bindings(task, info)
 
     lead = jax.process_index() == 0  # one process writes the run's files
-    metrics_log = run_logs.MetricsLog(model_dir) if lead else None
+    ckpt = ckpt_lib.Checkpointer(model_dir, checkpoint_every, keep_checkpoints, async_checkpoint)
+    latest = ckpt.latest_step()
     if lead:
-        if latest is not None:
-            metrics_log.truncate_after(latest)
-        ckpt_lib.write_run_file(
-            model_dir,
-            model_config,
-            ckpt_lib.vocab_spec(vocab),
-            {"task": data.mixture_or_task_name, "sequence_length": seq_len},
+        run = RunInfo(
+            model_config=model_config,
+            vocabulary=vocab_spec(vocab, model_dir),
+            task=task,
+            sequence_length=seq_len,
+            strategy=info.strategy if info else None,
+            augment=info.config if info else None,
+            corpus=None
+            if info is None
+            else {
+                "name": info.corpus,
+                "source": info.source,
+                "fraction": info.fraction,
+                "scorer": info.scorer(),
+            },
         )
+        if latest is not None:
+            earlier = RunInfo.read(model_dir)
+            changed = run.resume_mismatches(earlier)
+            if changed:
+                raise ckpt_lib.CheckpointMismatchError(
+                    f"{model_dir} holds a run trained on other data than this one "
+                    f"({'; '.join(changed)}); resuming would mix the two. Use a fresh "
+                    "MODEL_DIR, or restore the original settings."
+                )
+        run.write(model_dir)
         run_logs.write_text(
             os.path.join(model_dir, "config.gin"), gin.operative_config_str() or gin.config_str()
         )
 
-    step_fn = functools.partial(
-        steps.train_step,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        grad_accum_steps=grad_accum_steps,
-        dropout_seed=seed,
-        param_shardings=state_shardings.params,
-    )
-    with mesh:
-        p_step = steps.jit_train_step(step_fn, state_shardings, sh.batch_sharding(mesh, 2))
+    data_iter = DataIterator(data, batch_size, mesh)
+    if latest is None:
+        state = ts.init(jax.random.key(seed))
+    else:
+        state, data_state = ckpt.restore(latest, ts.abstract_state)
+        data_iter.restore(data_state)
+    start = int(jax.device_get(state.step))
+    metrics_log = run_logs.MetricsLog(model_dir) if lead else None
+    if lead and latest is not None:
+        metrics_log.truncate_after(latest)
 
     flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
     peak = peak_flops_per_device() * jax.device_count()
@@ -283,8 +334,7 @@ def train(
     try:
         for step in range(start + 1, end + 1):
             batch = next(data_iter)
-            with mesh:
-                state, metrics = p_step(state, batch)
+            state, metrics = ts(state, batch)
             pending.append((step, metrics))
             steps_since += 1
             if bar is not None:
@@ -348,23 +398,32 @@ def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     return files, bindings, paths
 
 
+REPO_CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs"
+)
+
+
+def _roots(search_paths: Sequence[str]) -> list[str]:
+    """Where gin files are looked up, in order (see `toxjax train --help`)."""
+    return ["", *search_paths, REPO_CONFIGS, os.path.dirname(REPO_CONFIGS)]
+
+
+def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
+    for root in _roots(search_paths):
+        if os.path.exists(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise FileNotFoundError(
+        f"gin file {name!r} not found (searched the working directory, "
+        f"{', '.join(search_paths) or '-'} and {REPO_CONFIGS})"
+    )
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
     """Parses gin files and bindings; errors name the file or binding at fault."""
-    repo_configs = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs"
-    )
-    for path in [*search_paths, repo_configs, os.path.dirname(repo_configs)]:
+    for path in _roots(search_paths)[1:]:
         gin.add_config_file_search_path(path)
-    roots = ["", *search_paths, repo_configs, os.path.dirname(repo_configs)]
-    resolved = []
-    for f in files:
-        found = [os.path.join(r, f) for r in roots if os.path.exists(os.path.join(r, f))]
-        if not found:
-            raise FileNotFoundError(
-                f"gin file {f!r} not found (searched the working directory, "
-                f"{', '.join(search_paths) or '-'} and {repo_configs})"
-            )
-        resolved.append(found[0])  # gin itself would log an error for each miss first
+    # Resolved here: gin itself would log an error for each miss first.
+    resolved = [find_gin_file(f, search_paths) for f in files]
     gin.parse_config_files_and_bindings(
         resolved, list(bindings), finalize_config=False, skip_unknown=False
     )
@@ -404,14 +463,85 @@ def init_distributed(argv: Sequence[str]) -> list[str]:
     return rest
 
 
+_REQUIRED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*%gin\.REQUIRED", re.M)
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.M)
+
+
+def required_macros(files: Sequence[str], search_paths: Sequence[str] = ()) -> dict[str, str]:
+    """`{macro: gin file}` for every `X = %gin.REQUIRED` in `files` and their includes."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        try:
+            path = find_gin_file(name, search_paths)
+        except FileNotFoundError:
+            return
+        if path in seen:
+            return
+        seen.add(path)
+        with open(path) as f:
+            text = f.read()
+        for include in _INCLUDE.findall(text):
+            visit(include)
+        for macro in _REQUIRED.findall(text):
+            out.setdefault(macro, os.path.relpath(path, REPO_CONFIGS))
+
+    for name in files:
+        visit(name)
+    return out
+
+
+def usage(files: Sequence[str] = (), search_paths: Sequence[str] = ()) -> str:
+    """`toxjax train --help`: flags, the gin search path and the REQUIRED macros."""
+    shown = list(files) or ["runs/pretrain.gin", "experiments/bases/common.gin"]
+    macros = required_macros(shown, search_paths)
+    lines = [
+        "usage: toxjax train --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...]",
+        "       (or: python -m toxjax.train ...)",
+        "",
+        "Trains a model configured by gin files; resumes from the newest checkpoint in",
+        "MODEL_DIR. Example (the paper's setting, tiny for a first try):",
+        "  toxjax train --gin_file=experiments/inst_125m.gin --gin.MODEL_DIR=runs/inst \\",
+        "      --gin.CORPUS_FILES='scored.jsonl'",
+        "",
+        "flags:",
+        "  --gin_file=FILE           a gin file (repeatable; later files override earlier)",
+        "  --gin.NAME=VALUE          a binding or macro, e.g. --gin.NUM_STEPS=100,",
+        "                            --gin.ModelConfig.num_layers=2 (bare words are strings)",
+        "  --gin_bindings='A = 1'    a raw gin binding line (repeatable)",
+        "  --gin_search_paths=D1,D2  more directories to look up gin files in",
+        "  --multihost               one process per host (jax.distributed); on Cloud TPU",
+        "                            the rest is discovered, elsewhere also pass",
+        "  --coordinator_address=HOST:PORT --num_processes=N --process_id=I",
+        "  -h, --help                this text (with --gin_file: that config's REQUIRED macros)",
+        "",
+        f"gin files are looked up in: the working directory, --gin_search_paths, {REPO_CONFIGS}",
+        "  (models/*.gin, runs/pretrain.gin, mesh/*.gin, experiments/*.gin)",
+        "",
+        f"REQUIRED macros of {', '.join(shown)}:",
+        *[f"  {m:<14} (from {where})" for m, where in macros.items()],
+        "",
+        "exit codes: 0 done, 2 configuration error, 3 non-finite loss, 4 mismatched checkpoint",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help", "help") for a in argv):
+        try:
+            files, _, paths = parse_flags([a for a in argv if a not in ("-h", "--help", "help")])
+        except ValueError:
+            files, paths = [], []
+        print(usage(files, paths))
+        return 0
     try:
         argv = init_distributed(argv)
+        files, bindings, paths = parse_flags(argv)
     except ValueError as e:
         print(f"toxjax train: {e}", file=sys.stderr)
         return 2
-    files, bindings, paths = parse_flags(argv)
     try:
         parse_gin(files, bindings, paths)
     except (ValueError, KeyError, FileNotFoundError) as e:
@@ -419,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         result = train()
+    except ConfigError as e:
+        print(f"toxjax train: configuration error: {e}", file=sys.stderr)
+        return 2
     except NonFiniteLossError as e:
         print(f"toxjax train: {e}", file=sys.stderr)
         return 3

@@ -59,6 +59,10 @@ class ModelLM:
       batch_size: prompts per sampling call / sequences per scoring call (batches are
         padded to it, so shapes and compilations stay fixed).
       length_multiple: prompt and scoring lengths are rounded up to this.
+      prefix_ids: the conditioning prefix (e.g. INST's non-toxic instruction) put after
+        `bos_id` before every context `loglikelihood` scores and every text `perplexity`
+        reads (`toxjax eval utility|bias` under the model's condition). `generate`
+        takes its prefix as an argument instead.
     """
 
     def __init__(
@@ -74,10 +78,12 @@ class ModelLM:
         batch_size: int = 8,
         length_multiple: int = 32,
         bos_id: int = 0,
+        prefix_ids: Sequence[int] = (),
     ):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
         self.seed, self.bos_id = seed, bos_id
+        self.prefix_ids = tuple(int(t) for t in prefix_ids)
         self.eos_id = eos = vocabulary.eos_id
         self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
         if self.sampling.max_new_tokens >= max_len:
@@ -177,13 +183,14 @@ class ModelLM:
 
         Context and continuation are encoded separately (a trailing space of the context
         moves to the continuation, the usual zero-shot convention), the context starts
-        with `bos_id`, and over-long pairs keep their last `max_len + 1` tokens.
+        with `bos_id` and `prefix_ids`, and over-long pairs keep their last `max_len + 1`
+        tokens.
         """
         seqs, conts = [], []
         for context, continuation in pairs:
             stripped = context.rstrip(" ")
             continuation = context[len(stripped) :] + continuation
-            ctx = [self.bos_id] + (self.encode(stripped) if stripped else [])
+            ctx = [self.bos_id, *self.prefix_ids] + (self.encode(stripped) if stripped else [])
             cont = self.encode(continuation)
             if not cont:
                 raise ValueError(f"empty continuation for context {context[:60]!r}")

@@ -47,6 +47,7 @@ class ScoringLM(Protocol):
     """What the utility and bias evals need from a model (see `ModelLM`)."""
 
     bos_id: int  # the id before a document's first token, as in training
+    prefix_ids: tuple[int, ...]  # the conditioning prefix after BOS (`ModelLM`)
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -233,7 +234,7 @@ def evaluate_utility(
     """Runs every task named in `paths` (`TASKS` plus `"perplexity"`)."""
     runners: dict[str, Callable[[str], dict]] = {
         "lambada": lambda p: lambada(lm, p),
-        "perplexity": lambda p: perplexity(lm, p, max_len),
+        "perplexity": lambda p: perplexity(lm, p, max_len, lm.prefix_ids),
         **{t: (lambda p, t=t: multiple_choice(lm, load_items(t, p))) for t in TASKS[1:]},
     }
     unknown = set(paths) - set(runners)

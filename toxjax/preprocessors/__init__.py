@@ -1,24 +1,26 @@
 """SeqIO preprocessors for toxicity-controlled pretraining (MEDA, INST, filter, ctrl).
 
-`AugmentConfig` holds every knob (gin-configurable); `task_preprocessors(strategy)`
-gives a seqio preprocessor list; `conditioning_prefix(strategy)` gives the string that
-goes before an eval prompt, built from the same templates as the training data.
+`STRATEGIES` is the strategy table (`strategies.py`): one entry per strategy with its
+sample selection, its prefixes and its vocabulary needs. `AugmentConfig` holds every
+knob and is passed explicitly; `task_preprocessors(strategy, config)` gives a seqio
+preprocessor list; `conditioning_prefix(_ids)(strategy, config=...)` gives what goes
+before an eval prompt, built from the same templates as the training data.
 """
 
 from toxjax.preprocessors.config import (
     SCORING_UNITS,
-    STRATEGIES,
     AugmentConfig,
-    conditioning_prefix,
     format_score,
     inst_bucket,
     meda_prefix,
 )
-from toxjax.preprocessors.pipeline import (
-    augment,
+from toxjax.preprocessors.pipeline import augment, precache, task_preprocessors
+from toxjax.preprocessors.strategies import (
+    STRATEGIES,
+    Strategy,
+    conditioning_prefix,
     conditioning_prefix_ids,
-    precache,
-    task_preprocessors,
+    get_strategy,
     text_vocabulary,
 )
 
@@ -26,10 +28,12 @@ __all__ = [
     "SCORING_UNITS",
     "STRATEGIES",
     "AugmentConfig",
+    "Strategy",
     "augment",
     "conditioning_prefix",
     "conditioning_prefix_ids",
     "format_score",
+    "get_strategy",
     "inst_bucket",
     "meda_prefix",
     "precache",

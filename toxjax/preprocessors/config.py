@@ -1,24 +1,22 @@
-"""Augmentation config, the prefix templates, and inference-time conditioning prefixes.
+"""The augmentation config and the MEDA score formatting.
 
-Training data and eval prompts take their prefixes from the same functions here
-(`inst_prefixes`, `meda_prefix`, `ctrl_tokens`), so the two cannot drift apart.
-The template strings are ours: the paper does not publish its exact ones.
+`AugmentConfig` is a plain frozen dataclass: library code receives it explicitly (the
+registry stores the one each task was registered with, run.json records it, eval reads
+it back). Gin binds it only at entry points (`toxjax train` registers it as an external
+configurable). The template strings are ours: the paper does not publish its exact ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-import gin
 import numpy as np
 
-STRATEGIES = ("baseline", "meda", "inst", "filter", "ctrl")
 SCORING_UNITS = ("document", "window")
 SCORE_PLACEHOLDER = "{score}"
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """How a scored corpus is turned into training samples, for every strategy.
@@ -90,11 +88,20 @@ class AugmentConfig:
         if bad:
             raise ValueError("AugmentConfig: " + "; ".join(bad))
 
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (run.json's "augment")."""
+        return dataclasses.asdict(self)
 
-def resolve(config: AugmentConfig | None = None, **overrides) -> AugmentConfig:
-    """`config` (or a gin-bound `AugmentConfig()`) with `overrides` applied."""
-    config = config if config is not None else AugmentConfig()
-    return dataclasses.replace(config, **overrides) if overrides else config
+    @classmethod
+    def from_dict(cls, values: Mapping) -> AugmentConfig:
+        """The config `to_dict` wrote; unknown fields are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"AugmentConfig has no fields {unknown} (written by another toxjax version?)"
+            )
+        return cls(**values)
 
 
 def format_score(score: float, config: AugmentConfig) -> str:
@@ -116,32 +123,3 @@ def inst_bucket(score: float, thresholds: Sequence[float]) -> int:
     """Bucket index: the number of thresholds the score is strictly above."""
     s = np.float32(score)
     return int(sum(s > np.float32(t) for t in thresholds))
-
-
-def conditioning_prefix(
-    strategy: str, toxic: bool = False, config: AugmentConfig | None = None, **template_config
-) -> str:
-    """The string that goes before an eval prompt, from the training templates.
-
-    Args:
-      strategy: one of `STRATEGIES`.
-      toxic: False for the non-toxic condition (the one used to detoxify); True for the
-        most toxic bucket (a sanity check that the model learned the control).
-      config: the augmentation config the model was trained with; default
-        `AugmentConfig()` with gin bindings applied.
-      **template_config: `AugmentConfig` fields overriding `config`.
-
-    Returns:
-      The prefix string ("" for baseline and filter). For ctrl it is the control token
-      string, which `ControlTokenVocabulary.encode` turns into its special id.
-    """
-    config = resolve(config, **template_config)
-    if strategy in ("baseline", "filter"):
-        return ""
-    if strategy == "meda":
-        return meda_prefix(1.0 if toxic else config.meda_inference_score, config)
-    if strategy == "inst":
-        return config.inst_templates[-1 if toxic else 0]
-    if strategy == "ctrl":
-        return config.ctrl_tokens[1 if toxic else 0]
-    raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")

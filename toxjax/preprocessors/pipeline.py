@@ -1,16 +1,19 @@
-"""SeqIO preprocessors for MEDA, INST, filter, ctrl and baseline.
+"""The SeqIO pipeline every strategy runs; what differs is read from the strategy table.
 
-Every strategy runs the same two halves (see `task_preprocessors`):
+Every strategy (`toxjax.preprocessors.strategies.STRATEGIES`) runs the same two halves
+(see `task_preprocessors`):
 
 before `seqio.CacheDatasetPlaceholder` (deterministic, cacheable):
   `to_samples`   records -> samples: whole documents, or the scorer's character windows
+  `select`       the strategy's own step (the filter drops samples, MEDA adds its line)
   `tokenize`     text (and the MEDA prefix, whose score is a per-sample float) -> ids,
                  in batches (the BPE runs one call per batch)
   `split`        cut each sample into pieces that fit `sample_tokens` with prefix and EOS;
                  each piece gets a stable 64-bit `key` from (document id, window, piece)
 after it (stochastic, cheap):
-  `augment`      chooses the prefix (INST bucket + fraction, ctrl tag/untagged) and
-                 concatenates its ids in front of the text ids -> "targets"
+  `augment`      chooses the prefix (a candidate by toxicity bucket and keep
+                 probability, or MEDA's own line) and puts its ids before the text
+                 ids -> "targets"
 
 The random choice of a sample is `stateless_uniform(fold_in(task_seed, key))`: it depends
 on the seqio seed and the sample's key, not on its position. So a task read from seqio's
@@ -30,60 +33,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import numpy as np
 import seqio
 import tensorflow as tf
 
-from toxjax.preprocessors.config import (
-    SCORE_PLACEHOLDER,
-    STRATEGIES,
-    AugmentConfig,
-    conditioning_prefix,
-    resolve,
-)
-from toxjax.vocab import ControlTokenVocabulary, encode_texts_tf
+from toxjax.preprocessors.config import AugmentConfig
+from toxjax.preprocessors.strategies import get_strategy, text_vocabulary
+from toxjax.vocab import encode_texts_tf
 
 TOKENIZE_BATCH = 256
 _KEY_BUCKETS = 2**62
-
-
-def text_vocabulary(vocabulary: seqio.Vocabulary) -> seqio.Vocabulary:
-    """The vocabulary for corpus text: control tokens are never parsed out of documents."""
-    if isinstance(vocabulary, ControlTokenVocabulary):
-        return vocabulary.text_vocabulary
-    return vocabulary
-
-
-def conditioning_prefix_ids(
-    strategy: str,
-    vocabulary: seqio.Vocabulary,
-    toxic: bool = False,
-    config: AugmentConfig | None = None,
-    **template_config,
-) -> list[int]:
-    """The exact ids the training data puts before a sample of the given condition.
-
-    Eval code builds `prefix_ids + vocabulary.encode(prompt)`, as the pipeline does for
-    a sample. `vocabulary.encode(conditioning_prefix(...) + prompt)` is not the same:
-    SentencePiece, for one, encodes the prompt's first word after the template's
-    newline without its word-start marker, a sequence the model never saw in training.
-    """
-    config = resolve(config, **template_config)
-    prefix = conditioning_prefix(strategy, toxic, config)
-    if strategy == "ctrl":
-        return [_ctrl_vocab(vocabulary, config).token_id(prefix)]
-    return list(text_vocabulary(vocabulary).encode(prefix)) if prefix else []
-
-
-def _ctrl_vocab(vocabulary: seqio.Vocabulary, config: AugmentConfig) -> ControlTokenVocabulary:
-    if not isinstance(vocabulary, ControlTokenVocabulary) or not set(config.ctrl_tokens) <= set(
-        vocabulary.tokens
-    ):
-        raise ValueError(
-            f"strategy 'ctrl' needs a ControlTokenVocabulary with tokens {config.ctrl_tokens}, "
-            f"got {vocabulary}; `toxjax.registry.register_corpus` builds one for you."
-        )
-    return vocabulary
 
 
 # ----------------------------------------------------------------------------------
@@ -122,18 +80,6 @@ def to_samples(ds: tf.data.Dataset, scoring_unit: str) -> tf.data.Dataset:
         )
 
     return ds.flat_map(windows)
-
-
-def add_meda_prefix(ds: tf.data.Dataset, config: AugmentConfig) -> tf.data.Dataset:
-    """Adds the MEDA metadata string "prefix" (same formatting as `format_score`)."""
-    before, after = config.meda_template.split(SCORE_PLACEHOLDER)
-
-    def fn(x):
-        value = x["toxicity"] * np.float32(config.meda_scale)
-        number = tf.strings.as_string(value, precision=config.meda_decimals)
-        return {**x, "prefix": tf.strings.join([before, number, after])}
-
-    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def tokenize(ds: tf.data.Dataset, vocabulary: seqio.Vocabulary) -> tf.data.Dataset:
@@ -194,45 +140,23 @@ def split(ds: tf.data.Dataset, sample_tokens: int, fixed_prefix_tokens: int) -> 
     return ds.flat_map(fn)
 
 
-def drop_above(ds: tf.data.Dataset, threshold: float) -> tf.data.Dataset:
-    """The filter baseline: keeps samples with toxicity <= threshold."""
-    return ds.filter(lambda x: x["toxicity"] <= np.float32(threshold))
-
-
 def precache(
     ds: tf.data.Dataset,
     output_features: seqio.preprocessors.OutputFeaturesType,
     strategy: str,
-    config: AugmentConfig | None = None,
+    config: AugmentConfig,
 ) -> tf.data.Dataset:
     """All deterministic work for `strategy` (the part seqio's cache job stores)."""
-    config = resolve(config)
+    entry = get_strategy(strategy)
     vocabulary = output_features["targets"].vocabulary
-    ds = to_samples(ds, config.scoring_unit)
-    if strategy == "filter":
-        ds = drop_above(ds, config.filter_threshold)
-    if strategy == "meda":
-        ds = add_meda_prefix(ds, config)
+    ds = entry.select(to_samples(ds, config.scoring_unit), config)
     ds = tokenize(ds, text_vocabulary(vocabulary))
-    fixed = max((len(c) for c in _candidate_prefixes(strategy, vocabulary, config)), default=0)
+    fixed = max((len(c) for c in entry.candidate_prefixes(config, vocabulary)), default=0)
     return split(ds, config.sample_tokens, fixed)
 
 
 # ----------------------------------------------------------------------------------
 # After the cache placeholder: stochastic, keyed by (seed, sample key).
-
-
-def _candidate_prefixes(
-    strategy: str, vocabulary: seqio.Vocabulary, config: AugmentConfig
-) -> list[list[int]]:
-    """Prefix ids per bucket for INST/ctrl (bucket 0 = least toxic); [] for the others."""
-    if strategy == "inst":
-        text_vocab = text_vocabulary(vocabulary)
-        return [list(text_vocab.encode(t)) for t in config.inst_templates]
-    if strategy == "ctrl":
-        vocab = _ctrl_vocab(vocabulary, config)
-        return [[vocab.token_id(t)] for t in config.ctrl_tokens]
-    return []
 
 
 def _task_seed() -> tf.Tensor:
@@ -261,32 +185,24 @@ def augment(
     ds: tf.data.Dataset,
     output_features: seqio.preprocessors.OutputFeaturesType,
     strategy: str,
-    config: AugmentConfig | None = None,
+    config: AugmentConfig,
 ) -> tf.data.Dataset:
     """Prepends the strategy's prefix ids: -> {"targets", "toxicity", "augmented"}."""
-    config = resolve(config)
+    entry = get_strategy(strategy)
     vocabulary = output_features["targets"].vocabulary
     seed = _task_seed()
-    if strategy in ("inst", "ctrl"):
-        candidates = tf.ragged.constant(
-            _candidate_prefixes(strategy, vocabulary, config), dtype=tf.int32, ragged_rank=1
-        )
-        thresholds = tf.constant(
-            config.inst_thresholds if strategy == "inst" else (config.ctrl_threshold,),
-            tf.float32,
-        )
+    candidates = entry.candidate_prefixes(config, vocabulary)
+    if candidates:
+        table = tf.ragged.constant(candidates, dtype=tf.int32, ragged_rank=1)
+        thresholds = tf.constant(entry.bucket_thresholds(config), tf.float32)
 
     def fn(x):
         text = tf.cast(x["text_ids"], tf.int32)
-        if strategy in ("inst", "ctrl"):
+        if candidates:
             bucket = tf.reduce_sum(tf.cast(x["toxicity"] > thresholds, tf.int32))
-            u = sample_uniform(seed, x["key"])
-            if strategy == "inst":
-                use = u < config.inst_fraction
-            else:
-                use = u >= config.ctrl_untagged_fraction
-            prefix = candidates[bucket][: tf.size(candidates[bucket]) * tf.cast(use, tf.int32)]
-        elif strategy == "meda":
+            use = entry.keeps_prefix(sample_uniform(seed, x["key"]), config)
+            prefix = table[bucket][: tf.size(table[bucket]) * tf.cast(use, tf.int32)]
+        elif "prefix_ids" in x:
             prefix = tf.cast(x["prefix_ids"], tf.int32)
         else:
             prefix = tf.zeros([0], tf.int32)
@@ -300,18 +216,10 @@ def augment(
 
 
 def task_preprocessors(
-    strategy: str, config: AugmentConfig | None = None
+    strategy: str, config: AugmentConfig
 ) -> list[Callable | seqio.CacheDatasetPlaceholder]:
-    """The seqio preprocessor list for `strategy`.
-
-    Args:
-      strategy: one of `STRATEGIES`.
-      config: a fixed config, or None to build `AugmentConfig()` (with gin bindings) when
-        the dataset is built, so `AugmentConfig.inst_fraction = 0.5` in a gin file works
-        for tasks registered at import time.
-    """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; use one of {STRATEGIES}")
+    """The seqio preprocessor list for `strategy` under `config`."""
+    get_strategy(strategy)  # an unknown name fails here, at registration
     return [
         functools.partial(precache, strategy=strategy, config=config),
         seqio.CacheDatasetPlaceholder(),
