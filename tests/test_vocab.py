@@ -153,3 +153,42 @@ def test_vocab_cli_bad_jsonl_names_line(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
     with pytest.raises(ValueError, match=r"c.jsonl:2"):
         vocab_lib.train_sentencepiece([str(tmp_path / "c.jsonl")], str(tmp_path / "sp"))
+
+
+def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
+    import seqio
+
+    spm_path = vocab_lib.train_sentencepiece(
+        [_small_corpus(tmp_path / "c.txt")], str(tmp_path / "src" / "sp"), vocab_size=400
+    )
+    spm = vocab_lib.sentencepiece_vocabulary(spm_path)
+    run = tmp_path / "run"
+    vocabs = {
+        "byte": seqio.ByteVocabulary(),
+        "gpt2": gpt2,
+        "sentencepiece": spm,
+        "control_tokens": ControlTokenVocabulary(spm, ("<|a|>", "<|b|>")),
+    }
+    specs = {}
+    for kind, v in vocabs.items():
+        spec = json.loads(json.dumps(vocab_lib.vocab_spec(v, str(run))))  # as in run.json
+        assert spec["kind"] == kind
+        specs[kind] = spec
+        again = vocab_lib.vocab_from_spec(spec, str(run))
+        for s in TEXTS[:5] + ["<|a|>x<|b|>"]:
+            assert again.encode(s) == v.encode(s), (kind, s)
+        assert again.vocab_size == v.vocab_size and again.eos_id == v.eos_id
+    # The run directory carries the files: it rebuilds the vocabulary after the original
+    # SentencePiece model is gone, and refuses a changed copy.
+    shutil.rmtree(tmp_path / "src")
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    again = vocab_lib.vocab_from_spec(specs["control_tokens"], str(moved))
+    assert again.encode("the cat <|b|>") == vocabs["control_tokens"].encode("the cat <|b|>")
+    kept = moved / specs["sentencepiece"]["model"]["file"]
+    kept.write_bytes(kept.read_bytes()[:-1] + b"x")
+    os.remove(run / specs["sentencepiece"]["model"]["file"])
+    with pytest.raises(ValueError, match="is not the one the model was trained with"):
+        vocab_lib.vocab_from_spec(specs["sentencepiece"], str(moved))
+    with pytest.raises(ValueError, match="unknown vocabulary kind 'wordpiece'"):
+        vocab_lib.vocab_from_spec({"kind": "wordpiece"})

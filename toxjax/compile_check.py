@@ -310,6 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns 0 if the step fits, 1 if it does not, 2 on a usage or configuration error.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(
+            "usage: toxjax compile-check --topology=TOPOLOGY [--hbm_gib=N] --gin_file=FILE "
+            "[--gin.NAME=VALUE ...]\n\n" + __doc__.strip() + "\n\nThe gin flags are those of "
+            "`toxjax train` (see `toxjax train --help`). Exit codes: 0 fits, 1 does not fit, "
+            "2 usage or configuration error."
+        )
+        return 0
     topology_arg, hbm_gib, rest = None, None, []
     for arg in argv:
         name, _, value = arg.partition("=")
