@@ -463,13 +463,14 @@ def init_distributed(argv: Sequence[str]) -> list[str]:
     return rest
 
 
-_REQUIRED = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*=\s*%gin\.REQUIRED", re.M)
+_ASSIGN = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=\s*(\S.*)$", re.M)
 _INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.M)
 
 
 def required_macros(files: Sequence[str], search_paths: Sequence[str] = ()) -> dict[str, str]:
-    """`{macro: gin file}` for every `X = %gin.REQUIRED` in `files` and their includes."""
-    out: dict[str, str] = {}
+    """`{macro: gin file}` for every macro the files (and their includes, in gin's
+    order) leave at `%gin.REQUIRED`: what a user must bind."""
+    last: dict[str, tuple[str, str]] = {}  # macro -> (value text, file)
     seen: set[str] = set()
 
     def visit(name: str) -> None:
@@ -481,21 +482,29 @@ def required_macros(files: Sequence[str], search_paths: Sequence[str] = ()) -> d
             return
         seen.add(path)
         with open(path) as f:
-            text = f.read()
-        for include in _INCLUDE.findall(text):
-            visit(include)
-        for macro in _REQUIRED.findall(text):
-            out.setdefault(macro, os.path.relpath(path, REPO_CONFIGS))
+            lines = f.read().splitlines()
+        for line in lines:
+            include = _INCLUDE.match(line)
+            if include:
+                visit(include.group(1))
+                continue
+            assign = _ASSIGN.match(line)
+            if assign:
+                last[assign.group(1)] = (assign.group(2), os.path.relpath(path, REPO_CONFIGS))
 
     for name in files:
         visit(name)
-    return out
+    return {m: where for m, (value, where) in last.items() if value.startswith("%gin.REQUIRED")}
 
 
 def usage(files: Sequence[str] = (), search_paths: Sequence[str] = ()) -> str:
     """`toxjax train --help`: flags, the gin search path and the REQUIRED macros."""
-    shown = list(files) or ["runs/pretrain.gin", "experiments/bases/common.gin"]
-    macros = required_macros(shown, search_paths)
+    configs = [list(files)] if files else [["runs/pretrain.gin"], ["experiments/inst_125m.gin"]]
+    required = []
+    for shown in configs:
+        required.append(f"REQUIRED macros of {', '.join(shown)}:")
+        macros = required_macros(shown, search_paths)
+        required += [f"  {m:<14} (from {where})" for m, where in macros.items()]
     lines = [
         "usage: toxjax train --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...]",
         "       (or: python -m toxjax.train ...)",
@@ -519,8 +528,7 @@ def usage(files: Sequence[str] = (), search_paths: Sequence[str] = ()) -> str:
         f"gin files are looked up in: the working directory, --gin_search_paths, {REPO_CONFIGS}",
         "  (models/*.gin, runs/pretrain.gin, mesh/*.gin, experiments/*.gin)",
         "",
-        f"REQUIRED macros of {', '.join(shown)}:",
-        *[f"  {m:<14} (from {where})" for m, where in macros.items()],
+        *required,
         "",
         "exit codes: 0 done, 2 configuration error, 3 non-finite loss, 4 mismatched checkpoint",
     ]
