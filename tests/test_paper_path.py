@@ -174,6 +174,26 @@ def test_condition_override_warns_and_mismatches_are_refused(tmp_path, scored, p
     _eval(tmp_path / "run", prompts, "--condition", "meda", "--limit", "1")
     err = capsys.readouterr().err
     assert "--condition meda differs from the strategy the model was trained with (inst" in err
+    # utility and bias read the same prefix from run.json.
+    text = tmp_path / "heldout.txt"
+    text.write_text("A plain sentence to read.\nAnother one, a little longer than that.\n")
+    sbf = tmp_path / "sbf.csv"
+    sbf.write_text(
+        "post,offensiveYN,intentYN,sexYN,whoTarget\n"
+        "a b,1.0,1.0,1.0,1.0\nc d,0.0,0.0,0.0,0.0\ne f,1.0,0.0,1.0,0.0\ng h,0.0,1.0,0.0,1.0\n"
+    )
+    model_dir = str(tmp_path / "run")
+    for argv in (
+        ["eval", "utility", "--model_dir", model_dir, "--perplexity", str(text)],
+        ["eval", "bias", "--model_dir", model_dir, "--sbf", str(sbf), "--num_shots", "0"],
+    ):
+        assert cli.main(argv) == 0
+        result = json.loads(
+            (tmp_path / "run" / "eval" / f"{argv[1]}-inst" / "metrics.json").read_text()
+        )
+        assert result["prefix"] == "Instruction: the following text is not toxic.\n"
+        assert result["prefix_ids"] == Gpt2Vocabulary().encode(result["prefix"])
+    assert "warning" not in capsys.readouterr().err
     # ctrl needs control tokens this model's vocabulary does not have.
     argv = ["eval", "toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", prompts]
     assert cli.main([*argv, "--condition", "ctrl"]) == 2
