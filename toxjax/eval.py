@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shard sampling batches over all devices (batch_size must divide)",
     )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete earlier generations in the output directory and start over",
+    )
 
     u = sub.add_parser("utility", parents=[common], help="zero-shot tasks and perplexity")
     from toxjax.evaluation.utility import TASKS
@@ -103,7 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from toxjax.evaluation import toxicity
         from toxjax.toxicity import get_scorer
 
-        prompts = toxicity.load_prompts(args.prompts, limit=args.limit)  # fail fast on bad input
+        try:  # fail fast on bad input, in one line, before the model loads
+            prompts = toxicity.load_prompts(args.prompts, limit=args.limit)
+            prompts_identity = toxicity.file_identity(args.prompts)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"toxjax eval toxicity: --prompts: {e}") from None
         mesh = None
         if args.data_parallel:
             from toxjax.sharding import make_mesh
@@ -123,22 +132,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             prefix = conditioning_prefix(args.condition, toxic=False)
             prefix_ids = conditioning_prefix_ids(args.condition, bundle.vocabulary)
-        toxicity.evaluate_toxicity(
-            lm,
-            get_scorer(args.scorer),
-            prompts,
-            output_dir,
-            prefix=prefix,
-            prefix_ids=prefix_ids,
-            batch_size=args.batch_size,
-            config={
-                "model_dir": args.model_dir,
-                "step": bundle.step,
-                "condition": args.condition,
-                "prompts_file": args.prompts,
-                "sampling": dataclasses.asdict(lm.sampling),
-            },
-        )
+        # What makes these samples; a resume with any of it changed is refused.
+        identity = {
+            "model": {"step": bundle.step, "run": bundle.run_info},
+            "prompts": prompts_identity,
+            "sampling": dataclasses.asdict(lm.sampling),
+            "seed": args.seed,
+        }
+        try:
+            toxicity.evaluate_toxicity(
+                lm,
+                get_scorer(args.scorer),
+                prompts,
+                output_dir,
+                prefix=prefix,
+                prefix_ids=prefix_ids,
+                batch_size=args.batch_size,
+                config={
+                    "model_dir": args.model_dir,
+                    "step": bundle.step,
+                    "condition": args.condition,
+                    "prompts_file": args.prompts,
+                    "sampling": dataclasses.asdict(lm.sampling),
+                },
+                identity=identity,
+                overwrite=args.overwrite,
+            )
+        except toxicity.ResumeMismatch as e:
+            raise SystemExit(f"toxjax eval toxicity: {e}") from None
         print(open(os.path.join(output_dir, toxicity.TABLE_FILE)).read())
         return 0
 
