@@ -280,10 +280,14 @@ def _short(value: Any, width: int = 60) -> str:
 def identity_changes(was: Mapping, now: Mapping) -> list[str]:
     """`"<key> was <old>, now <new>"` for each leaf that differs (dotted keys)."""
     old, new = _flat(was), _flat(now)
+
+    def show(tree: dict, key: str) -> str:
+        return _short(tree[key]) if key in tree else "absent"
+
     return [
-        f"{k} was {_short(old.get(k, 'absent'))}, now {_short(new.get(k, 'absent'))}"
+        f"{k} was {show(old, k)}, now {show(new, k)}"
         for k in sorted(old.keys() | new.keys())
-        if old.get(k, "absent") != new.get(k, "absent")
+        if k not in old or k not in new or old[k] != new[k]
     ]
 
 
@@ -311,8 +315,11 @@ def check_identity(output_dir: str, identity: Mapping, has_records: bool) -> Non
                 f"{gen_path} has generations but no {META_FILE} saying what made them "
                 f"(an older toxjax); {restart}"
             )
-        with open(meta_path, encoding="utf-8") as f:
-            was = json.load(f)["identity"]
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                was = json.load(f)["identity"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ResumeMismatch(f"{meta_path} is unreadable ({e!r}); {restart}") from None
         changes = identity_changes(was, identity)
         if changes:
             raise ResumeMismatch(
