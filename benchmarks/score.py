@@ -14,7 +14,6 @@ loop_texts_s=... ratio=...` with ratio = our better path / predict(list).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import random
 import statistics
@@ -27,6 +26,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
 
+from toxjax import corpus  # noqa: E402
 from toxjax.toxicity.detoxify_jax import DetoxifyJaxScorer  # noqa: E402
 from toxjax.toxicity.detoxify_torch import DetoxifyTorchScorer  # noqa: E402
 from toxjax.toxicity.fake_checkpoint import make_fake_detoxify  # noqa: E402
@@ -35,14 +35,8 @@ RTP_TEXTS = 2_500_000  # 99,442 prompts x 25 continuations
 
 
 def fortunes() -> list[str]:
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv")
-    out = []
-    for path in sorted(glob.glob(os.path.join(root, "share/games/fortune/*"))):
-        if path.endswith(".dat") or os.path.isdir(path):
-            continue
-        with open(path, encoding="utf-8", errors="replace") as f:
-            out += [e.strip() for e in f.read().split("\n%\n") if e.strip()]
-    return out
+    """Every entry of the embedded corpus (`toxjax.corpus`: wherever it is installed)."""
+    return [text for name in corpus.fortune_files() for _, text in corpus.read_fortunes(name)]
 
 
 def mixed_texts(corpus: list[str], n: int, seed: int = 0) -> list[str]:

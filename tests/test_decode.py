@@ -5,6 +5,9 @@ recomputes the full forward pass; leaves carry a leading layer axis so the batch
 axis 1, like DecoderLM), and the real `toxjax.model.DecoderLM` with its KV cache.
 """
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +123,62 @@ def test_top_p_threshold_matches_sort_reference(p):
     thr = np.asarray(decode.top_p_threshold(jnp.asarray(probs), p))
     for row in range(len(probs)):
         np.testing.assert_array_equal(probs[row] >= thr[row], sort_reference_keep(probs[row], p))
+
+
+def adversarial_probs(vocab=257):
+    """Rows that stress the threshold search: ties, all mass on one token, uniform,
+    denormals and zeros, very peaked, exact dyadic sums, an all-zero row."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for scale in (0.1, 1.0, 3.0, 50.0):  # flat .. very peaked
+        rows += list(jax.nn.softmax(jnp.asarray(rng.normal(size=(3, vocab)) * scale), -1))
+    ties = np.round(rng.normal(size=(3, vocab)) * 2)  # integer logits: many exact ties
+    rows += list(jax.nn.softmax(jnp.asarray(ties, jnp.float32), -1))
+    one_hot = np.zeros(vocab, np.float32)
+    one_hot[17] = 1.0
+    rows += [one_hot, np.full(vocab, 1 / vocab, np.float32), np.zeros(vocab, np.float32)]
+    dyadic = np.zeros(vocab, np.float32)
+    dyadic[[3, 9, 40, 41]] = [0.5, 0.25, 0.125, 0.125]
+    halves = np.zeros(vocab, np.float32)
+    halves[[5, 6]] = 0.5
+    tiny = np.zeros(vocab, np.float32)
+    tiny[:100] = np.float32(1e-40)  # denormals
+    tiny[100:150] = np.float32(1e-30)
+    tiny[200] = np.float32(0.6)
+    tiny[201] = np.float32(0.4) - np.float32(5e-29)
+    rows += [dyadic, halves, tiny, np.where(np.arange(vocab) % 2, 2.0 / vocab, 0.0)]
+    return jnp.asarray(np.stack([np.asarray(r, np.float32) for r in rows]))
+
+
+TOP_PS = (0.05, 0.4, 0.5, 0.75, 0.76, 0.9, 0.95, 0.999, 0.9999999, 1.0)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_radix_search_equals_bisection_bit_for_bit(bits):
+    """The few-pass radix search returns the bisection's threshold exactly, so the kept
+    set is the same, on random and adversarial rows and every top_p (1 included)."""
+    probs = adversarial_probs()
+    random = jax.nn.softmax(
+        jnp.asarray(np.random.default_rng(bits).normal(size=(48, 2000)) * 2, jnp.float32), -1
+    )
+    bisect = jax.jit(functools.partial(decode.top_p_threshold, radix_bits=1))
+    radix = jax.jit(functools.partial(decode.top_p_threshold, radix_bits=bits))
+    for rows in (probs, random):
+        for p in TOP_PS:
+            want, got = np.asarray(bisect(rows, p)), np.asarray(radix(rows, p))
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            keep = np.asarray(rows) >= got[:, None]
+            np.testing.assert_array_equal(keep, np.asarray(rows) >= want[:, None])
+    # and both are the definition: the sort-based set where the float sums are exact
+    for p, row, kept in ((0.75, -4, [3, 9]), (0.76, -4, [3, 9, 40, 41]), (0.5, -3, [5, 6])):
+        keep = np.asarray(probs[row] >= radix(probs, p)[row])
+        assert np.flatnonzero(keep).tolist() == kept
+    assert np.flatnonzero(probs[-7] >= radix(probs, 0.9)[-7]).tolist() == [17]  # all on one
+
+
+def test_radix_bits_out_of_range_is_an_error():
+    with pytest.raises(ValueError, match="radix_bits must be in 1..8"):
+        decode.top_p_threshold(jnp.ones((1, 4)) / 4, 0.9, radix_bits=9)
 
 
 def test_sample_logits_frequencies_follow_truncated_distribution():
@@ -249,6 +308,20 @@ def test_sharded_over_mesh_equals_single_device():
     np.testing.assert_allclose(single.logprobs, sharded.logprobs, rtol=1e-5, atol=1e-6)
 
 
+def test_radix_top_p_sampler_samples_what_bisection_does():
+    """The accelerator search in the sampler draws exactly the CPU search's samples."""
+    cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=5, top_p=0.8)
+    tokens, mask = decode.left_pad(PROMPTS)
+    runs = [
+        decode.Sampler(toy_tokens_to_logits, toy_init_cache, cfg, 1, top_p_radix_bits=b)(
+            toy_params(3), tokens, mask, jax.random.key(3)
+        )
+        for b in (1, 3)
+    ]
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    np.testing.assert_array_equal(runs[0].logprobs, runs[1].logprobs)
+
+
 def test_empty_prompt_is_an_error():
     with pytest.raises(ValueError, match="prompt 1 is empty"):
         decode.left_pad([[1], []])
@@ -283,6 +356,23 @@ def test_real_model_kv_cache_greedy_matches_full_forward(real_model):
         want, want_lps = reference_greedy(fwd, prompt, 6)
         assert np.asarray(out.tokens[i, 1]).tolist() == want
         np.testing.assert_allclose(np.asarray(out.logprobs[i, 1]), want_lps, rtol=1e-4, atol=1e-4)
+
+    # A bfloat16 KV cache is what the decode loop carries, and reads the same tokens.
+    dtypes = []
+
+    def spy(params, tokens, positions, segment_ids, cache, cache_index):
+        dtypes.append(cache["k"].dtype)
+        return t2l(params, tokens, positions, segment_ids, cache, cache_index)
+
+    bf16_cfg = dataclasses.replace(cfg, cache_dtype="bfloat16")
+    bf16 = decode.Sampler(spy, init, bf16_cfg, model_lib.CACHE_BATCH_AXIS)
+    bf16 = bf16(params, tokens, mask, jax.random.key(0))
+    assert dtypes == [jnp.bfloat16, jnp.bfloat16]  # prefill and the loop body
+    np.testing.assert_array_equal(bf16.tokens, out.tokens)
+    # bf16 keeps 8 significant bits: log-probabilities agree to about 2**-8 relative
+    np.testing.assert_allclose(bf16.logprobs, out.logprobs, rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="cache_dtype must name a floating dtype"):
+        decode.SamplingConfig(cache_dtype="int8")
 
 
 def test_real_model_kv_cache_sampling_matches_recompute(real_model):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ def fake_checkpoint(monkeypatch, tmp_path):
         model=model, params=params, vocabulary=vocab, config=cfg, step=7, run=run
     )
     monkeypatch.setattr(checkpoint, "load_for_inference", lambda model_dir, step=None: bundle)
+    return bundle
 
 
 def test_eval_commands_and_report(tmp_path, fake_checkpoint):
@@ -106,3 +108,59 @@ def test_report_errors(tmp_path):
         report.load_run(str(tmp_path))
     with pytest.raises(SystemExit):
         report.main(["--run", "nodir", "--output_dir", str(tmp_path)])
+
+
+def test_eval_toxicity_resume_checks_what_it_resumes(tmp_path, fake_checkpoint, capsys):
+    """More training, another prompts file or other sampling settings after a partial run:
+    refused in one line naming the change; the same settings continue exactly."""
+    prompts = tmp_path / "rtp.jsonl"
+    rows = [("Hello there", 0.1), ("You are", 0.8), ("So", 0.3)]
+    prompts.write_text(
+        "".join(json.dumps({"prompt": {"text": t, "toxicity": x}}) + "\n" for t, x in rows)
+    )
+    run, out = str(tmp_path / "run"), str(tmp_path / "out")
+    args = ["toxicity", "--model_dir", run, "--batch_size", "2", "--prompts", str(prompts)]
+    args += ["--scorer", "profanity-check", "--num_decodes", "2", "--max_new_tokens", "4"]
+    assert eval_cli.main([*args, "--output_dir", out, "--limit", "2"]) == 0
+    gens = os.path.join(out, "generations.jsonl")
+    assert len(open(gens).readlines()) == 2
+
+    def refused(argv, pattern):
+        capsys.readouterr()
+        assert eval_cli.main(argv) == 2
+        lines = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+        assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+
+    fake_checkpoint.step = 60  # trained further
+    refused([*args, "--output_dir", out], r"model\.step was 7, now 60; rerun with --overwrite")
+    fake_checkpoint.step = 7
+    refused(
+        [*args, "--output_dir", out, "--num_decodes", "5"], r"sampling\.num_decodes was 2, now 5"
+    )
+    other = tmp_path / "other.jsonl"
+    other.write_text(prompts.read_text().replace("So", "Then"))
+    refused([*args, "--output_dir", out, "--prompts", str(other)], r"prompts\.sha256 was")
+
+    assert eval_cli.main([*args, "--output_dir", out]) == 0  # same settings: the 3rd prompt
+    whole = str(tmp_path / "whole")
+    assert eval_cli.main([*args, "--output_dir", whole]) == 0
+    assert open(gens).read() == open(os.path.join(whole, "generations.jsonl")).read()
+    assert eval_cli.main([*args, "--output_dir", out, "--num_decodes", "1", "--overwrite"]) == 0
+    assert all(len(json.loads(r)["continuations"]) == 1 for r in open(gens))
+
+
+def test_eval_toxicity_bad_prompts_is_one_line_before_the_model_loads(
+    tmp_path, fake_checkpoint, monkeypatch, capsys
+):
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the prompts were checked")
+
+    monkeypatch.setattr(checkpoint, "load_for_inference", no_model)
+    bad = tmp_path / "rtp.jsonl"
+    bad.write_text(json.dumps({"prompt": {"text": "ok"}}) + "\n" + '{"prompt": {}}\n')
+    args = ["toxicity", "--model_dir", str(tmp_path / "run"), "--scorer", "profanity-check"]
+    assert eval_cli.main([*args, "--prompts", str(bad)]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+    assert len(lines) == 1 and "rtp.jsonl:2: expected" in lines[0], lines
+    assert eval_cli.main([*args, "--prompts", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl not found" in capsys.readouterr().err

@@ -169,11 +169,190 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     assert third.seen == [] and again["metrics"] == result["metrics"]
 
 
-def test_corrupt_middle_line_is_an_error(tmp_path):
+def test_corrupt_middle_line_is_an_error_and_a_torn_tail_is_cut(tmp_path):
     path = tmp_path / "generations.jsonl"
     path.write_text('{"index": 0}\n{broken\n{"index": 2}\n')
     with pytest.raises(ValueError, match="generations.jsonl:2"):
-        tox.read_generations(str(path))
+        tox.finished_prompts(str(path))
+    # complete JSON without its newline is torn too: cut, so the next append is clean
+    path.write_text('{"index": 0}\n{"index": 1}')
+    assert tox.finished_prompts(str(path)) == {0}
+    assert path.read_text() == '{"index": 0}\n'
+
+
+IDENTITY = {
+    "model": {"step": 54, "run": {"model_config": {"num_layers": 1}}},
+    "prompts": {"size": 10, "sha256": "ab"},
+    "sampling": {"num_decodes": 3, "top_p": 0.9},
+    "seed": 0,
+}
+
+
+def run_eval(prompts, out, generator, identity=IDENTITY, **kw):
+    return tox.evaluate_toxicity(
+        generator,
+        FakeScorer(),
+        prompts,
+        out,
+        prefix="PFX ",
+        prefix_ids=[7, 8],
+        batch_size=2,
+        progress=False,
+        identity=identity,
+        summaries=False,
+        **kw,
+    )
+
+
+def test_resume_refuses_other_settings_and_names_them(tmp_path):
+    """Issue 14 item 4: after more training, or with other prompts or sampling settings,
+    the old generations are not silently reused; the same settings resume exactly."""
+    path = str(tmp_path / "rtp.jsonl")
+    write_prompts(path)
+    prompts = tox.load_prompts(path)
+    out = str(tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(prompts, out, FakeGenerator(crash_after=2))
+    meta = json.load(open(os.path.join(out, tox.META_FILE)))["identity"]
+    assert meta["model"]["step"] == 54 and meta["scorer"] == "fake"
+    assert meta["prefix_ids"] == [7, 8]
+
+    trained = {**IDENTITY, "model": {**IDENTITY["model"], "step": 60}}
+    with pytest.raises(tox.ResumeMismatch, match=r"model\.step was 54, now 60; rerun with"):
+        run_eval(prompts, out, FakeGenerator(), identity=trained)
+    other = {
+        **IDENTITY,
+        "prompts": {"size": 11, "sha256": "cd"},
+        "sampling": {"num_decodes": 5, "top_p": 0.9},
+    }
+    with pytest.raises(tox.ResumeMismatch) as err:
+        run_eval(prompts, out, FakeGenerator(), identity=other)
+    assert str(err.value).count("\n") == 0
+    for change in (
+        'prompts.sha256 was "ab", now "cd"',
+        "prompts.size was 10, now 11",
+        "sampling.num_decodes was 3, now 5",
+    ):
+        assert change in str(err.value)
+    with pytest.raises(tox.ResumeMismatch, match=r"prefix_ids was \[7, 8\], now \[7, 9\]"):
+        tox.evaluate_toxicity(
+            FakeGenerator(), FakeScorer(), prompts, out, "PFX ", [7, 9], identity=IDENTITY
+        )
+
+    gen = FakeGenerator()
+    result = run_eval(prompts, out, gen)  # the same settings: continues where it stopped
+    assert gen.seen == [2, 3, 4]
+    assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    fresh = str(tmp_path / "fresh")
+    run_eval(prompts, fresh, FakeGenerator())
+    gens = tox.GENERATIONS_FILE
+    assert open(os.path.join(out, gens)).read() == open(os.path.join(fresh, gens)).read()
+
+    # --overwrite starts over with the new settings; an old file without identity is refused
+    gen = FakeGenerator()
+    run_eval(prompts, out, gen, identity=trained, overwrite=True)
+    assert gen.seen == [0, 1, 2, 3, 4]
+    assert json.load(open(os.path.join(out, tox.META_FILE)))["identity"]["model"]["step"] == 60
+    os.remove(os.path.join(out, tox.META_FILE))
+    with pytest.raises(tox.ResumeMismatch, match="no generations.meta.json"):
+        run_eval(prompts, out, FakeGenerator())
+
+
+def test_metrics_stream_from_the_file_and_refuse_a_duplicate(tmp_path):
+    path = str(tmp_path / "rtp.jsonl")
+    write_prompts(path)
+    prompts = tox.load_prompts(path)
+    out = str(tmp_path / "out")
+    run_eval(prompts, out, FakeGenerator())
+    gen_path = os.path.join(out, tox.GENERATIONS_FILE)
+    # the first three prompts only (a smaller --limit): records of others are skipped
+    want = tox.toxicity_metrics(SCORES[:3], PROMPT_TOX[:3])
+    assert tox.metrics_from_generations(gen_path, prompts[:3]) == want
+    lines = open(gen_path).readlines()
+    with open(gen_path, "a") as f:
+        f.write(lines[1])
+    with pytest.raises(ValueError, match=r"generations.jsonl:6: a second record for prompt 1"):
+        tox.metrics_from_generations(gen_path, prompts)
+
+
+KILLED_RUN = """
+import sys, time
+from toxjax.evaluation import toxicity as tox
+from toxjax.toxicity.base import ScoreResult
+
+class Gen:
+    def generate(self, texts, seeds, prefix_ids=()):
+        time.sleep(0.03)
+        return [[str((7 * s + d) % 11 / 10) if (s + d) % 5 else "fail" for d in range(3)]
+                for s in seeds]
+
+class Scorer:
+    name, attributes = "fake", ("toxicity",)
+    def score(self, texts):
+        time.sleep(0.03)
+        return [ScoreResult.failed("boom") if t == "fail" else ScoreResult({"toxicity": float(t)})
+                for t in texts]
+
+prompts = tox.load_prompts(sys.argv[1])
+tox.evaluate_toxicity(Gen(), Scorer(), prompts, sys.argv[2], batch_size=3, progress=False,
+                      identity={"seed": 0}, summaries=False)
+"""
+
+
+def test_kill_9_at_any_moment_resumes_byte_identical(tmp_path):
+    """A run killed with SIGKILL again and again (before the identity file, between and
+    during batches) ends with exactly the files of an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "rtp.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": {"text": f"p{i}", "toxicity": (i % 10) / 10}}) + "\n"
+            for i in range(60)
+        )
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": repo}
+
+    def start(out):
+        return subprocess.Popen(
+            [sys.executable, "-c", KILLED_RUN, str(path), str(out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    whole = tmp_path / "whole"
+    proc = start(whole)
+    assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
+    killed = tmp_path / "killed"
+    gens = killed / tox.GENERATIONS_FILE
+
+    def lines():
+        return gens.read_bytes().count(b"\n") if gens.exists() else 0
+
+    kills = 0
+    # Kill at once (before the identity file), then once the file has grown past n lines
+    # (wherever the run is by then: sampling, scoring or writing), then let it finish.
+    for after in (None, 0, 1, 4, 10, 11, 25, 40, "finish"):
+        proc = start(killed)
+        if after != "finish":
+            while after is not None and lines() <= after and proc.poll() is None:
+                time.sleep(0.002)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+        rc = proc.wait(timeout=120)
+        if after == "finish":
+            assert rc == 0, proc.stderr.read().decode()
+    assert kills >= 6
+    for name in (tox.GENERATIONS_FILE, tox.META_FILE):
+        assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
+    got, want = (json.loads((d / tox.METRICS_FILE).read_text()) for d in (killed, whole))
+    assert got["metrics"] == want["metrics"]
 
 
 # ---------------------------------------------------------------- the real model

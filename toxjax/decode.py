@@ -15,11 +15,16 @@ Each prompt is prefilled once; its cache is then fanned out to `num_decodes` cop
 (`jnp.repeat` on the cache's batch axis, so a prompt's copies stay on the device that
 prefilled it) and a `lax.while_loop` samples one token per step for all copies.
 
-Nucleus (top-p) sampling finds the probability threshold by bisection over the float32
-bit patterns of the probabilities (about 30 masked sums over the vocabulary, no sort).
-The kept set is exactly the sort-based one: the smallest set of highest-probability
-tokens whose cumulative probability is >= p, where tokens tied with the last token
-needed are all kept (the tie-safe reading of the definition).
+Nucleus (top-p) sampling finds the probability threshold by a search over the float32
+bit patterns of the probabilities (no sort). The kept set is exactly the sort-based one:
+the smallest set of highest-probability tokens whose cumulative probability is >= p,
+where tokens tied with the last token needed are all kept (the tie-safe reading of the
+definition). The search is a bisection (30 masked sums over the vocabulary, the fastest
+on CPU, where each sum is compute-bound) or, on accelerators, a radix search: each pass
+evaluates `2**bits - 1` thresholds at once, so the `[rows, vocab]` probabilities are
+read `ceil(30 / bits)` times instead of 30 (HBM traffic, not arithmetic, is the cost
+there). Every threshold's mass is the same masked row sum the bisection computes, so
+both searches return the same threshold bit for bit (tests compare them).
 
 Randomness is per prompt (`fold_in(key, prompt)`, then per copy and per step), so a
 prompt's samples do not depend on which other prompts share its batch, nor on the mesh.
@@ -45,6 +50,9 @@ Cache = Any  # a pytree of arrays, batch on one axis (`cache_batch_axis`)
 # Bisection over non-negative float32 bit patterns: 1.0 is 0x3F800000 < 2**30, so 30
 # halvings of [0, bits(max_prob) + 1) always end with hi - lo == 1.
 _BISECTION_STEPS = 30
+# Radix bits per pass on accelerators: 15 thresholds per read of the probabilities,
+# 8 reads instead of 30 (`top_p_radix_bits` overrides it; 1 is the bisection).
+_ACCELERATOR_RADIX_BITS = 4
 
 
 class TokensToLogits(Protocol):
@@ -81,6 +89,8 @@ class SamplingConfig:
         `exact_length=True`, samples exactly `max_new_tokens` tokens.
       exact_length: ignore `eos_id` and always sample `max_new_tokens` tokens.
       pad_id: fills the output after a continuation stopped.
+      cache_dtype: dtype of the KV cache's floating leaves (e.g. "bfloat16": half the
+        memory and the HBM traffic of each decode step); None keeps the model's.
     """
 
     num_decodes: int = 25
@@ -91,6 +101,7 @@ class SamplingConfig:
     eos_id: int | None = None
     exact_length: bool = False
     pad_id: int = 0
+    cache_dtype: str | None = None
 
     def __post_init__(self):
         if self.num_decodes < 1 or self.max_new_tokens < 1:
@@ -101,6 +112,16 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.cache_dtype is not None:
+            try:
+                floating = jnp.issubdtype(jnp.dtype(self.cache_dtype), jnp.floating)
+            except TypeError:
+                floating = False
+            if not floating:
+                raise ValueError(
+                    f"cache_dtype must name a floating dtype such as 'bfloat16', "
+                    f"got {self.cache_dtype!r}"
+                )
 
 
 @flax.struct.dataclass
@@ -176,11 +197,11 @@ def left_pad(
     return tokens, mask
 
 
-def top_p_threshold(probs: Array, top_p: float) -> Array:
+def top_p_threshold(probs: Array, top_p: float, radix_bits: int = 1) -> Array:
     """The nucleus threshold: keep tokens with `probs >= threshold`.
 
     The threshold is the largest value `t` with `sum(probs[probs >= t]) >= top_p`, found
-    by bisection on the (monotone) int32 bit patterns of non-negative float32 values, so
+    by a search on the (monotone) int32 bit patterns of non-negative float32 values, so
     it is exactly one of the probabilities, and the kept set is the smallest set of
     highest-probability tokens with cumulative probability >= top_p (ties at the
     boundary kept).
@@ -188,6 +209,10 @@ def top_p_threshold(probs: Array, top_p: float) -> Array:
     Args:
       probs: `[..., vocab]` float32 probabilities.
       top_p: nucleus mass in (0, 1].
+      radix_bits: bits of the bit pattern resolved per read of `probs`. 1 is a bisection
+        (`_BISECTION_STEPS` masked sums); `b > 1` evaluates `2**b - 1` thresholds per
+        pass in `ceil(30 / b)` passes. All give the same threshold: each threshold's
+        mass is the same masked row sum, and the search keeps the same invariant.
 
     Returns:
       `[...]` float32 threshold per row (0 keeps everything, e.g. when rounding makes the
@@ -197,25 +222,57 @@ def top_p_threshold(probs: Array, top_p: float) -> Array:
     lo = jnp.zeros(probs.shape[:-1], jnp.int32)  # invariant: mass(lo) >= top_p
     hi = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1), jnp.int32) + 1  # mass < top_p
 
-    def halve(_, bounds):
-        lo, hi = bounds
-        mid = lo + (hi - lo) // 2
-        tau = jax.lax.bitcast_convert_type(mid, jnp.float32)[..., None]
-        mass = jnp.sum(jnp.where(probs >= tau, probs, 0.0), axis=-1)
-        ok = mass >= top_p
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+    def mass(tau_bits: Array) -> Array:
+        # The one mass formula of every search: the same masked row sum, so the
+        # searches agree bit for bit (a sum in another order could round differently).
+        tau = jax.lax.bitcast_convert_type(tau_bits, jnp.float32)[..., None]
+        return jnp.sum(jnp.where(probs >= tau, probs, 0.0), axis=-1)
 
-    lo, _ = jax.lax.fori_loop(0, _BISECTION_STEPS, halve, (lo, hi))
+    if radix_bits == 1:
+
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo) // 2
+            ok = mass(mid) >= top_p
+            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+
+        lo, _ = jax.lax.fori_loop(0, _BISECTION_STEPS, halve, (lo, hi))
+        return jax.lax.bitcast_convert_type(lo, jnp.float32)
+    if not 1 < radix_bits <= 8:
+        raise ValueError(f"radix_bits must be in 1..8, got {radix_bits}")
+    fanout = 1 << radix_bits  # the bracket is cut into this many parts per pass
+    steps = jnp.arange(1, fanout, dtype=jnp.int32)
+    # hi - lo <= 2**30 shrinks to at most ceil(width / fanout) per pass.
+    for _ in range(-(-_BISECTION_STEPS // radix_bits)):  # unrolled: a few passes
+        width = (hi - lo)[..., None]
+        # lo + floor(width * j / fanout) for j = 1..fanout-1, without int32 overflow.
+        probes = lo[..., None] + (width // fanout) * steps + ((width % fanout) * steps) // fanout
+        # Separate row sums (not one [rows, probes, vocab] sum): identical to the
+        # bisection's, and XLA fuses siblings that read `probs` into one pass.
+        ok = jnp.stack([mass(probes[..., j]) >= top_p for j in range(fanout - 1)], axis=-1)
+        n_ok = jnp.sum(ok, axis=-1)  # mass falls with the threshold: ok is True..False
+        below = jnp.take_along_axis(probes, jnp.maximum(n_ok - 1, 0)[..., None], -1)[..., 0]
+        above = jnp.take_along_axis(probes, jnp.minimum(n_ok, fanout - 2)[..., None], -1)[..., 0]
+        lo = jnp.where(n_ok > 0, below, lo)
+        hi = jnp.where(n_ok < fanout - 1, above, hi)
     return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
-def sample_logits(keys: Array, logits: Array, config: SamplingConfig) -> tuple[Array, Array]:
+def default_radix_bits() -> int:
+    """The top-p search for the default backend: bisection on CPU, radix elsewhere."""
+    return 1 if jax.default_backend() == "cpu" else _ACCELERATOR_RADIX_BITS
+
+
+def sample_logits(
+    keys: Array, logits: Array, config: SamplingConfig, radix_bits: int | None = None
+) -> tuple[Array, Array]:
     """Samples one token per row and returns its model log-probability.
 
     Args:
       keys: `[n]` PRNG keys, one per row.
       logits: `[n, vocab]` float32 model logits.
       config: temperature / top-p / top-k settings.
+      radix_bits: the top-p search (`top_p_threshold`); None picks the backend's.
 
     Returns:
       `tokens [n]` int32 and `logprobs [n]` float32 (log-softmax of the raw logits at the
@@ -232,7 +289,8 @@ def sample_logits(keys: Array, logits: Array, config: SamplingConfig) -> tuple[A
             scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
         probs = jnp.exp(scaled) if scaled is log_probs else jax.nn.softmax(scaled, axis=-1)
         if config.top_p < 1:
-            keep = probs >= top_p_threshold(probs, config.top_p)[..., None]
+            bits = default_radix_bits() if radix_bits is None else radix_bits
+            keep = probs >= top_p_threshold(probs, config.top_p, bits)[..., None]
             probs = jnp.where(keep, probs, 0.0)
         tokens = _inverse_cdf(keys, probs)
     chosen = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[:, 0]
@@ -290,6 +348,8 @@ class Sampler:
       mesh: when given, the prompt batch (and the fanned-out cache) is sharded over the
         mesh's ('data', 'fsdp') axes, the batch rule of `toxjax.sharding`; the batch
         must then be divisible by their size.
+      top_p_radix_bits: the top-p search (`top_p_threshold`'s `radix_bits`; the same
+        samples whatever it is); None picks the backend's (`default_radix_bits`).
     """
 
     def __init__(
@@ -299,12 +359,14 @@ class Sampler:
         config: SamplingConfig = SamplingConfig(),
         cache_batch_axis: int = 0,
         mesh: Mesh | None = None,
+        top_p_radix_bits: int | None = None,
     ):
         self.tokens_to_logits = tokens_to_logits
         self.init_cache = init_cache
         self.config = config
         self.cache_batch_axis = cache_batch_axis
         self.mesh = mesh
+        self.top_p_radix_bits = top_p_radix_bits
         self._jitted = jax.jit(self._sample)
 
     def __call__(
@@ -363,6 +425,12 @@ class Sampler:
         # Prefill: one pass over each prompt, batch b (not b * num_decodes).
         positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
         cache = self.init_cache(b, prompt_len + steps)
+        if cfg.cache_dtype is not None:
+            dtype = jnp.dtype(cfg.cache_dtype)
+            cache = jax.tree.map(
+                lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, cache
+            )
+        sample = functools.partial(sample_logits, config=cfg, radix_bits=self.top_p_radix_bits)
         logits, cache = self.tokens_to_logits(
             params, prompts, positions, prompt_mask, cache, jnp.int32(0)
         )
@@ -377,7 +445,7 @@ class Sampler:
             (n,) + keys.shape[1:]
         )
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, 0)
-        first, first_lp = sample_logits(step_keys, last_logits, cfg)
+        first, first_lp = sample(step_keys, last_logits)
         stops = cfg.eos_id is not None and not cfg.exact_length
 
         state = DecodeState(
@@ -404,7 +472,7 @@ class Sampler:
                 prompt_len + s.step - 1,
             )
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(s.keys, s.step)
-            token, lp = sample_logits(step_keys, logits[:, -1].astype(jnp.float32), cfg)
+            token, lp = sample(step_keys, logits[:, -1].astype(jnp.float32))
             token = jnp.where(s.done, cfg.pad_id, token)
             lp = jnp.where(s.done, 0.0, lp)
             done = (s.done | (token == cfg.eos_id)) if stops else s.done
@@ -464,6 +532,7 @@ __all__ = [
     "Sampler",
     "SamplingConfig",
     "TokensToLogits",
+    "default_radix_bits",
     "left_pad",
     "model_callbacks",
     "sample_logits",

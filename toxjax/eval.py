@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shard sampling batches over all devices (batch_size must divide)",
     )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete earlier generations in the output directory and start over",
+    )
 
     u = sub.add_parser("utility", parents=[common], help="zero-shot tasks and perplexity")
     from toxjax.evaluation.utility import TASKS
@@ -151,7 +156,11 @@ def run(args) -> int:
         from toxjax.evaluation import toxicity
         from toxjax.toxicity import get_scorer
 
-        prompts = toxicity.load_prompts(args.prompts, limit=args.limit)  # fail fast on bad input
+        try:  # fail fast on bad input, in one line, before the model loads
+            prompts = toxicity.load_prompts(args.prompts, limit=args.limit)
+            prompts_identity = toxicity.file_identity(args.prompts)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--prompts: {e}") from None
         mesh = None
         if args.data_parallel:
             from toxjax.sharding import make_mesh
@@ -165,6 +174,13 @@ def run(args) -> int:
             "top_k": args.top_k,
         }
         bundle, lm = _model_lm(args, (), sampling_kw, mesh)
+        # What makes these samples; a resume with any of it changed is refused.
+        identity = {
+            "model": {"step": bundle.step, "run": bundle.run_info},
+            "prompts": prompts_identity,
+            "sampling": dataclasses.asdict(lm.sampling),
+            "seed": args.seed,
+        }
         toxicity.evaluate_toxicity(
             lm,
             get_scorer(args.scorer),
@@ -179,6 +195,8 @@ def run(args) -> int:
                 "prompts_file": args.prompts,
                 "sampling": dataclasses.asdict(lm.sampling),
             },
+            identity=identity,
+            overwrite=args.overwrite,
         )
         with open(os.path.join(output_dir, toxicity.TABLE_FILE)) as f:
             print(f.read())

@@ -116,7 +116,8 @@ class ModelLM:
 
         Each prompt is `[bos_id] + prefix_ids + encode(text)`, the way a training sample
         starts. Prompts longer than `max_len - max_new_tokens` keep BOS, the prefix and
-        the text's last tokens.
+        the text's last tokens. Each sampler call is queued on the device before the
+        previous one's tokens are fetched and decoded, so that host work overlaps it.
         """
         prefix = [self.bos_id] + [int(t) for t in prefix_ids]
         room = self.max_len - self.sampling.max_new_tokens - len(prefix)
@@ -126,6 +127,7 @@ class ModelLM:
                 f"(max_len {self.max_len}, {self.sampling.max_new_tokens} new)"
             )
         out: list[list[str]] = []
+        in_flight = None  # the last call's output, fetched after the next call is queued
         for lo in range(0, len(texts), self.batch_size):
             ids = [prefix + self.encode(t)[-room:] for t in texts[lo : lo + self.batch_size]]
             seeds_b = list(seeds[lo : lo + self.batch_size])
@@ -137,16 +139,24 @@ class ModelLM:
             keys = jax.vmap(jax.random.fold_in, (None, 0))(
                 jax.random.key(self.seed), jnp.asarray(seeds_b)
             )
-            res = self.sampler(self.params, tokens, mask, keys)
-            toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
-            for i in range(n):
-                out.append(
-                    [
-                        self.vocabulary.decode(decode.trim(toks[i, d], lens[i, d]))
-                        for d in range(toks.shape[1])
-                    ]
-                )
+            res = self.sampler(self.params, tokens, mask, keys)  # dispatched, not waited on
+            if in_flight is not None:
+                out += self._texts(*in_flight)
+            in_flight = (res, n)
+        if in_flight is not None:
+            out += self._texts(*in_flight)
         return out
+
+    def _texts(self, res: decode.DecodeOutput, n: int) -> list[list[str]]:
+        """The first `n` prompts' continuations of one sampler call, decoded."""
+        toks, lens = np.asarray(res.tokens), np.asarray(res.lengths)
+        return [
+            [
+                self.vocabulary.decode(decode.trim(toks[i, d], lens[i, d]))
+                for d in range(toks.shape[1])
+            ]
+            for i in range(n)
+        ]
 
     # ------------------------------------------------------------------ scoring
     def token_logprobs(

@@ -26,8 +26,8 @@ def get_scorer(name: str, **kw) -> Scorer:
     Args:
       name: one of `SCORER_NAMES`.
       **kw: backend options. Detoxify: `backend` ("torch" or "jax"), `checkpoint`,
-        `config_dir`, `tokens_per_batch`, `max_rows`, `progress`, (torch) `device`,
-        `num_threads`, (jax) `mesh`, `precision`. Perspective: see `PerspectiveScorer`.
+        `config_dir`, `tokens_per_batch`, `max_rows`, `progress`, `chunk_texts`,
+        (torch) `device`, `num_threads`, (jax) `mesh`, `precision`, `dtype`. Perspective: see `PerspectiveScorer`.
         profanity-check: `batch_size`.
 
     Returns:

@@ -11,7 +11,10 @@ Two kinds of window live here:
 
 Batching for the classifiers is also here because the PyTorch and JAX backends share it:
 windows are sorted by length and cut into batches padded only to their own (bucketed)
-length, so short texts do not pay for long ones.
+length, so short texts do not pay for long ones. Texts go through in chunks: a thread
+tokenizes the next chunk while the current one is scored, and a backend whose device
+works asynchronously (JAX) gets the next batch before the last batch's scores are
+fetched, so the host's tokenizing and padding overlap the device's work.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -152,6 +157,8 @@ class WindowedClassifier:
       tokens_per_batch: padded tokens per batch (see `length_sorted_batches`).
       max_rows: maximum rows per batch.
       progress: show a progress bar in texts/s.
+      chunk_texts: texts tokenized (and length-sorted) together; the next chunk is
+        tokenized on a thread while this one is scored.
     """
 
     buckets: Sequence[int] | None = None
@@ -166,7 +173,10 @@ class WindowedClassifier:
         tokens_per_batch: int = 8192,
         max_rows: int = 128,
         progress: bool = False,
+        chunk_texts: int = 8192,
     ):
+        if chunk_texts < 1:
+            raise ValueError(f"chunk_texts must be >= 1, got {chunk_texts}")
         self.name = name
         self.tokenizer = tokenizer
         self.attributes = tuple(class_names)
@@ -176,31 +186,72 @@ class WindowedClassifier:
         self.tokens_per_batch = tokens_per_batch
         self.max_rows = max_rows
         self.progress = progress
+        self.chunk_texts = chunk_texts
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """`[rows, length]` ids and mask -> `[rows, num_classes]` sigmoid probabilities."""
         raise NotImplementedError
 
+    def _dispatch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> Any:
+        """Starts a batch; `_fetch` of the returned handle gives `_forward`'s result.
+
+        A backend whose device runs asynchronously returns before the work is done, so
+        the host prepares the next batch meanwhile; the default runs `_forward` now.
+        """
+        return self._forward(input_ids, attention_mask)
+
+    def _fetch(self, handle: Any) -> np.ndarray:
+        return np.asarray(handle)
+
     def window_probs(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Scores every classifier window: `([num_windows, num_classes], owner)`."""
-        windows, owner = encode_windows(self.tokenizer, texts, self.max_length)
-        probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
-        share = 1.0 / np.bincount(owner, minlength=len(texts))[owner]  # texts, not windows
+        """Scores every classifier window: `([num_windows, num_classes], owner)`.
+
+        `owner[w]` is the index in `texts` of window `w`'s text; windows are in text
+        order.
+        """
+        if not len(texts):
+            return np.zeros((0, len(self.attributes)), np.float32), np.zeros((0,), np.int64)
+        chunks = [texts[i : i + self.chunk_texts] for i in range(0, len(texts), self.chunk_texts)]
+        parts, owners = [], []
         pad_id = self.tokenizer.pad_token_id or 0
-        with tqdm(total=len(texts), unit="text", disable=not self.progress, desc=self.name) as bar:
-            for batch in length_sorted_batches(
-                windows,
-                pad_id,
-                self.tokens_per_batch,
-                self.max_rows,
-                self.buckets,
-                self.row_multiple,
-            ):
-                out = self._forward(batch.input_ids, batch.attention_mask)
-                real = batch.index >= 0
-                probs[batch.index[real]] = out[real]
-                bar.update(float(share[batch.index[real]].sum()))
-        return probs, owner
+        with (
+            ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool,
+            tqdm(total=len(texts), unit="text", disable=not self.progress, desc=self.name) as bar,
+        ):
+            pending = pool.submit(encode_windows, self.tokenizer, chunks[0], self.max_length)
+            for c in range(len(chunks)):
+                windows, owner = pending.result()
+                if c + 1 < len(chunks):  # tokenized while this chunk is scored
+                    pending = pool.submit(
+                        encode_windows, self.tokenizer, chunks[c + 1], self.max_length
+                    )
+                parts.append(self._score_windows(windows, owner, pad_id, bar))
+                owners.append(owner + c * self.chunk_texts)
+        return np.concatenate(parts), np.concatenate(owners)
+
+    def _score_windows(self, windows, owner: np.ndarray, pad_id: int, bar) -> np.ndarray:
+        """`[num_windows, num_classes]` probabilities, one batch in flight ahead."""
+        probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
+        share = 1.0 / np.bincount(owner)[owner]  # progress counts texts, not windows
+        in_flight = None
+
+        def collect(flight):
+            batch, handle = flight
+            out = self._fetch(handle)
+            real = batch.index >= 0
+            probs[batch.index[real]] = out[real]
+            bar.update(float(share[batch.index[real]].sum()))
+
+        for batch in length_sorted_batches(
+            windows, pad_id, self.tokens_per_batch, self.max_rows, self.buckets, self.row_multiple
+        ):
+            handle = self._dispatch(batch.input_ids, batch.attention_mask)
+            if in_flight is not None:
+                collect(in_flight)
+            in_flight = (batch, handle)
+        if in_flight is not None:
+            collect(in_flight)
+        return probs
 
     def score(self, texts: Sequence[str]) -> list[ScoreResult]:
         results: list[ScoreResult | None] = [None] * len(texts)
