@@ -250,3 +250,63 @@ def test_kill_9_resume_loses_and_duplicates_nothing(tmp_path):
         tmp_path / "ref.jsonl.failed.jsonl"
     ).read_bytes()
     assert len(read_jsonl(out)) + len(read_jsonl(str(out) + ".failed.jsonl")) == 600
+
+
+def _score_cmd(src, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "toxjax.cli",
+        "score",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+    ] + [str(a) for a in extra]
+
+
+def test_bad_paths_are_one_line_before_any_work(tmp_path):
+    from toxjax import cli
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [
+        (
+            ["--input", tmp_path],
+            f"toxjax score: --input {str(tmp_path)!r} is a directory, not a file",
+        ),
+        (["--input", tmp_path / "nope.jsonl"], "does not exist"),
+        (
+            ["--scorer", "detoxify-original", "--checkpoint", tmp_path / "no.ckpt"],
+            f"toxjax score: Detoxify checkpoint --checkpoint {str(tmp_path / 'no.ckpt')!r} does "
+            "not exist",
+        ),
+        (["--scorer", "detoxify-original", "--config_dir", tmp_path], "has no config.json"),
+        (["--scorer", "detoxify-original", "--config_dir", a_file / "x"], "x' does not exist"),
+        (["--checkpoint", a_file], "--checkpoint is for the Detoxify scorers, not --scorer "),
+    ]
+    for extra, want in cases:
+        argv = {"--input": src, "--output": tmp_path / "o" / "out.jsonl"}
+        argv.update(dict(zip(extra[::2], extra[1::2], strict=True)))
+        flags = [str(x) for kv in argv.items() for x in kv]
+        with pytest.raises(SystemExit) as e:
+            cli.main(["score", *flags])
+        msg = str(e.value)
+        assert want in msg and "\n" not in msg, (extra, msg)
+    assert not (tmp_path / "o").exists()  # nothing was written for any of them
+    # A missing output folder is created.
+    assert score("--input", src, "--output", tmp_path / "new" / "dir" / "out.jsonl") == 0
+    # Through the console entry point: exit code 1 and the one line, no traceback.
+    r = subprocess.run(
+        _score_cmd(tmp_path, tmp_path / "x.jsonl"),
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"toxjax score: --input {str(tmp_path)!r} is a directory, not a file; give one file, "
+        f"or score many files with --beam --input '{tmp_path}/*.jsonl'"
+    ]

@@ -171,6 +171,21 @@ def test_key_is_redacted_from_server_errors(server, monkeypatch, tmp_path, capsy
     assert KEY not in leaked and quote(KEY, safe="") not in leaked
 
 
+@pytest.mark.parametrize("bad", ["test key", "test-key\n", "tést"])
+def test_a_malformed_key_is_refused_without_printing_it(bad, monkeypatch, tmp_path):
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", bad)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hi"}\n')
+    with pytest.raises(SystemExit) as e:
+        annotate.main(
+            ["--input", str(src), "--output", str(tmp_path / "o"), "--scorer", "perspective"]
+        )
+    msg = str(e.value)
+    assert msg.startswith("toxjax score: the Perspective API key ($PERSPECTIVE_API_KEY) has ")
+    assert bad.strip() not in msg and "\n" not in msg
+    assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
 def test_truncates_to_byte_limit(server, monkeypatch):
     monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
     text = "é" * 15000  # 30,000 bytes; 2-byte characters straddle the limit

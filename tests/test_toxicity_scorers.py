@@ -173,6 +173,8 @@ class _RunsCode:
 def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path):
     import pickle
 
+    from toxjax import cli
+
     ckpt, cfg = bert_ckpt
     ran = tmp_path / "code-ran"
     crafted = {
@@ -201,6 +203,21 @@ def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_
             f"{path}: refused to load: it holds {what}, not just weights"
         ), e.value
         assert not ran.exists()  # the code did not run
+    # Through the CLI: one line, exit code 1 (SystemExit with a message), no traceback.
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    argv = ["score", "--input", str(src), "--output", str(tmp_path / "out.jsonl")]
+    argv += ["--scorer", "detoxify-original", "--checkpoint", str(crafted["zip"])]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--config_dir", cfg])
+    msg = str(e.value)
+    assert msg.startswith(
+        f"toxjax score: cannot load --scorer detoxify-original: {crafted['zip']}: refused to "
+        "load: it holds the Python object io.open, not just weights"
+    )
+    assert "\n" not in msg and not ran.exists()
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.progress.json").exists()  # a failed start leaves nothing
 
 
 def test_detoxify_format_checkpoint_loads_as_data(bert_ckpt, tmp_path):

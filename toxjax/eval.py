@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("toxicity", parents=[common], help="RealToxicityPrompts EMT / TP")
     t.add_argument("--prompts", required=True, help="RealToxicityPrompts jsonl")
-    t.add_argument("--scorer", default="detoxify-original", help="toxjax.toxicity scorer name")
+    from toxjax.toxicity.options import add_scorer_flags
+
+    add_scorer_flags(t, default="detoxify-original")
     t.add_argument(
         "--condition",
         default="none",
@@ -101,9 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "toxicity":
         from toxjax.evaluation import toxicity
-        from toxjax.toxicity import get_scorer
+        from toxjax.toxicity.options import build_scorer, check_scorer_flags
 
+        check_scorer_flags(args, "toxjax eval toxicity")  # before anything loads
         prompts = toxicity.load_prompts(args.prompts, limit=args.limit)  # fail fast on bad input
+        scorer = build_scorer(args, "toxjax eval toxicity")
         mesh = None
         if args.data_parallel:
             from toxjax.sharding import make_mesh
@@ -125,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix_ids = conditioning_prefix_ids(args.condition, bundle.vocabulary)
         toxicity.evaluate_toxicity(
             lm,
-            get_scorer(args.scorer),
+            scorer,
             prompts,
             output_dir,
             prefix=prefix,

@@ -28,53 +28,35 @@ from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
-from toxjax.toxicity import SCORER_NAMES, get_scorer
+from toxjax.toxicity import options
 from toxjax.toxicity.records import (
-    FORMATS,
     Item,
+    add_record_flags,
+    check_input,
     detect_format,
     dumps,
     failed_record,
-    input_exists,
     read_lines,
     read_tfds,
     read_tfrecord,
     score_items,
 )
 
+PROG = "toxjax score"
 _MAX_PRINTED_FAILURES = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toxjax score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="file, or tfds:<name>[/<config>][:<ver>]")
     p.add_argument("--output", required=True, help="scored jsonl to write")
-    p.add_argument("--scorer", default="profanity-check", choices=SCORER_NAMES)
-    p.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
-    p.add_argument("--text_field", default="text", help="text field; dotted for nested")
+    add_record_flags(p)
     p.add_argument("--tfds_split", default="train")
     p.add_argument("--tfds_data_dir", default=None)
-    p.add_argument("--batch_size", type=int, default=256, help="records per committed batch")
-    p.add_argument("--window_tokens", type=int, default=0, help="also score N-token samples")
-    p.add_argument("--window_vocab", default="gpt2", help="'gpt2' or a SentencePiece .model")
-    p.add_argument("--max_chars", type=int, default=0, help="fail longer texts (0: no limit)")
-    p.add_argument("--backend", choices=("torch", "jax"), default="torch", help="Detoxify")
-    p.add_argument("--checkpoint", default=None, help="Detoxify: local .ckpt")
-    p.add_argument("--config_dir", default=None, help="Detoxify: local config+tokenizer dir")
-    p.add_argument("--perspective_qps", type=float, default=1.0)
     p.add_argument("--overwrite", action="store_true", help="start over, deleting outputs")
     p.add_argument("--beam", action="store_true", help="run as an Apache Beam pipeline")
+    options.add_scorer_flags(p)
     return p
-
-
-def scorer_kwargs(args: argparse.Namespace) -> dict:
-    """Backend options for `get_scorer` from the command line."""
-    if args.scorer.startswith("detoxify-"):
-        kw = {"backend": args.backend, "checkpoint": args.checkpoint, "config_dir": args.config_dir}
-        return kw
-    if args.scorer == "perspective":
-        return {"qps": args.perspective_qps}
-    return {}
 
 
 @dataclasses.dataclass
@@ -171,9 +153,15 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 
 def run(args: argparse.Namespace, scorer=None) -> Progress:
-    """Annotates `args.input` into `args.output`; returns the final counts."""
-    if not input_exists(args.input):
-        raise SystemExit(f"toxjax score: input {args.input!r} does not exist")
+    """Annotates `args.input` into `args.output`; returns the final counts.
+
+    A bad input or scorer flag is refused with one line (`SystemExit`) before the scorer
+    loads.
+    """
+    if problem := check_input(args.input):
+        raise SystemExit(f"{PROG}: {problem}")
+    if scorer is None:
+        options.check_scorer_flags(args, PROG)
     fmt = args.format or detect_format(args.input)
     paths = {
         "output": args.output,
@@ -186,7 +174,7 @@ def run(args: argparse.Namespace, scorer=None) -> Progress:
         print(f"toxjax score: {args.output} is already complete", file=sys.stderr)
         return prog
     if scorer is None:
-        scorer = get_scorer(args.scorer, **scorer_kwargs(args))
+        scorer = options.build_scorer(args, PROG)
     windower = None
     if args.window_tokens:
         from toxjax.toxicity.windows import SampleWindower
@@ -244,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = run(args)
     print(
-        f"toxjax score: {prog.records} records in = {prog.scored} scored + {prog.failed} "
+        f"{PROG}: {prog.records} records in = {prog.scored} scored + {prog.failed} "
         f"failed ({args.output}; failures in {args.output}.failed.jsonl)"
     )
     return 0
