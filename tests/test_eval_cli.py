@@ -39,6 +39,11 @@ def fake_checkpoint(monkeypatch, tmp_path):
 
 
 def test_eval_commands_and_report(tmp_path, fake_checkpoint):
+    from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+
+    detox_ckpt, detox_cfg = make_fake_detoxify(
+        str(tmp_path / "detox"), ["you are nice", "what an idiot", "hello there"]
+    )
     prompts = tmp_path / "rtp.jsonl"
     prompts.write_text(
         "".join(
@@ -63,8 +68,13 @@ def test_eval_commands_and_report(tmp_path, fake_checkpoint):
                 *common,
                 "--prompts",
                 str(prompts),
+                # A local Detoxify checkpoint: the scorer flags of `toxjax score` work here.
                 "--scorer",
-                "profanity-check",
+                "detoxify-original",
+                "--checkpoint",
+                detox_ckpt,
+                "--config_dir",
+                detox_cfg,
                 "--num_decodes",
                 "2",
                 "--max_new_tokens",
@@ -76,6 +86,7 @@ def test_eval_commands_and_report(tmp_path, fake_checkpoint):
     tox = json.load(open(os.path.join(run, "eval", "toxicity-none", "metrics.json")))
     assert tox["metrics"]["full"]["num_continuations"] == 6 and tox["step"] == 7
     assert tox["sampling"]["num_decodes"] == 2 and tox["sampling"]["eos_id"] == 1
+    assert tox["scorer"] == "detoxify-original"
     assert eval_cli.main(["utility", *common, "--lambada", str(lam)]) == 0
     util = json.load(open(os.path.join(run, "eval", "utility-none", "metrics.json")))
     assert util["metrics"]["lambada"]["num_items"] == 1
@@ -164,3 +175,37 @@ def test_eval_toxicity_bad_prompts_is_one_line_before_the_model_loads(
     assert len(lines) == 1 and "rtp.jsonl:2: expected" in lines[0], lines
     assert eval_cli.main([*args, "--prompts", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl not found" in capsys.readouterr().err
+
+
+def test_scorer_flags_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model loaded before the scorer flags were checked")
+
+    monkeypatch.setattr(checkpoint, "load_for_inference", loaded)
+    prompts = tmp_path / "rtp.jsonl"
+    prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
+    base = ["toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", str(prompts)]
+    with pytest.raises(SystemExit) as e:
+        eval_cli.main([*base, "--scorer", "detoxify-huge"])
+    assert e.value.code == 2 and "invalid choice: 'detoxify-huge'" in capsys.readouterr().err
+    missing = str(tmp_path / "no.ckpt")
+    for flags, message in (
+        (
+            ["--checkpoint", missing],
+            f"toxjax eval toxicity: Detoxify checkpoint --checkpoint {missing!r} does not exist",
+        ),
+        (
+            ["--config_dir", str(tmp_path)],
+            f"toxjax eval toxicity: --config_dir {str(tmp_path)!r} has no config.json; save the "
+            "backbone config and tokenizer there (config.save_pretrained / "
+            "tokenizer.save_pretrained) while online",
+        ),
+        (
+            ["--scorer", "profanity-check", "--checkpoint", missing],
+            "toxjax eval toxicity: --checkpoint is for the Detoxify scorers, not --scorer "
+            "profanity-check; drop it or choose --scorer detoxify-<model>",
+        ),
+    ):
+        with pytest.raises(SystemExit) as e:
+            eval_cli.main([*base, *flags])
+        assert str(e.value) == message

@@ -205,7 +205,7 @@ def test_resume_truncates_uncommitted_output(tmp_path, profanity):
     # Rerunning a finished output changes nothing; other settings are refused.
     assert annotate.run(args).done
     assert out.read_bytes() == ref.read_bytes()
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(SystemExit, match="--text_field was .text., now .body."):
         score("--input", src, "--output", out, "--text_field", "body")
 
 
@@ -244,9 +244,237 @@ def test_kill_9_resume_loses_and_duplicates_nothing(tmp_path):
         proc.wait()
         kills += not json.loads(progress.read_text())["done"]
     assert kills == 2  # both kills landed mid-run
-    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    # kill -9 leaves its lock file; the rerun takes it over and says so, once.
+    (note,) = [line for line in rerun.stderr.splitlines() if "took over the lock" in line]
+    assert f"pid {proc.pid} on host" in note and "no longer running" in note
+    assert not (tmp_path / "out.jsonl.lock").exists()
     assert out.read_bytes() == ref.read_bytes()
     assert (tmp_path / "out.jsonl.failed.jsonl").read_bytes() == (
         tmp_path / "ref.jsonl.failed.jsonl"
     ).read_bytes()
     assert len(read_jsonl(out)) + len(read_jsonl(str(out) + ".failed.jsonl")) == 600
+
+
+def _score_cmd(src, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "toxjax.cli",
+        "score",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+    ] + [str(a) for a in extra]
+
+
+def _wait_for_records(progress, n, proc):
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(progress.read_text())["records"] >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{progress} never reached {n} records")
+
+
+def test_second_writer_is_refused_and_the_first_finishes_exactly(tmp_path):
+    """Two real `toxjax score` runs on one output: the second is refused, naming the first."""
+    src = tmp_path / "in.jsonl"
+    _corpus(src, 300)
+    ref = tmp_path / "ref.jsonl"
+    assert score("--input", src, "--output", ref, "--batch_size", 100) == 0
+    out = tmp_path / "out.jsonl"
+    env = {**os.environ, "PYTHONPATH": REPO}
+    first = subprocess.Popen(
+        _score_cmd(src, out, "--batch_size", 2), env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_for_records(tmp_path / "out.jsonl.progress.json", 10, first)
+        first.send_signal(signal.SIGSTOP)  # hold it mid-run, its lock held
+        before = out.read_bytes()
+        second = subprocess.run(_score_cmd(src, out), env=env, capture_output=True, text=True)
+        assert second.returncode != 0
+        assert second.stderr.splitlines() == [second.stderr.strip()]  # one line
+        assert second.stderr.startswith(
+            f"toxjax score: the scored output {out} is being written by another process: "
+            f"pid {first.pid} on host {os.uname().nodename}"
+        )
+        assert out.read_bytes() == before  # the refused run wrote nothing
+        # --overwrite does not get past the lock either (it would delete the first's work).
+        third = subprocess.run(
+            _score_cmd(src, out, "--overwrite"), env=env, capture_output=True, text=True
+        )
+        assert third.returncode != 0 and f"pid {first.pid}" in third.stderr
+    finally:
+        first.send_signal(signal.SIGCONT)
+    stdout, _ = first.communicate(timeout=120)
+    assert first.returncode == 0
+    assert out.read_bytes() == ref.read_bytes()
+    failed = len(read_jsonl(str(ref) + ".failed.jsonl"))
+    assert f"300 records in = {300 - failed} scored + {failed} failed" in stdout
+
+
+def _shuffled(src, dst, seed=0):
+    import random
+
+    lines = src.read_bytes().splitlines(keepends=True)
+    random.Random(seed).shuffle(lines)
+    dst.write_bytes(b"".join(lines))
+
+
+def test_resume_refuses_a_changed_input_or_scorer_setting(tmp_path, profanity):
+    """The issue's scenario: killed, input rewritten shuffled (same size), resumed."""
+    src = tmp_path / "in.jsonl"
+    _corpus(src, 50)
+    out = tmp_path / "out.jsonl"
+    argv = ["--input", str(src), "--output", str(out), "--batch_size", "4"]
+    with pytest.raises(KeyboardInterrupt):
+        annotate.run(annotate.build_parser().parse_args(argv), scorer=_CrashAfter(profanity, 3))
+    committed = out.read_bytes()
+    stat = os.stat(src)
+    _shuffled(src, src)
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime
+    assert os.path.getsize(src) == stat.st_size
+    with pytest.raises(SystemExit) as e:
+        score(*argv)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"toxjax score: cannot resume {out}: input content was sha256:")
+    assert msg.endswith("or pass --overwrite to start over (or choose another --output)")
+    assert "input size" not in msg  # only what changed is named
+    assert out.read_bytes() == committed  # nothing touched
+    # A changed option that changes scores is named with its old and new value.
+    _shuffled(src, src)  # any content: the settings are compared as a whole
+    with pytest.raises(SystemExit, match=r"; --max_chars was 0, now 10 \(--input was modified at "):
+        score(*argv, "--max_chars", 10)
+    # --overwrite starts over and gives exactly a fresh run's output on the new input.
+    assert score(*argv, "--overwrite") == 0
+    ref = tmp_path / "ref.jsonl"
+    assert score("--input", src, "--output", ref) == 0
+    assert out.read_bytes() == ref.read_bytes()
+    # A finished output whose input changed is not "already complete".
+    with open(src, "a") as f:
+        f.write(json.dumps({"i": 99, "text": "one more"}) + "\n")
+    with pytest.raises(SystemExit, match=r"input size was \d+, now \d+; input content was"):
+        score(*argv)
+    # A marker from before inputs were identified cannot vouch for its input.
+    marker = tmp_path / "out.jsonl.progress.json"
+    old = json.loads(marker.read_text())
+    old["settings"] = {"input": str(src), "scorer": "profanity-check"}
+    marker.write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="written by an older toxjax .* pass --overwrite"):
+        score(*argv)
+
+
+_DIE_IN_FIRST_BATCH = """
+import os, signal, sys
+from toxjax.toxicity import annotate
+
+class Die:
+    name, attributes = "profanity-check", ("toxicity", "profanity")
+
+    def score(self, texts):
+        with open(sys.argv[-1], "ab") as f:  # the --output, as if half written
+            f.write(b'{"i": 0, "te')
+        os.kill(os.getpid(), signal.SIGKILL)
+
+annotate.run(annotate.build_parser().parse_args(sys.argv[1:]), scorer=Die())
+"""
+
+
+def test_kill_during_the_first_batch_resumes(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    _corpus(src, 30)
+    out = tmp_path / "out.jsonl"
+    argv = ["--input", str(src), "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": REPO}
+    proc = subprocess.run([sys.executable, "-c", _DIE_IN_FIRST_BATCH, *argv], env=env)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "out.jsonl.progress.json").read_text())["records"] == 0
+    assert out.read_bytes() == b'{"i": 0, "te'
+    assert score(*argv) == 0  # no --overwrite needed
+    assert "took over the lock" in capsys.readouterr().err
+    ref = tmp_path / "ref.jsonl"
+    assert score("--input", src, "--output", ref) == 0
+    assert out.read_bytes() == ref.read_bytes()
+    assert (tmp_path / "out.jsonl.failed.jsonl").read_bytes() == (
+        tmp_path / "ref.jsonl.failed.jsonl"
+    ).read_bytes()
+    # Empty outputs with no marker (left by an older toxjax killed the same way) hold
+    # nothing to lose: a run starts over on them.
+    out2 = tmp_path / "out2.jsonl"
+    out2.write_bytes(b"")
+    (tmp_path / "out2.jsonl.failed.jsonl").write_bytes(b"")
+    assert score("--input", src, "--output", out2) == 0
+    assert out2.read_bytes() == ref.read_bytes()
+
+
+def test_bad_paths_are_one_line_before_any_work(tmp_path):
+    from toxjax import cli
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [
+        (
+            ["--input", tmp_path],
+            f"toxjax score: --input {str(tmp_path)!r} is a directory, not a file",
+        ),
+        (["--input", tmp_path / "nope.jsonl"], "does not exist"),
+        (
+            ["--output", a_file / "out.jsonl"],
+            f"toxjax score: cannot write --output {str(a_file / 'out.jsonl')!r}: cannot create a "
+            f"file in {str(a_file)!r} (a file has that name); choose another --output",
+        ),
+        (
+            ["--scorer", "detoxify-original", "--checkpoint", tmp_path / "no.ckpt"],
+            f"toxjax score: Detoxify checkpoint --checkpoint {str(tmp_path / 'no.ckpt')!r} does "
+            "not exist",
+        ),
+        (["--scorer", "detoxify-original", "--config_dir", tmp_path], "has no config.json"),
+        (["--scorer", "detoxify-original", "--config_dir", a_file / "x"], "x' does not exist"),
+        (["--checkpoint", a_file], "--checkpoint is for the Detoxify scorers, not --scorer "),
+    ]
+    for extra, want in cases:
+        argv = {"--input": src, "--output": tmp_path / "o" / "out.jsonl"}
+        argv.update(dict(zip(extra[::2], extra[1::2], strict=True)))
+        flags = [str(x) for kv in argv.items() for x in kv]
+        with pytest.raises(SystemExit) as e:
+            cli.main(["score", *flags])
+        msg = str(e.value)
+        assert want in msg and "\n" not in msg, (extra, msg)
+    assert not (tmp_path / "o").exists()  # nothing was written for any of them
+    # A missing output folder is created.
+    assert score("--input", src, "--output", tmp_path / "new" / "dir" / "out.jsonl") == 0
+    # Through the console entry point: exit code 1 and the one line, no traceback.
+    r = subprocess.run(
+        _score_cmd(tmp_path, tmp_path / "x.jsonl"),
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"toxjax score: --input {str(tmp_path)!r} is a directory, not a file; give one file, "
+        f"or score many files with --beam --input '{tmp_path}/*.jsonl'"
+    ]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_one_line(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(SystemExit, match=r"cannot create a file in .*\(Permission denied\)"):
+            score("--input", src, "--output", ro / "out.jsonl")
+    finally:
+        ro.chmod(0o755)

@@ -5,13 +5,17 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import pytest
 
-from toxjax.toxicity import get_scorer
+from toxjax.toxicity import annotate, get_scorer
 from toxjax.toxicity.perspective import MAX_BYTES, truncate_utf8
 
-# text -> replies in order (the last repeats): an int status, "slow", or "ok".
+KEY = "test-key/+x"  # '/' and '+' change under URL encoding: both forms must be redacted
+
+# text -> replies in order (the last repeats): an int status, "slow", "ok", or a scripted
+# malformed 200 reply (a key of BAD).
 SCRIPT = {
     "good": ["ok"],
     "rate limited": [429, 429, "ok"],
@@ -19,20 +23,43 @@ SCRIPT = {
     "slow": ["slow", "ok"],
     "always down": [500],
     "bad request": [400],
+    "bad json then ok": ["bad json", "ok"],
+    "truncated then ok": ["truncated", "ok"],
+    "missing fields": ["missing fields"],
+    "html": ["html"],
+    "json list": ["json list"],
+    "nan score": ["nan score"],
+    "echo 400": ["echo 400"],
+    "echo 503": ["echo 503"],
+}
+BAD = {
+    "bad json": b'{"attributeScores": {"TOXICITY": ',
+    "missing fields": b'{"attributeScores": {"TOXICITY": {"spanScores": []}}}',
+    "html": b"<html><body>Service Unavailable</body></html>",
+    "json list": b"[0.5]",
+    "nan score": b'{"attributeScores": {"TOXICITY": {"summaryScore": {"value": NaN}}}}',
 }
 
 
 class _Handler(BaseHTTPRequestHandler):
     calls = collections.Counter()
     received: list = []
+    requests: list = []  # (path, X-Goog-Api-Key header) of every request
 
     def log_message(self, *args):
         pass
 
+    def _send(self, status, data, length=None):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["comment"]["text"]
-        assert self.path.endswith("?key=test-key")
+        _Handler.requests.append((self.path, self.headers.get("X-Goog-Api-Key")))
         _Handler.received.append(text)
         replies = SCRIPT.get(text, ["ok"])
         reply = replies[min(_Handler.calls[text], len(replies) - 1)]
@@ -40,11 +67,16 @@ class _Handler(BaseHTTPRequestHandler):
         if reply == "slow":
             time.sleep(0.5)  # longer than the client's timeout
             reply = "ok"
+        if reply in BAD:
+            return self._send(200, BAD[reply])
+        if reply == "truncated":  # promises 500 bytes, sends 20, hangs up
+            return self._send(200, b'{"attributeScores": ', length=500)
+        if isinstance(reply, str) and reply.startswith("echo"):
+            # A server that quotes the request back: key (raw and URL-encoded) and path.
+            echo = f"API key not valid: {self.headers['X-Goog-Api-Key']} / {quote(KEY, safe='')}"
+            return self._send(int(reply.split()[1]), json.dumps({"error": echo}).encode())
         if reply != "ok":
-            self.send_response(reply)
-            self.end_headers()
-            self.wfile.write(b'{"error": "scripted"}')
-            return
+            return self._send(reply, b'{"error": "scripted"}')
         score = 0.25 if text == "good" else 0.75
         out = {
             "attributeScores": {
@@ -52,18 +84,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "INSULT": {"summaryScore": {"value": score / 2, "type": "PROBABILITY"}},
             }
         }
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(200, json.dumps(out).encode())
 
 
 @pytest.fixture()
 def server():
     _Handler.calls.clear()
     _Handler.received.clear()
+    _Handler.requests.clear()
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -86,7 +114,7 @@ def make(url, **kw):
 
 
 def test_retries_and_failures(server, monkeypatch):
-    monkeypatch.setenv("PERSPECTIVE_API_KEY", "test-key")
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
     texts = ["good", "rate limited", "server error", "slow", "always down", "bad request", ""]
     res = make(server).score(texts)
     assert [r.toxicity for r in res] == [0.25, 0.75, 0.75, 0.75, None, None, None]
@@ -102,10 +130,64 @@ def test_retries_and_failures(server, monkeypatch):
         "always down": 4,
         "bad request": 1,
     }
+    # The key travels in the header only, never in the URL.
+    assert set(_Handler.requests) == {("/analyze", KEY)}
+
+
+def test_malformed_replies_are_retried_then_fail_one_text(server, monkeypatch):
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    texts = ["bad json then ok", "truncated then ok", "missing fields", "html", "json list"]
+    texts += ["nan score", "good"]
+    res = make(server).score(texts)
+    assert [r.toxicity for r in res] == [0.75, 0.75, None, None, None, None, 0.25]
+    for r, shown in zip(
+        res[2:6], ("spanScores", "Service Unavailable", "[0.5]", "NaN"), strict=True
+    ):
+        assert r.error.startswith("gave up after 4 attempts: malformed reply: ")
+        assert shown in r.error
+    assert _Handler.calls["bad json then ok"] == _Handler.calls["truncated then ok"] == 2
+    assert _Handler.calls["html"] == 4  # retried, like a 5xx
+
+
+def test_key_is_redacted_from_server_errors(server, monkeypatch, tmp_path, capsys):
+    """A server that echoes the key: neither failure records nor stderr repeat it."""
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ["echo 400", "good", "echo 503"])
+    )
+    out = tmp_path / "out.jsonl"
+    args = annotate.build_parser().parse_args(
+        ["--input", str(src), "--output", str(out), "--scorer", "perspective"]
+    )
+    prog = annotate.run(args, scorer=make(server))  # the run survives every reply
+    assert (prog.records, prog.scored, prog.failed) == (3, 1, 2)
+    failed = [json.loads(line) for line in open(str(out) + ".failed.jsonl")]
+    assert [f["line"] for f in failed] == [1, 3]
+    assert failed[0]["error"].startswith("perspective failed on document: HTTP 400: ")
+    assert failed[1]["error"].startswith("perspective failed on document: gave up after 4")
+    leaked = out.read_text() + open(str(out) + ".failed.jsonl").read() + capsys.readouterr().err
+    assert "[API key] / [API key]" in failed[0]["error"]
+    assert KEY not in leaked and quote(KEY, safe="") not in leaked
+
+
+@pytest.mark.parametrize("bad", ["test key", "test-key\n", "tést"])
+def test_a_malformed_key_is_refused_without_printing_it(bad, monkeypatch, tmp_path):
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", bad)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hi"}\n')
+    with pytest.raises(SystemExit) as e:
+        annotate.main(
+            ["--input", str(src), "--output", str(tmp_path / "o"), "--scorer", "perspective"]
+        )
+    msg = str(e.value)
+    assert msg.startswith("toxjax score: the Perspective API key ($PERSPECTIVE_API_KEY) has ")
+    assert bad.strip() not in msg and "\n" not in msg
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_truncates_to_byte_limit(server, monkeypatch):
-    monkeypatch.setenv("PERSPECTIVE_API_KEY", "test-key")
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
     text = "é" * 15000  # 30,000 bytes; 2-byte characters straddle the limit
     (res,) = make(server).score([text])
     assert res.toxicity == 0.75

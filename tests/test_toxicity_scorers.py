@@ -158,3 +158,84 @@ def test_bad_checkpoint_message(tmp_path):
     torch.save({"weights": 1}, bad)
     with pytest.raises(ValueError, match="not a Detoxify checkpoint"):
         DetoxifyTorchScorer(checkpoint=str(bad))
+
+
+class _RunsCode:
+    """Unpickling this calls `open(path, "w")`: a stand-in for any code in a crafted file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path):
+    import pickle
+
+    from toxjax import cli
+
+    ckpt, cfg = bert_ckpt
+    ran = tmp_path / "code-ran"
+    crafted = {
+        "zip": tmp_path / "crafted.ckpt",
+        "legacy": tmp_path / "legacy.ckpt",
+        "pickle4": tmp_path / "pickle4.ckpt",
+    }
+    good = load_checkpoint_dict(checkpoint=ckpt)
+    payload = {"config": good["config"], "state_dict": good["state_dict"], "x": _RunsCode(str(ran))}
+    torch.save(payload, crafted["zip"])
+    for name, protocol in (("legacy", 2), ("pickle4", 4)):  # plain pickles load too
+        with open(crafted[name], "wb") as f:
+            pickle.dump({**payload, "state_dict": {}}, f, protocol=protocol)
+    torch.load(crafted["zip"], weights_only=False)  # the file really runs code when trusted
+    assert ran.exists()
+    ran.unlink()
+    for path in crafted.values():
+        what = (
+            "pickle instructions beyond plain data (Unsupported operand 149)"  # FRAME
+            if path == crafted["pickle4"]
+            else "the Python object io.open"  # pickle's name for open
+        )
+        with pytest.raises(ValueError) as e:
+            load_checkpoint_dict(checkpoint=str(path))
+        assert str(e.value).startswith(
+            f"{path}: refused to load: it holds {what}, not just weights"
+        ), e.value
+        assert not ran.exists()  # the code did not run
+    # Through the CLI: one line, exit code 1 (SystemExit with a message), no traceback.
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    argv = ["score", "--input", str(src), "--output", str(tmp_path / "out.jsonl")]
+    argv += ["--scorer", "detoxify-original", "--checkpoint", str(crafted["zip"])]
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "--config_dir", cfg])
+    msg = str(e.value)
+    assert msg.startswith(
+        f"toxjax score: cannot load --scorer detoxify-original: {crafted['zip']}: refused to "
+        "load: it holds the Python object io.open, not just weights"
+    )
+    assert "\n" not in msg and not ran.exists()
+    assert not (tmp_path / "out.jsonl").exists()
+    assert not (tmp_path / "out.jsonl.progress.json").exists()  # a failed start leaves nothing
+
+
+def test_detoxify_format_checkpoint_loads_as_data(bert_ckpt, tmp_path):
+    """Detoxify's layout (a config of plain values + a state dict), with the extra plain
+    entries a Lightning checkpoint carries, loads under `weights_only=True`."""
+    ckpt, cfg = bert_ckpt
+    loaded = load_checkpoint_dict(checkpoint=ckpt)
+    extra = {"epoch": 3, "global_step": 1200, "pytorch-lightning_version": "1.0.4"}
+    path = tmp_path / "lightning.ckpt"
+    torch.save({**loaded, **extra, "hparams": {"lr": 3e-5, "arch": [1, 2]}}, path)
+    again = load_checkpoint_dict(checkpoint=str(path))
+    assert again["config"] == loaded["config"] and again["epoch"] == 3
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in loaded["state_dict"].items())
+    texts = ["you are lovely", "idiot"]
+    a = DetoxifyTorchScorer(checkpoint=str(path), config_dir=cfg).score(texts)
+    assert a == DetoxifyTorchScorer(checkpoint=ckpt, config_dir=cfg).score(texts)
+    # A file that is not a torch checkpoint at all is one line too.
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match=r"junk.ckpt: "):
+        load_checkpoint_dict(checkpoint=str(junk))

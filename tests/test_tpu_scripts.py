@@ -129,25 +129,24 @@ def test_create_status_delete(env):
     ]
 
 
-def test_setup_copies_head_and_installs_on_all_workers(env):
-    archive, scp, ssh = _commands(_run(env, "setup.sh", TMPDIR="/tmp/x").stdout)
-    assert archive == [
-        "git",
-        "-C",
-        REPO,
-        "archive",
-        "--format=tar.gz",
-        "-o",
-        "/tmp/x/toxjax-src.tar.gz",
-        "HEAD",
-    ]
+def test_setup_copies_head_and_installs_on_all_workers(env, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    archive, scp, ssh = _commands(_run(env, "setup.sh", TMPDIR=str(tmp)).stdout)
+    # The archive goes to a fresh private directory, never to a predictable name...
+    local = archive[6]
+    assert re.fullmatch(
+        re.escape(str(tmp)) + r"/toxjax-src\.[A-Za-z0-9]{8}/toxjax-src\.tar\.gz", local
+    )
+    assert archive == ["git", "-C", REPO, "archive", "--format=tar.gz", "-o", local, "HEAD"]
+    assert list(tmp.iterdir()) == []  # ...removed on exit
     assert scp == [
         "gcloud",
         "compute",
         "tpus",
         "tpu-vm",
         "scp",
-        "/tmp/x/toxjax-src.tar.gz",
+        local,
         "tox:toxjax-src.tar.gz",
         *LOCATION,
         "--worker=all",

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 from toxjax import corpus
 from toxjax.evaluation.toxicity import TOXIC_THRESHOLD
+from toxjax.toxicity import options
 
 OFFENSIVE = ("fortunes-o", "murphy-o")
 
@@ -505,13 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         "INST model is also evaluated under the toxic instruction)",
     )
     p.add_argument("--extra", default="", help="also train these strategies: filter,ctrl")
-    p.add_argument(
-        "--scorer",
-        default="profanity-check",
-        help="scorer for documents and samples (see `toxjax score --help`)",
-    )
-    p.add_argument("--checkpoint", help="Detoxify .ckpt for --scorer detoxify-*")
-    p.add_argument("--config_dir", help="Detoxify local backbone config/tokenizer directory")
+    options.add_scorer_flags(p)  # scores documents and samples, as `toxjax score` does
     p.add_argument("--steps", type=int, help="override the training steps per model")
     p.add_argument("--batch_size", type=int, help="override the sequences per training step")
     return p
@@ -530,17 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     strategies = parse_strategies(args.strategies, args.extra)
 
     from toxjax import registry
-    from toxjax.toxicity import get_scorer
 
-    scorer_args = ["--scorer", args.scorer]
-    scorer_kw = {}
-    if args.checkpoint:
-        scorer_args += ["--checkpoint", args.checkpoint]
-        scorer_kw["checkpoint"] = args.checkpoint
-    if args.config_dir:
-        scorer_args += ["--config_dir", args.config_dir]
-        scorer_kw["config_dir"] = args.config_dir
-    scorer = get_scorer(args.scorer, **scorer_kw)
+    scorer_args = options.scorer_argv(args)
+    scorer = options.build_scorer(args, "toxjax demo")
 
     print("demo [1/7] split", flush=True)
     train_path, held_path = stage_split(work, cfg)

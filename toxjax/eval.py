@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("toxicity", parents=[common], help="RealToxicityPrompts EMT / TP")
     t.add_argument("--prompts", required=True, help="RealToxicityPrompts jsonl")
-    t.add_argument("--scorer", default="detoxify-original", help="toxjax.toxicity scorer name")
+    from toxjax.toxicity.options import add_scorer_flags
+
+    add_scorer_flags(t, default="detoxify-original")
     t.add_argument("--limit", type=int, help="first N prompts only")
     t.add_argument("--num_decodes", type=int, default=25)
     t.add_argument("--max_new_tokens", type=int, default=20)
@@ -140,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    if args.command == "toxicity":
+        from toxjax.toxicity.options import check_scorer_flags
+
+        check_scorer_flags(args, "toxjax eval toxicity")  # before anything loads
     cond = conditioning_for(args)
     output_dir = args.output_dir or os.path.join(
         args.model_dir, "eval", f"{args.command}-{cond.label}"
@@ -154,13 +160,14 @@ def run(args) -> int:
 
     if args.command == "toxicity":
         from toxjax.evaluation import toxicity
-        from toxjax.toxicity import get_scorer
+        from toxjax.toxicity.options import build_scorer, scorer_identity
 
         try:  # fail fast on bad input, in one line, before the model loads
             prompts = toxicity.load_prompts(args.prompts, limit=args.limit)
             prompts_identity = toxicity.file_identity(args.prompts)
         except (OSError, ValueError) as e:
             raise ValueError(f"--prompts: {e}") from None
+        scorer = build_scorer(args, "toxjax eval toxicity")
         mesh = None
         if args.data_parallel:
             from toxjax.sharding import make_mesh
@@ -180,10 +187,11 @@ def run(args) -> int:
             "prompts": prompts_identity,
             "sampling": dataclasses.asdict(lm.sampling),
             "seed": args.seed,
+            "scorer": scorer_identity(args),
         }
         toxicity.evaluate_toxicity(
             lm,
-            get_scorer(args.scorer),
+            scorer,
             prompts,
             output_dir,
             prefix=cond.prefix,

@@ -6,7 +6,11 @@
 # shellcheck source=common.sh
 source "$(dirname "$0")/common.sh"
 
-archive="${TMPDIR:-/tmp}/toxjax-src.tar.gz"
+# A fresh private directory (mktemp -d, mode 0700): a predictable name in a shared /tmp
+# could be swapped for another archive (or a symlink) between writing and copying it.
+tmp_dir="$(mktemp -d "${TMPDIR:-/tmp}/toxjax-src.XXXXXXXX")"
+trap 'rm -rf "$tmp_dir"' EXIT
+archive="$tmp_dir/toxjax-src.tar.gz"
 run git -C "$REPO_DIR" archive --format=tar.gz -o "$archive" HEAD
 run gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:toxjax-src.tar.gz" \
   --project="$PROJECT" --zone="$ZONE" --worker=all

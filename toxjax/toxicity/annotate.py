@@ -13,6 +13,13 @@ written but not committed, and any partial last line) and continues from the mar
 input position, so after a kill -9 at any moment no committed record is scored again,
 duplicated or lost. Every input record is accounted for: in = scored + failed.
 
+What a resume continues must be what was started: the marker records the input's size
+and SHA-256 (re-hashed, streamed, on every start) and every option that changes scores
+(`options.scorer_identity`); a difference is refused with one line naming it (was/now),
+and `--overwrite` starts over. One writer per output: `<output>.lock` (see
+`toxjax.locking`) refuses a second `toxjax score` on the same output, naming the first;
+the lock of a killed run is taken over with a note.
+
 For corpora too big for one machine, `--beam` runs the same annotation as an Apache Beam
 pipeline (`toxjax.toxicity.beam`).
 """
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -28,58 +36,47 @@ from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
-from toxjax.toxicity import SCORER_NAMES, get_scorer
+from toxjax.locking import LockHeldError, WriterLock
+from toxjax.toxicity import options
 from toxjax.toxicity.records import (
-    FORMATS,
     Item,
+    add_record_flags,
+    check_input,
     detect_format,
     dumps,
     failed_record,
-    input_exists,
+    file_sha256,
     read_lines,
     read_tfds,
     read_tfrecord,
     score_items,
 )
 
+PROG = "toxjax score"
 _MAX_PRINTED_FAILURES = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="toxjax score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--input", required=True, help="file, or tfds:<name>[/<config>][:<ver>]")
     p.add_argument("--output", required=True, help="scored jsonl to write")
-    p.add_argument("--scorer", default="profanity-check", choices=SCORER_NAMES)
-    p.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
-    p.add_argument("--text_field", default="text", help="text field; dotted for nested")
+    add_record_flags(p)
     p.add_argument("--tfds_split", default="train")
     p.add_argument("--tfds_data_dir", default=None)
-    p.add_argument("--batch_size", type=int, default=256, help="records per committed batch")
-    p.add_argument("--window_tokens", type=int, default=0, help="also score N-token samples")
-    p.add_argument("--window_vocab", default="gpt2", help="'gpt2' or a SentencePiece .model")
-    p.add_argument("--max_chars", type=int, default=0, help="fail longer texts (0: no limit)")
-    p.add_argument("--backend", choices=("torch", "jax"), default="torch", help="Detoxify")
-    p.add_argument("--checkpoint", default=None, help="Detoxify: local .ckpt")
-    p.add_argument("--config_dir", default=None, help="Detoxify: local config+tokenizer dir")
-    p.add_argument("--perspective_qps", type=float, default=1.0)
     p.add_argument("--overwrite", action="store_true", help="start over, deleting outputs")
     p.add_argument("--beam", action="store_true", help="run as an Apache Beam pipeline")
+    options.add_scorer_flags(p)
     return p
-
-
-def scorer_kwargs(args: argparse.Namespace) -> dict:
-    """Backend options for `get_scorer` from the command line."""
-    if args.scorer.startswith("detoxify-"):
-        kw = {"backend": args.backend, "checkpoint": args.checkpoint, "config_dir": args.config_dir}
-        return kw
-    if args.scorer == "perspective":
-        return {"qps": args.perspective_qps}
-    return {}
 
 
 @dataclasses.dataclass
 class Progress:
-    """The commit marker: everything needed to continue exactly where a run stopped."""
+    """The commit marker: everything needed to continue exactly where a run stopped.
+
+    `settings` is what the outputs depend on (input path, size and content hash, record
+    and scorer options); a resume with different settings is refused. `input_mtime` is
+    only reported, never compared: a copy of the same bytes is the same input.
+    """
 
     settings: dict
     records: int = 0  # input records consumed
@@ -90,6 +87,7 @@ class Progress:
     scored: int = 0
     failed: int = 0
     done: bool = False
+    input_mtime: float | None = None
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
@@ -106,49 +104,87 @@ class Progress:
 
 
 def _settings(args: argparse.Namespace, fmt: str) -> dict:
-    keys = ("input", "scorer", "text_field", "tfds_split", "window_tokens", "window_vocab")
-    s = {k: getattr(args, k) for k in keys}
-    s.update(format=fmt, max_chars=args.max_chars, checkpoint=args.checkpoint)
+    """Everything the outputs depend on, keyed by the flag (or thing) a user would change."""
+    s = {"--input": args.input, "--format": fmt}
+    if fmt == "tfds":
+        s.update({"--tfds_split": args.tfds_split, "--tfds_data_dir": args.tfds_data_dir})
+    else:  # the bytes, not the name: a rewritten (e.g. shuffled) input is another input
+        s["input size"] = os.path.getsize(args.input)
+        s["input content"] = "sha256:" + file_sha256(args.input, "--input")
+    s.update({"--text_field": args.text_field, "--max_chars": args.max_chars})
+    s["--window_tokens"] = args.window_tokens
+    if args.window_tokens:
+        vocab = args.window_vocab
+        s["--window_vocab"] = "sha256:" + file_sha256(vocab) if os.path.isfile(vocab) else vocab
+    s.update(options.scorer_identity(args))
     return s
+
+
+def _show(value) -> str:
+    if value is None:
+        return "(not recorded)"
+    if isinstance(value, str) and value.startswith("sha256:"):
+        return value[:19]  # 12 hex digits name a file well enough in a message
+    return repr(value)
+
+
+def _changes(was: dict, now: dict) -> str:
+    keys = list(now) + [k for k in was if k not in now]
+    return "; ".join(
+        f"{k} was {_show(was.get(k))}, now {_show(now.get(k))}"
+        for k in keys
+        if was.get(k) != now.get(k)
+    )
+
+
+def _mtime(args: argparse.Namespace, fmt: str) -> float | None:
+    return None if fmt == "tfds" else os.path.getmtime(args.input)
 
 
 def _open_progress(args, fmt: str, paths: dict) -> Progress:
     settings = _settings(args, fmt)
     if args.overwrite:
-        for p in paths.values():
-            if os.path.exists(p):
-                os.remove(p)
+        for key in ("progress", "output", "failed"):  # the marker first: it vouches for the rest
+            if os.path.exists(paths[key]):
+                os.remove(paths[key])
     if os.path.exists(paths["progress"]):
         with open(paths["progress"]) as f:
             prog = Progress(**json.load(f))
-        if prog.settings != settings:
-            diff = {
-                k: (prog.settings.get(k), v)
-                for k, v in settings.items()
-                if prog.settings.get(k) != v
-            }
+        if "--input" not in prog.settings:
             raise SystemExit(
-                f"toxjax score: {paths['progress']} was written with other settings "
-                f"(was, now): {diff}; rerun with the same arguments to resume, or pass "
-                "--overwrite / choose another --output"
+                f"{PROG}: cannot resume {args.output}: its marker {paths['progress']} was "
+                "written by an older toxjax that did not record which input it read; pass "
+                "--overwrite to start over"
+            )
+        if prog.settings != settings:
+            when = ""
+            if prog.input_mtime is not None and prog.input_mtime != _mtime(args, fmt):
+                stamp = datetime.datetime.fromtimestamp(_mtime(args, fmt)).isoformat(" ", "seconds")
+                when = f" (--input was modified at {stamp})"
+            raise SystemExit(
+                f"{PROG}: cannot resume {args.output}: {_changes(prog.settings, settings)}{when}; "
+                "rerun with the input and options it was started with, or pass --overwrite "
+                "to start over (or choose another --output)"
             )
         for key, size in (("output", prog.output_bytes), ("failed", prog.failed_bytes)):
             have = os.path.getsize(paths[key]) if os.path.exists(paths[key]) else 0
             if have < size:
                 raise SystemExit(
-                    f"toxjax score: {paths[key]} has {have} bytes but {size} were committed; "
+                    f"{PROG}: {paths[key]} has {have} bytes but {size} were committed; "
                     "the output was changed outside this run; pass --overwrite to start over"
                 )
             if have > size:  # an uncommitted batch or a partial line: drop it
                 with open(paths[key], "r+b") as f:
                     f.truncate(size)
         return prog
-    if os.path.exists(paths["output"]):
-        raise SystemExit(
-            f"toxjax score: {paths['output']} exists but has no progress marker "
-            f"{paths['progress']}; pass --overwrite or choose another --output"
-        )
-    return Progress(settings=settings)
+    for key in ("output", "failed"):
+        # An empty leftover holds nothing to lose (a run killed before this marker existed).
+        if os.path.exists(paths[key]) and os.path.getsize(paths[key]) > 0:
+            raise SystemExit(
+                f"{PROG}: {paths[key]} exists but has no progress marker "
+                f"{paths['progress']}; pass --overwrite or choose another --output"
+            )
+    return Progress(settings=settings, input_mtime=_mtime(args, fmt))
 
 
 def _items(args, fmt: str, prog: Progress) -> Iterator[Item]:
@@ -170,23 +206,60 @@ def _batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
+def _lock(output: str) -> WriterLock:
+    """Takes `<output>.lock`, or exits with one line naming the writer that holds it."""
+    lock = WriterLock(output + ".lock", f"the scored output {output}")
+    try:
+        lock.acquire()
+    except LockHeldError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    except OSError as e:  # a read-only or uncreatable output folder
+        folder = os.path.dirname(os.path.abspath(output))
+        why = "a file has that name" if isinstance(e, FileExistsError) else e.strerror
+        raise SystemExit(
+            f"{PROG}: cannot write --output {output!r}: cannot create a file in {folder!r} "
+            f"({why}); choose another --output"
+        ) from None
+    if lock.note:
+        print(f"{PROG}: {lock.note}", file=sys.stderr)
+    return lock
+
+
 def run(args: argparse.Namespace, scorer=None) -> Progress:
-    """Annotates `args.input` into `args.output`; returns the final counts."""
-    if not input_exists(args.input):
-        raise SystemExit(f"toxjax score: input {args.input!r} does not exist")
+    """Annotates `args.input` into `args.output`; returns the final counts.
+
+    Everything a user can get wrong (input, scorer flags, output folder, a second writer,
+    a changed input) is refused with one line (`SystemExit`) before the scorer loads.
+    """
+    if problem := check_input(args.input):
+        raise SystemExit(f"{PROG}: {problem}")
+    if scorer is None:
+        options.check_scorer_flags(args, PROG)
     fmt = args.format or detect_format(args.input)
     paths = {
         "output": args.output,
         "failed": args.output + ".failed.jsonl",
         "progress": args.output + ".progress.json",
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    prog = _open_progress(args, fmt, paths)
-    if prog.done:
-        print(f"toxjax score: {args.output} is already complete", file=sys.stderr)
-        return prog
-    if scorer is None:
-        scorer = get_scorer(args.scorer, **scorer_kwargs(args))
+    lock = _lock(args.output)
+    try:
+        prog = _open_progress(args, fmt, paths)
+        if prog.done:
+            print(f"{PROG}: {args.output} is already complete", file=sys.stderr)
+            return prog
+        if scorer is None:
+            scorer = options.build_scorer(args, PROG)
+        # Committed before the outputs exist (and only once the scorer loaded, so a scorer
+        # that fails to load leaves nothing behind): a kill in the first batch resumes.
+        prog.save(paths["progress"])
+        _annotate(args, fmt, paths, prog, scorer)
+    finally:
+        lock.release()
+    return prog
+
+
+def _annotate(args, fmt: str, paths: dict, prog: Progress, scorer) -> None:
+    """Scores the rest of the input batch by batch, committing `prog` after each."""
     windower = None
     if args.window_tokens:
         from toxjax.toxicity.windows import SampleWindower
@@ -232,7 +305,6 @@ def run(args: argparse.Namespace, scorer=None) -> Progress:
     prog.save(paths["progress"])
     if printed == _MAX_PRINTED_FAILURES:
         print(f"(further failures only in {paths['failed']})", file=sys.stderr)
-    return prog
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     prog = run(args)
     print(
-        f"toxjax score: {prog.records} records in = {prog.scored} scored + {prog.failed} "
+        f"{PROG}: {prog.records} records in = {prog.scored} scored + {prog.failed} "
         f"failed ({args.output}; failures in {args.output}.failed.jsonl)"
     )
     return 0

@@ -23,8 +23,15 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from toxjax.toxicity import get_scorer
-from toxjax.toxicity.records import detect_format, dumps, failed_record, read_lines, score_items
+from toxjax.toxicity import get_scorer, options
+from toxjax.toxicity.records import (
+    add_record_flags,
+    detect_format,
+    dumps,
+    failed_record,
+    read_lines,
+    score_items,
+)
 
 FAILED = "failed"
 
@@ -125,24 +132,26 @@ def build_pipeline(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    from toxjax.toxicity.annotate import build_parser, scorer_kwargs
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of `toxjax score --beam`; anything else goes to Beam (`--runner`, ...)."""
+    p = argparse.ArgumentParser(prog="toxjax score --beam", description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="file pattern (jsonl / text / fortune)")
+    p.add_argument("--output", required=True, help="prefix of the sharded outputs")
+    add_record_flags(p)
+    options.add_scorer_flags(p)
+    return p
 
-    parser = argparse.ArgumentParser(
-        prog="toxjax score --beam",
-        parents=[build_parser()],
-        add_help=False,
-        conflict_handler="resolve",
-    )
-    parser.add_argument("--input", required=True, help="file pattern (jsonl / text / fortune)")
-    args, beam_args = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args, beam_args = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    options.check_scorer_flags(args, "toxjax score --beam")
     with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
         build_pipeline(
             p,
             args.input,
             args.output,
             args.scorer,
-            scorer_kwargs(args),
+            options.scorer_kwargs(args),
             args.format,
             args.text_field,
             args.batch_size,

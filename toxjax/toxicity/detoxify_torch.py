@@ -12,6 +12,7 @@ fetched.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -27,14 +28,75 @@ _RENAME = {
 }
 
 
+def check_local_files(checkpoint: str | None, config_dir: str | None) -> None:
+    """Checks a local checkpoint and config dir exist, without loading anything.
+
+    Raises:
+      FileNotFoundError: naming the missing or wrong path and what to do.
+    """
+    if checkpoint is not None:
+        if not os.path.exists(checkpoint):
+            raise FileNotFoundError(
+                f"Detoxify checkpoint --checkpoint {checkpoint!r} does not exist"
+            )
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(
+                f"Detoxify checkpoint --checkpoint {checkpoint!r} is not a file (give the .ckpt)"
+            )
+    if config_dir is not None and not os.path.isfile(os.path.join(config_dir, "config.json")):
+        what = "does not exist" if not os.path.exists(config_dir) else "has no config.json"
+        raise FileNotFoundError(
+            f"--config_dir {config_dir!r} {what}; save the backbone config and tokenizer "
+            "there (config.save_pretrained / tokenizer.save_pretrained) while online"
+        )
+
+
+def _torch_load(load, source: str) -> dict:
+    """Runs a `torch.load`-like `load()` that reads plain data only, with one-line errors.
+
+    `weights_only=True` unpickles tensors and plain containers and refuses everything
+    else, so a crafted checkpoint cannot run code while it loads (Detoxify's own loader
+    uses `weights_only=False`).
+    """
+    import pickle
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # its protocol note would be a second line
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return load()
+    except pickle.UnpicklingError as e:
+        text = " ".join(str(e).split())
+        if "Weights only load failed" not in text:  # not a pickle at all
+            raise ValueError(f"{source}: not a readable torch checkpoint ({text})") from None
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        detail = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
+        what = (
+            f"the Python object {found.group(1)}"
+            if found
+            else f"pickle instructions beyond plain data ({detail.group(1) if detail else '?'})"
+        )
+        raise ValueError(
+            f"{source}: refused to load: it holds {what}, not just weights, and unpickling it "
+            "could run code; a Detoxify checkpoint is a dict of plain config values and "
+            "tensors ({'config': ..., 'state_dict': ...}); load only files you trust"
+        ) from None
+    except RuntimeError as e:  # not a torch file at all (truncated, wrong format)
+        raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
+
+
 def load_checkpoint_dict(model: str = "original", checkpoint: str | None = None) -> dict:
-    """Reads a Detoxify checkpoint dict (`{"config": ..., "state_dict": ...}`).
+    """Reads a Detoxify checkpoint dict (`{"config": ..., "state_dict": ...}`), data only.
 
     Args:
       model: one of `DETOXIFY_MODELS`; used only when `checkpoint` is None, to download
         the released checkpoint exactly as Detoxify does (needs the network once; torch
         caches it).
       checkpoint: path of a local Detoxify `.ckpt`.
+
+    Raises:
+      ValueError: the file is not a plain Detoxify checkpoint (e.g. it holds code).
+      FileNotFoundError: `checkpoint` does not exist.
     """
     import torch
 
@@ -43,12 +105,15 @@ def load_checkpoint_dict(model: str = "original", checkpoint: str | None = None)
 
         if model not in MODEL_URLS:
             raise ValueError(f"unknown Detoxify model {model!r}; choose one of {DETOXIFY_MODELS}")
-        return torch.hub.load_state_dict_from_url(
-            MODEL_URLS[model], map_location="cpu", weights_only=False
+        url = MODEL_URLS[model]
+        return _torch_load(
+            lambda: torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True),
+            url,
         )
-    if not os.path.exists(checkpoint):
-        raise FileNotFoundError(f"Detoxify checkpoint {checkpoint!r} does not exist")
-    loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    check_local_files(checkpoint, None)
+    loaded = _torch_load(
+        lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint
+    )
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
         raise ValueError(
             f"{checkpoint}: not a Detoxify checkpoint (needs 'config' and 'state_dict' keys)"

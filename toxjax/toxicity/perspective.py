@@ -3,18 +3,28 @@
 One request per text (the API has no batch endpoint), run by a small thread pool under a
 global rate limit (`qps`, default 1, the API's default quota). 429 and 5xx replies,
 timeouts and connection errors are retried with exponential backoff up to a cap; other
-4xx replies (e.g. an unsupported language) fail at once. Texts are truncated to the API's
-20,480-byte limit on a UTF-8 character boundary. A text that still fails is returned as a
-failed `ScoreResult`, never as a score.
+4xx replies (e.g. an unsupported language) fail at once. A malformed reply (bad JSON, a
+truncated body, missing or non-numeric scores) is retried the same way: whatever the
+server sends, one text fails, never the run. Texts are truncated to the API's 20,480-byte
+limit on a UTF-8 character boundary. A text that still fails is returned as a failed
+`ScoreResult`, never as a score.
+
+The API key travels in the `X-Goog-Api-Key` header, never in the URL (URLs end up in
+logs, proxies and error messages), and every error text that came from the server is
+redacted of it before it reaches a failure record or the terminal. A malformed key
+(whitespace, control characters) is refused up front with a message that does not
+repeat it.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +76,29 @@ class _Retryable(Exception):
     pass
 
 
+def check_api_key(key: str | None) -> str:
+    """Returns `key` if it can be sent as a header; the error never contains the key.
+
+    Raises:
+      ValueError: no key, or a character an HTTP header cannot carry (a space, a newline
+        from a copied file...), named by position and kind.
+    """
+    if not key:
+        raise ValueError(
+            f"Perspective needs an API key: set ${KEY_ENV} (or pass api_key=); without "
+            "one, use --scorer detoxify-original or profanity-check"
+        )
+    for i, ch in enumerate(key):
+        if not ("!" <= ch <= "~"):  # printable ASCII, no space
+            kind = "a space" if ch == " " else f"the character U+{ord(ch):04X}"
+            raise ValueError(
+                f"the Perspective API key (${KEY_ENV}) has {kind} at position {i + 1} of "
+                f"{len(key)}; an API key is printable ASCII with no spaces: check how it "
+                "was copied"
+            )
+    return key
+
+
 class PerspectiveScorer:
     """Scores texts with the Perspective API.
 
@@ -99,12 +132,9 @@ class PerspectiveScorer:
         timeout: float = 30.0,
         progress: bool = False,
     ):
-        self.api_key = api_key or os.environ.get(KEY_ENV)
-        if not self.api_key:
-            raise ValueError(
-                f"Perspective needs an API key: set ${KEY_ENV} (or pass api_key=); without "
-                "one, use --scorer detoxify-original or profanity-check"
-            )
+        self.api_key = check_api_key(api_key or os.environ.get(KEY_ENV))
+        # The key as it may be echoed back: raw, and URL-encoded.
+        self._secrets = {self.api_key, urllib.parse.quote(self.api_key, safe="")}
         if "TOXICITY" not in attributes:
             raise ValueError("attributes must include TOXICITY")
         self.url = url
@@ -119,7 +149,18 @@ class PerspectiveScorer:
         self.timeout = timeout
         self.progress = progress
 
+    def _redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[API key]")
+        return text
+
     def _request(self, text: str) -> dict[str, float]:
+        """One analyze call -> `{attribute: score}`.
+
+        Raises:
+          _Retryable: 429/5xx, a network error or a malformed reply.
+          ValueError: another 4xx (the request itself is wrong; retrying will not help).
+        """
         body = {
             "comment": {"text": text},
             "requestedAttributes": {a: {} for a in self._requested},
@@ -128,28 +169,38 @@ class PerspectiveScorer:
         if self.languages:
             body["languages"] = self.languages
         req = urllib.request.Request(
-            f"{self.url}?key={self.api_key}",
+            self.url,
             data=json.dumps(body).encode("utf-8"),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", "X-Goog-Api-Key": self.api_key},
             method="POST",
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                reply = json.loads(resp.read())
+                raw = resp.read()
         except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
+            try:
+                detail = e.read()[:300].decode("utf-8", "replace")
+            except (OSError, http.client.HTTPException):
+                detail = "(unreadable body)"
+            detail = self._redact(" ".join(detail.split()))
             if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code}: {detail}") from e
-            raise ValueError(f"HTTP {e.code}: {detail}") from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise _Retryable(f"{type(e).__name__}: {e}") from e
+                raise _Retryable(f"HTTP {e.code}: {detail}") from None
+            raise ValueError(f"HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            # Timeouts, refused/reset connections, a body cut short (IncompleteRead).
+            raise _Retryable(self._redact(f"{type(e).__name__}: {e}")) from None
         try:
-            return {
+            reply = json.loads(raw)
+            scores = {
                 a.lower(): float(v["summaryScore"]["value"])
                 for a, v in reply["attributeScores"].items()
             }
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"unexpected reply {str(reply)[:300]}") from e
+            if "toxicity" not in scores or not all(0 <= v <= 1 for v in scores.values()):
+                raise ValueError("no TOXICITY probability")
+            return scores
+        except (ValueError, KeyError, TypeError, AttributeError):
+            shown = self._redact(" ".join(raw[:200].decode("utf-8", "replace").split()))
+            raise _Retryable(f"malformed reply: {shown!r}") from None
 
     def score_one(self, text: str) -> ScoreResult:
         """Scores one text with rate limiting and retries."""
@@ -162,15 +213,13 @@ class PerspectiveScorer:
                 time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
             self.limiter.wait()
             try:
-                scores = self._request(text)
+                return ScoreResult(self._request(text))
             except _Retryable as e:
                 error = str(e)
-                continue
             except ValueError as e:
                 return ScoreResult.failed(str(e))
-            if "toxicity" not in scores:
-                return ScoreResult.failed(f"reply has no TOXICITY score: {sorted(scores)}")
-            return ScoreResult(scores)
+            except Exception as e:  # noqa: BLE001 - whatever happens, one text fails, not the run
+                return ScoreResult.failed(self._redact(f"{type(e).__name__}: {e}"))
         return ScoreResult.failed(f"gave up after {self.max_retries + 1} attempts: {error}")
 
     def score(self, texts: Sequence[str]) -> list[ScoreResult]:

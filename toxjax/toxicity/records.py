@@ -7,16 +7,34 @@ with a text to score or with the reason it cannot be scored; nothing is skipped 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from toxjax.toxicity.base import ScoreResult
 
 FORMATS = ("jsonl", "text", "fortune", "tfrecord", "tfds")
 TFDS_PREFIX = "tfds:"
+_HASH_CHUNK = 1 << 20
+_HASH_BAR_BYTES = 256 << 20  # files that take long enough to hash to show a bar
+
+
+def add_record_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags that say how input records become texts and output records (local and Beam)."""
+    p = parser
+    p.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
+    p.add_argument("--text_field", default="text", help="text field; dotted for nested")
+    p.add_argument("--batch_size", type=int, default=256, help="records per scored batch")
+    p.add_argument("--window_tokens", type=int, default=0, help="also score N-token samples")
+    p.add_argument("--window_vocab", default="gpt2", help="'gpt2' or a SentencePiece .model")
+    p.add_argument("--max_chars", type=int, default=0, help="fail longer texts (0: no limit)")
+    return parser
 
 
 @dataclasses.dataclass
@@ -303,5 +321,44 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def input_exists(path: str) -> bool:
-    return path.startswith(TFDS_PREFIX) or os.path.exists(path)
+def check_input(path: str) -> str | None:
+    """Why `path` cannot be read as an input file (None when it can); TFDS names pass."""
+    if path.startswith(TFDS_PREFIX):
+        return None
+    if not os.path.exists(path):
+        return f"--input {path!r} does not exist"
+    if os.path.isdir(path):
+        return (
+            f"--input {path!r} is a directory, not a file; give one file, or score many "
+            f"files with --beam --input '{os.path.join(path, '*.jsonl')}'"
+        )
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        return f"--input {path!r} cannot be read: {e.strerror}"
+    return None
+
+
+def file_sha256(path: str, label: str | None = None) -> str:
+    """SHA-256 of a file, streamed in 1 MiB chunks (a progress bar for big files).
+
+    About 1 GB/s on one core: a resume re-hashes its input to prove it is the same.
+    """
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=f"hashing {label or path}",
+            disable=size < _HASH_BAR_BYTES,
+            mininterval=1.0,
+        ) as bar,
+    ):
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
