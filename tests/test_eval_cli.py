@@ -209,3 +209,35 @@ def test_scorer_flags_are_checked_before_the_model_loads(tmp_path, monkeypatch, 
         with pytest.raises(SystemExit) as e:
             eval_cli.main([*base, *flags])
         assert str(e.value) == message
+
+
+def test_a_second_eval_on_one_output_is_refused(tmp_path, fake_checkpoint, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from toxjax.locking import WriterLock; "
+            "WriterLock(sys.argv[1], 'x').acquire(); print('held', flush=True); time.sleep(600)",
+            str(out / "LOCK"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        prompts = tmp_path / "rtp.jsonl"
+        prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
+        argv = ["toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", str(prompts)]
+        argv += ["--scorer", "profanity-check", "--output_dir", str(out)]
+        assert eval_cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"is being written by another process: pid {holder.pid}" in err
+        assert not (out / "generations.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
