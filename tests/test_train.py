@@ -179,3 +179,38 @@ def test_run_logs_on_a_remote_style_dir(tmp_path):
     resumed.append([{"step": 3, "loss": 0.9}])
     resumed.sync()
     assert [m["loss"] for m in run_logs.read_metrics(url)] == [2.0, 1.5, 0.9]
+
+
+def test_a_rewrite_killed_midway_leaves_the_old_metrics_intact(tmp_path, monkeypatch):
+    """A resuming run drops the lines after its checkpoint by rewriting metrics.jsonl: the
+    write is cut after one line here, as a kill would cut it, and the old log survives."""
+    log = run_logs.MetricsLog(str(tmp_path))
+    log.append([{"step": s, "loss": float(s)} for s in range(1, 6)])
+    before = (tmp_path / "metrics.jsonl").read_text()
+
+    class Killed(BaseException):
+        pass
+
+    real_open = open
+
+    def open_then_die(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            real_writelines = f.writelines
+
+            def writelines(lines):
+                real_writelines(list(lines)[:1])
+                f.flush()
+                raise Killed
+
+            f.writelines = writelines
+        return f
+
+    monkeypatch.setattr(run_logs, "open", open_then_die, raising=False)
+    with pytest.raises(Killed):
+        log.truncate_after(3)
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    log.truncate_after(3)
+    assert [m["step"] for m in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3]
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left behind
