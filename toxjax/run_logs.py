@@ -62,6 +62,20 @@ def replace_local_file(path: str, lines: list[str]) -> None:
         os.close(dir_fd)
 
 
+def move_dir(source: str, target: str) -> None:
+    """Renames a directory; on an object store (no directory rename) object by object."""
+    if not is_remote(source):
+        os.rename(source, target)
+        return
+    for root, _, files in tf.io.gfile.walk(source):
+        for name in files:
+            path = os.path.join(root, name)
+            moved = os.path.join(target, os.path.relpath(path, source))
+            tf.io.gfile.makedirs(os.path.dirname(moved))
+            tf.io.gfile.rename(path, moved)
+    tf.io.gfile.rmtree(source)
+
+
 def read_text(path: str) -> str:
     with tf.io.gfile.GFile(path, "r") as f:
         return f.read()
