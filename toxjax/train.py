@@ -13,7 +13,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -23,9 +25,9 @@ import jax
 import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import run_logs, steps
+from toxjax import locking, run_logs, steps, train_guards
 from toxjax import sharding as sh
-from toxjax.data import DataConfig, DataIterator
+from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
 from toxjax.model import DecoderLM, ModelConfig
 from toxjax.optim import OptimizerConfig, make_optimizer, make_schedule
 from toxjax.train_state import abstract_state, create_train_state, param_count
@@ -48,7 +50,7 @@ PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss, gradient or updated state became NaN/inf; the last good checkpoint is kept."""
 
 
 def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
@@ -146,13 +148,71 @@ def train(
     Returns:
       The steps and losses this invocation ran.
     """
-    _import_modules(module_imports)
-    if batch_size % grad_accum_steps:
-        raise ValueError(
-            f"batch_size {batch_size} is not divisible by grad_accum_steps {grad_accum_steps}"
-        )
+    train_guards.check_train_arguments(
+        model_dir=model_dir,
+        model_config=model_config,
+        data=data,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        mesh_shape=mesh_shape,
+        grad_accum_steps=grad_accum_steps,
+        seed=seed,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        stop_after=stop_after,
+    )
     model_dir = run_logs.resolve(model_dir)
     tf.io.gfile.makedirs(model_dir)
+    # Before anything expensive (data, compile): a second trainer stops here.
+    lock = train_guards.lock_model_dir(model_dir)
+    try:
+        return _train(
+            model_dir,
+            model_config,
+            data,
+            optimizer,
+            num_steps,
+            batch_size,
+            mesh_shape,
+            grad_accum_steps,
+            seed,
+            log_every,
+            checkpoint_every,
+            keep_checkpoints,
+            async_checkpoint,
+            module_imports,
+            stop_after,
+            progress,
+            lock,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    model_dir,
+    model_config,
+    data,
+    optimizer,
+    num_steps,
+    batch_size,
+    mesh_shape,
+    grad_accum_steps,
+    seed,
+    log_every,
+    checkpoint_every,
+    keep_checkpoints,
+    async_checkpoint,
+    module_imports,
+    stop_after,
+    progress,
+    lock: locking.WriterLock | None,
+) -> TrainResult:
+    """`train`'s run, with its arguments checked and MODEL_DIR locked by the lead process."""
+    _import_modules(module_imports)
     import seqio
 
     vocab = (
@@ -179,7 +239,8 @@ def train(
         state, state_shardings = create_train_state(model, tx, seq_len, mesh, jax.random.key(seed))
     else:
         abstract, state_shardings = abstract_state(model, tx, seq_len, mesh)
-        state, data_state = ckpt.restore(latest, abstract)
+        # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
+        latest, state, data_state = ckpt.restore_latest(abstract)
         data_iter.restore(data_state)
     start = int(jax.device_get(state.step))
 
@@ -245,8 +306,13 @@ def train(
         for (s, _), m in zip(pending, host, strict=True):
             if int(m["nonfinite"]):
                 ckpt.wait()
+                what = (
+                    "the updated weights or optimizer state became"
+                    if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
+                    else "loss became"
+                )
                 raise NonFiniteLossError(
-                    f"loss became non-finite at step {s} (loss={float(m['loss'])}, "
+                    f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
                     f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
                     f"checkpoint was written after it. Last good checkpoint: step "
                     f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
@@ -293,6 +359,8 @@ def train(
             if step % log_every == 0 or save_now:
                 flush(step)
             if save_now:
+                # A lead that lost its lease (gs://) must not write another checkpoint.
+                train_guards.check_lock(lock)
                 ckpt.save(step, state, data_iter.state(), force=True)
                 if lead:
                     metrics_log.sync()
@@ -404,27 +472,46 @@ def init_distributed(argv: Sequence[str]) -> list[str]:
     return rest
 
 
+# Exit codes of `toxjax train`, one per kind of refusal (scripts can tell them apart).
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_MISMATCH, EXIT_LOCKED, EXIT_CORRUPT = 2, 3, 4, 5, 6
+
+
+def _message(error: BaseException) -> str:
+    """The error's message without the line gin appends ("In call to configurable ...")."""
+    return re.sub(r"\n\s*In call to configurable .*", "", str(error))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         argv = init_distributed(argv)
     except ValueError as e:
         print(f"toxjax train: {e}", file=sys.stderr)
-        return 2
-    files, bindings, paths = parse_flags(argv)
+        return EXIT_CONFIG
     try:
+        files, bindings, paths = parse_flags(argv)
         parse_gin(files, bindings, paths)
+        train_guards.check_macros_used(bindings)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"toxjax train: configuration error: {e}", file=sys.stderr)
-        return 2
+        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = train()
+    except train_guards.TrainConfigError as e:
+        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     except NonFiniteLossError as e:
-        print(f"toxjax train: {e}", file=sys.stderr)
-        return 3
-    except ckpt_lib.CheckpointMismatchError as e:
-        print(f"toxjax train: {e}", file=sys.stderr)
-        return 4
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ckpt_lib.CheckpointMismatchError, DataStateMismatchError) as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except locking.LockHeldError as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ckpt_lib.CorruptCheckpointError as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_CORRUPT
     if result.losses:
         print(f"done: step {result.final_step}, last loss {result.losses[-1]:.4f}")
     return 0
