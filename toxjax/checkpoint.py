@@ -249,6 +249,27 @@ def check_state_matches(abstract_state, saved_tree, where: str) -> None:
     )
 
 
+class _ChecksumsHandler(ocp.JsonCheckpointHandler):
+    """Writes the `checksums` item: a `checksums.manifest` whose pending digests are read
+    when Orbax writes the item, in its background commit thread, so `save()` does not
+    wait for them. (Overrides JsonCheckpointHandler's writer, pinned orbax 0.12.8.)"""
+
+    async def _save_fn(self, x, directory):
+        return await super()._save_fn(checksums.resolve(x), directory)
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_save=True)
+@dataclasses.dataclass
+class _ChecksumsSave(ocp.args.JsonSave):
+    """Save args of the `checksums` item (a `checksums.manifest`)."""
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_restore=True)
+@dataclasses.dataclass
+class _ChecksumsRestore(ocp.args.JsonRestore):
+    """Restore args of the `checksums` item (Orbax requires both to be registered)."""
+
+
 class Checkpointer:
     """Saves and restores (train state, data position) under `directory`."""
 
@@ -266,7 +287,7 @@ class Checkpointer:
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data": ocp.JsonCheckpointHandler(),
-                CHECKSUMS_ITEM: ocp.JsonCheckpointHandler(),
+                CHECKSUMS_ITEM: _ChecksumsHandler(),
             },
         )
 
@@ -276,9 +297,9 @@ class Checkpointer:
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
         """Saves if `step` is on the save interval (or `force`); returns whether it did.
 
-        The checksums of `state` and `data_state` are computed on the devices before
-        the (asynchronous) write starts and saved as a third item of the same step, so
-        Orbax commits them atomically with it.
+        The checksums of `state` and `data_state` are a third item of the same step, so
+        Orbax commits them atomically with it; the array digests are dispatched here (on
+        the devices, before the next train step) and read in Orbax's write thread.
         """
         if not force and not self.manager.should_save(step):
             return False
@@ -288,7 +309,7 @@ class Checkpointer:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave(data_state),
-                **{CHECKSUMS_ITEM: ocp.args.JsonSave(manifest)},
+                **{CHECKSUMS_ITEM: _ChecksumsSave(manifest)},
             ),
             force=force,
         )

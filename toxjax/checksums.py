@@ -13,9 +13,11 @@ The digest runs on the accelerator, as one jitted reduction over the global arra
   sharding, the mesh, the reduction order or the number of processes: a state saved on
   a v4-32 pod and restored on one CPU gives the same digests;
 - on several hosts each process reduces its own shards and the partial sums meet in
-  one all-reduce of a few bytes per array, so every process holds the same global
-  digests (no per-process manifests, no process sees another's shards);
-- it reads each array once in device memory: far cheaper than the checkpoint's write.
+  one all-reduce of a few bytes per array; the result is replicated, so every process
+  reads the same global digests from its own devices (no per-process manifests, no
+  process sees another's shards);
+- at save it is dispatched before Orbax's asynchronous write and read back in Orbax's
+  background thread, so the train loop does not wait for it.
 
 Each array gets two 32-bit sums over its raw bits, `w[i]` (the element's bit pattern,
 widened to uint32) at flat index `i`:
@@ -28,6 +30,7 @@ This is a check against corruption, not against tampering (it is not cryptograph
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -35,6 +38,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 ALGORITHM = "toxjax-u32-weighted+mixed-sum-v1"
 
@@ -107,28 +111,50 @@ def _digest(x: jax.Array) -> jax.Array:
     return jnp.stack([weighted, mixed])
 
 
-@jax.jit
 def _digests(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {name: _digest(x) for name, x in arrays.items()}
 
 
-def tree_digests(tree) -> dict[str, str]:
-    """{leaf name: 16 hex digits} for every array of `tree`; the same on every process.
+@functools.cache
+def _jitted_digests(mesh: jax.sharding.Mesh | None):
+    """The digest jitted once per mesh, its outputs replicated on the mesh: every process
+    then reads the global digests from its own devices, without a collective."""
+    if mesh is None:
+        return jax.jit(_digests)
+    return jax.jit(_digests, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
-    Blocks until the arrays are computed (the digests are a few bytes per array).
+
+def start_digests(tree) -> dict[str, jax.Array]:
+    """Dispatches the digests of every array of `tree` (`[2]` uint32 each); returns at once.
+
+    Read them with `read_digests`, from any thread: unlike the computation (a collective
+    on a pod, dispatched here, in program order), reading is local to each process.
     """
     arrays = named_arrays(tree)
-    if not arrays:
-        return {}
-    digests = _digests(arrays)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    mesh = next(
+        (
+            x.sharding.mesh
+            for x in arrays.values()
+            if isinstance(getattr(x, "sharding", None), NamedSharding)
+        ),
+        None,
+    )
+    return _jitted_digests(mesh)(arrays) if arrays else {}
 
-        digests = multihost_utils.process_allgather(digests, tiled=True)
-    return {
-        name: "".join(f"{int(v):08x}" for v in np.asarray(d).reshape(-1))
-        for name, d in jax.device_get(digests).items()
-    }
+
+def read_digests(pending: dict[str, jax.Array]) -> dict[str, str]:
+    """{leaf name: 16 hex digits}; blocks until the digests are computed."""
+    out = {}
+    for name, d in pending.items():
+        if not d.is_fully_addressable:  # replicated on a multi-process mesh
+            d = d.addressable_data(0)
+        out[name] = "".join(f"{int(v):08x}" for v in np.asarray(d).reshape(-1))
+    return out
+
+
+def tree_digests(tree) -> dict[str, str]:
+    """{leaf name: 16 hex digits} for every array of `tree`; the same on every process."""
+    return read_digests(start_digests(tree))
 
 
 def json_digest(value) -> str:
@@ -137,12 +163,21 @@ def json_digest(value) -> str:
 
 
 def manifest(tree, json_items: dict[str, Any] | None = None) -> dict:
-    """What a checkpoint records about itself: digests of its arrays and JSON items."""
+    """What a checkpoint records about itself: digests of its arrays and JSON items.
+
+    The array digests are left pending (dispatched, not waited for): `resolve` turns the
+    manifest into JSON when it is written, which Orbax does in its background thread.
+    """
     return {
         "algorithm": ALGORITHM,
-        "arrays": tree_digests(tree),
+        "arrays": start_digests(tree),
         "json": {name: json_digest(v) for name, v in (json_items or {}).items()},
     }
+
+
+def resolve(manifest_: dict) -> dict:
+    """`manifest`'s result with its pending digests read (blocks until computed)."""
+    return {**manifest_, "arrays": read_digests(manifest_["arrays"])}
 
 
 def mismatches(recorded: dict, tree, json_items: dict[str, Any] | None = None) -> list[str]:
