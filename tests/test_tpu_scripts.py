@@ -277,3 +277,42 @@ def test_user_errors_are_named(env, tmp_path, script, args, config, message):
 def test_missing_config_file_says_what_to_do(env, tmp_path):
     p = _run(env, "create.sh", check=False, TOXJAX_TPU_ENV=str(tmp_path / "nope.env"))
     assert p.returncode == 2 and "config.env.example" in p.stderr
+
+
+def test_a_second_launch_of_a_running_run_is_refused_before_it_touches_the_log(env, tmp_path):
+    (ssh,) = _commands(_run(env, "train.sh", "inst_1_3b").stdout)
+    remote = _remote(ssh)
+    home = tmp_path / "home"
+    venv_bin = home / "toxjax" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    python = venv_bin / "python"  # a trainer that runs until it is stopped
+    python.write_text(
+        "#!/usr/bin/env python3\nimport os, time\n"
+        f"open({str(home / 'pid')!r}, 'w').write(str(os.getpid()))\n"
+        "print('training', flush=True)\ntime.sleep(120)\n"
+    )
+    python.chmod(0o755)
+    subprocess.run(["bash", "-c", remote], cwd=home, check=True, timeout=30)
+    deadline = time.time() + 20
+    while not (home / "pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    pid = int((home / "pid").read_text())
+    log = home / "toxjax" / "logs" / "inst_1_3b.log"
+    try:
+        while "training" not in log.read_text() and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(
+            ["bash", "-c", remote], cwd=home, capture_output=True, text=True, timeout=30
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr == (
+            "train.sh: a trainer of gs://bkt/tox/runs/inst_1_3b is already running on "
+            f"{os.uname().nodename} (pid {pid}): wait for it or stop it, or choose another "
+            "run name\n"
+        )
+        assert log.read_text() == "training\n"  # the running run's log is untouched
+        # Another run on the same worker is not held back by this one.
+        (other,) = _commands(_run(env, "train.sh", "inst_1_3b", "other").stdout)
+        assert "pgrep" in _remote(other) and "runs/other( |$)" in _remote(other)
+    finally:
+        os.kill(pid, 9)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -14,7 +15,7 @@ import task_fixtures  # noqa: F401  (registers the test task)
 from train_helpers import TESTS_DIR, gin_train
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import run_logs
+from toxjax import checksums, run_logs, train_guards
 from toxjax import train as train_lib
 
 
@@ -67,6 +68,9 @@ def _metrics_losses(model_dir):
 
 
 def test_kill_9_mid_run_resumes_exactly(tmp_path):
+    """A second trainer on the running run's MODEL_DIR is refused before it does any work;
+    the first is killed with -9 mid-run, and the rerun takes its lock over and resumes
+    exactly: metrics.jsonl ends with every step once, the losses of an uninterrupted run."""
     steps = 40
     reference = gin_train(tmp_path / "ref", f"NUM_STEPS = {steps}", "train.checkpoint_every = 4")
     model_dir = tmp_path / "killed"
@@ -88,7 +92,19 @@ def test_kill_9_mid_run_resumes_exactly(tmp_path):
     ]
     env = dict(os.environ, PYTHONPATH=TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lock = model_dir / train_guards.LOCK_FILE
     deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if lock.exists() and f'"pid": {proc.pid},' in lock.read_text():
+            break
+        time.sleep(0.05)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    ours = [line for line in second.stderr.splitlines() if line.startswith("toxjax train")]
+    assert second.returncode == train_lib.EXIT_LOCKED, second.stderr[-3000:]
+    assert len(ours) == 1 and ours[0].startswith(
+        f"toxjax train: the run directory {model_dir} is being written by another process: "
+        f"pid {proc.pid} on host {os.uname().nodename} (started "
+    )
     while time.time() < deadline and proc.poll() is None:
         if (model_dir / "8").is_dir():  # a committed checkpoint exists; more are coming
             break
@@ -101,7 +117,9 @@ def test_kill_9_mid_run_resumes_exactly(tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resume from step" in done.stdout + done.stderr
+    assert f"note: took over the lock of pid {proc.pid} " in done.stderr
     assert _metrics_losses(model_dir) == reference.losses
+    assert not lock.exists()  # released at the end
 
 
 def test_mismatched_checkpoint_is_refused_with_the_parameter_named(tmp_path):
@@ -111,6 +129,15 @@ def test_mismatched_checkpoint_is_refused_with_the_parameter_named(tmp_path):
         match=r"blocks/attention/out_kernel: checkpoint shape \(2, 4, 8, 32\), model shape \(2, 4, 16, 64\)",
     ):
         gin_train(tmp_path, "NUM_STEPS = 4", "ModelConfig.embed_dim = 64")
+
+
+def _saved_arrays(model_dir, step) -> dict[str, np.ndarray]:
+    state = ocp.StandardCheckpointHandler().restore(model_dir / str(step) / "state")
+    return {k: np.asarray(v) for k, v in checksums.named_arrays(state).items()}
+
+
+def _all_finite(arrays) -> bool:
+    return all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -125,6 +152,50 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         )
     steps = ocp.CheckpointManager(str(tmp_path)).all_steps()
     assert steps == [1]
+    # Step 1's update is huge (weights near 1e30) but finite; step 2's loss is not.
+    assert _all_finite(_saved_arrays(tmp_path, 1))
+
+
+def test_an_overflowing_update_is_refused_not_checkpointed(tmp_path):
+    """Loss and gradient are finite, the update is not (an infinite learning rate): the
+    step is rejected, and the last good checkpoint really is the last finite state."""
+    common = ("NUM_STEPS = 6", "train.checkpoint_every = 1")
+    gin_train(tmp_path, *common, "train.stop_after = 2")
+    good = _saved_arrays(tmp_path, 2)
+    assert _all_finite(good)
+    with pytest.raises(
+        train_lib.NonFiniteLossError,
+        match=r"the updated weights or optimizer state became non-finite at step 3 "
+        r"\(loss=5\.\d+, grad_norm=\d+\.\d+\).*Last good checkpoint: step 2",
+    ):
+        gin_train(tmp_path, *common, "LEARNING_RATE = 1e39")  # inf in float32
+    assert ocp.CheckpointManager(str(tmp_path)).all_steps() == [1, 2]
+    kept = _saved_arrays(tmp_path, 2)
+    assert kept.keys() == good.keys()
+    for name in good:
+        np.testing.assert_array_equal(kept[name], good[name], err_msg=name)
+
+
+def test_changed_optimizer_or_data_settings_are_a_mismatch_in_one_line(tmp_path, capfd):
+    gin_train(tmp_path, "NUM_STEPS = 2")
+    # Clipping off changes the optimizer state's structure: a mismatch, not "corrupt".
+    with pytest.raises(
+        ckpt_lib.CheckpointMismatchError,
+        match=r"the training state in .* \(step 2\) does not match this run's optimizer "
+        r"\(opt_state/0/0/count: checkpoint absent, now \(\)",
+    ):
+        gin_train(tmp_path, "NUM_STEPS = 4", "OptimizerConfig.clip_norm = None")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name[0].isdigit()) == ["2"]
+    capfd.readouterr()
+    rc = train_lib.main(_cli(tmp_path, "--gin.SEQUENCE_LENGTH=64", "--gin.BATCH_SIZE=16"))
+    err = capfd.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("toxjax train")]
+    assert rc == train_lib.EXIT_MISMATCH and "Traceback" not in err
+    assert ours == [
+        "toxjax train: checkpointed data iterator has global_batch_size=8 but this run has "
+        "global_batch_size=16; resuming would not reproduce the data order. Use a new "
+        "MODEL_DIR or restore the original setting."
+    ]
 
 
 def test_misspelled_gin_binding_is_an_error_naming_it(capsys):
@@ -139,6 +210,88 @@ def test_misspelled_gin_binding_is_an_error_naming_it(capsys):
     )
     assert rc == 2
     assert "num_stepz" in capsys.readouterr().err
+
+
+def _cli(model_dir, *flags) -> list[str]:
+    gin.clear_config()  # a fresh process would start with an empty configuration
+    return [
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/test.gin",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.TASK=test_fortunes_bytes_v1",
+        "--gin.train.module_imports=['task_fixtures']",
+        *flags,
+    ]
+
+
+def test_misspelled_gin_macro_is_an_error_naming_the_close_match(tmp_path, capsys):
+    rc = train_lib.main(_cli(tmp_path / "run", "--gin.LEARNING_RAT=1e-5"))
+    assert (rc, capsys.readouterr().err) == (
+        train_lib.EXIT_CONFIG,
+        "toxjax train: configuration error: macro LEARNING_RAT (from the binding "
+        "'LEARNING_RAT = 1e-5') is not used by the configuration; did you mean "
+        "LEARNING_RATE?\n",
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_macros_the_configuration_uses_may_be_set_on_the_command_line():
+    bindings = [
+        "MODEL_DIR = '/tmp/unused'",
+        "TASK = 'unused'",
+        "LEARNING_RATE = 1e-5",  # overrides the value in runs/pretrain.gin
+        "EVERY = 7",  # defined here, used by the next binding
+        "train.log_every = %EVERY",
+    ]
+    gin.clear_config()
+    train_lib.parse_gin(["runs/pretrain.gin", "models/test.gin"], bindings)
+    train_guards.check_macros_used(bindings)
+    assert gin.get_configurable(train_lib.OptimizerConfig)().learning_rate == 1e-5
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        (
+            "--gin.train.checkpoint_every=0",
+            "train.checkpoint_every = 0: expected a positive integer",
+        ),
+        (
+            "--gin.NUM_STEPS=sixty",
+            "NUM_STEPS (train.num_steps) = 'sixty': expected a positive integer",
+        ),
+        ("--gin.BATCH_SIZE=-8", "BATCH_SIZE (train.batch_size) = -8: expected a positive integer"),
+        ("--gin.train.log_every=2.5", "train.log_every = 2.5: expected a positive integer"),
+        (
+            "--gin.train.keep_checkpoints=0",
+            "train.keep_checkpoints = 0: expected a positive integer",
+        ),
+        (
+            "--gin.train.grad_accum_steps=3",
+            "BATCH_SIZE (train.batch_size) = 8 is not divisible by train.grad_accum_steps = 3",
+        ),
+        (
+            "--gin.LEARNING_RATE=fast",
+            "LEARNING_RATE (OptimizerConfig.learning_rate) = 'fast': expected float",
+        ),
+        (
+            "--gin.SEQUENCE_LENGTH=0",
+            "SEQUENCE_LENGTH (DataConfig.sequence_length) = 0: expected a positive integer",
+        ),
+        (
+            "--gin.train.mesh_shape=(2, 0, 1)",
+            "train.mesh_shape = (2, 0, 1): expected a tuple of axis sizes (positive, or -1 "
+            "for the rest), e.g. (-1, 1, 1)",
+        ),
+    ],
+)
+def test_bad_train_arguments_are_one_line_naming_the_binding(tmp_path, capsys, flag, message):
+    rc = train_lib.main(_cli(tmp_path / "run", flag))
+    assert (rc, capsys.readouterr().err) == (
+        train_lib.EXIT_CONFIG,
+        f"toxjax train: configuration error: {message}\n",
+    )
+    assert not (tmp_path / "run").exists()  # checked before anything is written or built
 
 
 def test_missing_gin_file_is_an_error_naming_it(capsys):
@@ -179,3 +332,38 @@ def test_run_logs_on_a_remote_style_dir(tmp_path):
     resumed.append([{"step": 3, "loss": 0.9}])
     resumed.sync()
     assert [m["loss"] for m in run_logs.read_metrics(url)] == [2.0, 1.5, 0.9]
+
+
+def test_a_rewrite_killed_midway_leaves_the_old_metrics_intact(tmp_path, monkeypatch):
+    """A resuming run drops the lines after its checkpoint by rewriting metrics.jsonl: the
+    write is cut after one line here, as a kill would cut it, and the old log survives."""
+    log = run_logs.MetricsLog(str(tmp_path))
+    log.append([{"step": s, "loss": float(s)} for s in range(1, 6)])
+    before = (tmp_path / "metrics.jsonl").read_text()
+
+    class Killed(BaseException):
+        pass
+
+    real_open = open
+
+    def open_then_die(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            real_writelines = f.writelines
+
+            def writelines(lines):
+                real_writelines(list(lines)[:1])
+                f.flush()
+                raise Killed
+
+            f.writelines = writelines
+        return f
+
+    monkeypatch.setattr(run_logs, "open", open_then_die, raising=False)
+    with pytest.raises(Killed):
+        log.truncate_after(3)
+    monkeypatch.undo()
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    log.truncate_after(3)
+    assert [m["step"] for m in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3]
+    assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left behind

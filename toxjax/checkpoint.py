@@ -8,23 +8,185 @@ next run resumes from it.
 
 Restore is strict: the checkpoint's parameter names and shapes must equal the model's,
 else `CheckpointMismatchError` names the first differing parameters.
+
+Restore is verified: each save also writes a `checksums` item (digests of every array
+and of the data position, `toxjax.checksums`) in the same atomic step, and a restore
+recomputes them. A step whose arrays differ from their checksums, or that cannot be
+read (a truncated file), raises `CorruptCheckpointError` naming the step and the array.
+`Checkpointer.restore_latest` (training) and `load_for_inference` without an explicit
+step then fall back to the newest intact step with a warning; the trainer moves the
+corrupt step aside to `<step>.corrupt` before it trains on. A corrupt step is never
+trained from, and a step asked for by number is never silently replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import gc
+import logging
+import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from toxjax import run_logs
+from toxjax import checksums, run_logs
+
+CHECKSUMS_ITEM = "checksums"  # the manifest item of each step (toxjax.checksums)
+CORRUPT_SUFFIX = ".corrupt"  # a corrupt step moved aside: MODEL_DIR/<step>.corrupt
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (see the subclasses)."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """The checkpoint in MODEL_DIR does not match the model being trained or loaded."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint step is unreadable or its arrays differ from their checksums."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(error: BaseException) -> str:
+    """The innermost cause's first line (TensorStore puts the failing key there)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    line = lines[0]
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_sibling_read_errors():
+    """Orbax reads the arrays concurrently; when one read fails, asyncio logs the other
+    failed reads as "exception was never retrieved" when their futures are collected
+    (pages of TensorStore specs). The failure is reported once, by us: mute those."""
+    logger = logging.getLogger("asyncio")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        gc.collect()  # collect the failed futures while muted
+        logger.setLevel(level)
+
+
+def _agree(ok: bool) -> bool:
+    """True when `ok` holds on every process (each reads only its own shards)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
+
+
+def _step_dir(directory: str, step: int):
+    from etils import epath
+
+    return epath.Path(directory) / ocp.step.standard_name_format().build_name(step)
+
+
+def read_verified(directory: str, step: int, read: Callable[[Any], tuple[Any, dict]]):
+    """Reads checkpoint `step` with `read(step_dir) -> (arrays, json_items)` and verifies it.
+
+    Returns:
+      (arrays, json_items) if every restored array and JSON item equals its checksum.
+
+    Raises:
+      CorruptCheckpointError: the step is unreadable (on any process) or differs from
+        its checksums; the message names the step directory and the array.
+      CheckpointMismatchError: from `read`, passed through (a user error, not damage).
+    """
+    step_dir = _step_dir(directory, step)
+    error = None
+    with _quiet_sibling_read_errors():
+        try:
+            arrays, json_items = read(step_dir)
+            recorded = None
+            if (step_dir / CHECKSUMS_ITEM).exists():
+                handler = ocp.JsonCheckpointHandler()
+                recorded = handler.restore(step_dir / CHECKSUMS_ITEM)
+                handler.close()
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # TensorStore raises bare Exceptions for unreadable data
+            error = f"it cannot be read: {_first_line(e)}"
+    # Agree before anything collective: a damaged shard may be read by one process only.
+    if not _agree(error is None):
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} ({step_dir}) is corrupt: "
+            + (error or "it cannot be read on another process (see that process's log)"),
+            step,
+        )
+    if recorded is None:
+        _warn(
+            f"checkpoint step {step} ({step_dir}) has no checksums (saved before toxjax "
+            "recorded them); "
+            "restored without verification"
+        )
+        return arrays, json_items
+    bad = checksums.mismatches(recorded, arrays, json_items)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} ({step_dir}) is corrupt: {shown} differ"
+            f"{'s' if len(bad) == 1 else ''} from the checksum recorded at save",
+            step,
+        )
+    return arrays, json_items
+
+
+def newest_intact(
+    directory: str,
+    steps: list[int],
+    restore: Callable[[int], Any],
+    warn: Callable[[str], None] = _warn,
+    on_corrupt: Callable[[int], str] | None = None,
+):
+    """Restores the newest of `steps` that is intact; warns about each newer corrupt one.
+
+    Args:
+      restore: `restore(step)`, raising `CorruptCheckpointError` for a damaged step.
+      on_corrupt: called with each skipped step once an intact one is found; returns
+        what was done with it, for the warning.
+
+    Returns:
+      (step, what `restore` returned).
+
+    Raises:
+      CorruptCheckpointError: every step is corrupt (one line naming each).
+    """
+    problems: list[CorruptCheckpointError] = []
+    for step in sorted(steps, reverse=True):
+        try:
+            restored = restore(step)
+        except CorruptCheckpointError as e:
+            problems.append(e)
+            continue
+        for e in problems:
+            done = on_corrupt(e.step) if on_corrupt is not None else "skipped it"
+            warn(f"{e}; {done}; using step {step}")
+        return step, restored
+    raise CorruptCheckpointError(
+        f"no intact checkpoint in {directory}: "
+        + "; ".join(str(e) for e in problems)
+        + ". Restore the step directories from a copy, or move them away to start over.",
+        problems[0].step if problems else None,
+    )
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, tuple]:
@@ -60,6 +222,48 @@ def check_params_match(expected: dict[str, tuple], found: dict[str, tuple], wher
         )
 
 
+def check_state_matches(abstract_state, saved_tree, where: str) -> None:
+    """Raises `CheckpointMismatchError` if the saved state's arrays (optimizer state
+    included) differ in name or shape from the state being restored into; a changed
+    optimizer setting (e.g. turning gradient clipping off) changes the optimizer state."""
+    expected = {k: tuple(v.shape) for k, v in checksums.named_arrays(abstract_state).items()}
+    found = {k: tuple(v.shape) for k, v in checksums.named_arrays(saved_tree).items()}
+    if expected == found:
+        return
+    differences = [
+        f"{name}: checkpoint {found.get(name, 'absent')}, now {expected.get(name, 'absent')}"
+        for name in sorted(set(expected) | set(found))
+        if expected.get(name) != found.get(name)
+    ]
+    more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+    raise CheckpointMismatchError(
+        f"the training state in {where} does not match this run's optimizer "
+        f"({'; '.join(differences[:3])}{more}): an optimizer setting changed (e.g. "
+        "OptimizerConfig.clip_norm). Restore the original settings or use a fresh MODEL_DIR."
+    )
+
+
+class _ChecksumsHandler(ocp.JsonCheckpointHandler):
+    """Writes the `checksums` item: a `checksums.manifest` whose pending digests are read
+    when Orbax writes the item, in its background commit thread, so `save()` does not
+    wait for them. (Overrides JsonCheckpointHandler's writer, pinned orbax 0.12.8.)"""
+
+    async def _save_fn(self, x, directory):
+        return await super()._save_fn(checksums.resolve(x), directory)
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_save=True)
+@dataclasses.dataclass
+class _ChecksumsSave(ocp.args.JsonSave):
+    """Save args of the `checksums` item (a `checksums.manifest`)."""
+
+
+@ocp.args.register_with_handler(_ChecksumsHandler, for_restore=True)
+@dataclasses.dataclass
+class _ChecksumsRestore(ocp.args.JsonRestore):
+    """Restore args of the `checksums` item (Orbax requires both to be registered)."""
+
+
 class Checkpointer:
     """Saves and restores (train state, data position) under `directory`."""
 
@@ -77,6 +281,7 @@ class Checkpointer:
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "data": ocp.JsonCheckpointHandler(),
+                CHECKSUMS_ITEM: _ChecksumsHandler(),
             },
         )
 
@@ -84,29 +289,96 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict, force: bool = False) -> bool:
-        """Saves if `step` is on the save interval (or `force`); returns whether it did."""
+        """Saves if `step` is on the save interval (or `force`); returns whether it did.
+
+        The checksums of `state` and `data_state` are a third item of the same step, so
+        Orbax commits them atomically with it; the array digests are dispatched here (on
+        the devices, before the next train step) and read in Orbax's write thread.
+        """
+        if not force and not self.manager.should_save(step):
+            return False
+        manifest = checksums.manifest(state, {"data": data_state})
         return self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                state=ocp.args.StandardSave(state),
+                data=ocp.args.JsonSave(data_state),
+                **{CHECKSUMS_ITEM: _ChecksumsSave(manifest)},
             ),
             force=force,
         )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
-        """Restores into `abstract_state`'s shapes and shardings after a strict check."""
-        meta = self.manager.item_metadata(step)["state"]
-        tree = getattr(meta, "tree", meta)
-        found = _flatten(tree["params"])
-        expected = _flatten(abstract_state.params)
-        check_params_match(expected, found, f"{self.directory} (step {step})")
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-            ),
+        """Restores into `abstract_state`'s shapes and shardings after a strict check.
+
+        Raises:
+          CheckpointMismatchError: the checkpoint's parameters differ from the model's.
+          CorruptCheckpointError: the step is unreadable or differs from its checksums.
+        """
+
+        def read(step_dir):
+            state_handler = ocp.StandardCheckpointHandler()
+            data_handler = ocp.JsonCheckpointHandler()
+            try:
+                meta = state_handler.metadata(step_dir / "state")
+                tree = getattr(meta, "tree", meta)
+                where = f"{self.directory} (step {step})"
+                check_params_match(_flatten(abstract_state.params), _flatten(tree["params"]), where)
+                check_state_matches(abstract_state, tree, where)
+                # The handlers directly, not the manager: its restore ends in a barrier
+                # that a process whose read failed would never reach.
+                state = state_handler.restore(
+                    step_dir / "state", args=ocp.args.StandardRestore(abstract_state)
+                )
+                data = data_handler.restore(step_dir / "data")
+            finally:
+                state_handler.close()
+                data_handler.close()
+            return state, {"data": data}
+
+        state, json_items = read_verified(self.directory, step, read)
+        return state, json_items["data"]
+
+    def restore_latest(
+        self, abstract_state, warn: Callable[[str], None] = _warn
+    ) -> tuple[int, Any, dict] | None:
+        """Restores the newest intact step: (step, state, data position), or None if none.
+
+        Newer corrupt steps are moved aside to `<step>.corrupt` (by the lead process),
+        with a warning naming each: the run retrains those steps and saves them anew.
+
+        Raises:
+          CorruptCheckpointError: every step is corrupt; nothing is moved.
+        """
+        steps = self.manager.all_steps()
+        if not steps:
+            return None
+        step, (state, data) = newest_intact(
+            self.directory,
+            list(steps),
+            lambda s: self.restore(s, abstract_state),
+            warn,
+            self._move_aside,
         )
-        return restored["state"], restored["data"]
+        if self.manager.latest_step() != step:
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices(f"toxjax moved corrupt steps after {step}")
+            self.manager.reload()
+        return step, state, data
+
+    def _move_aside(self, step: int) -> str:
+        """Renames a corrupt step directory so Orbax no longer lists it (lead process)."""
+        source = _step_dir(self.directory, step)
+        target = source.parent / (source.name + CORRUPT_SUFFIX)
+        n = 1
+        while target.exists():
+            n += 1
+            target = source.parent / f"{source.name}{CORRUPT_SUFFIX}{n}"
+        if jax.process_index() == 0:
+            run_logs.move_dir(str(source), str(target))
+        return f"moved it to {target}"
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -132,8 +404,16 @@ class InferenceBundle:
         return self.run.to_dict()
 
 
-def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBundle:
-    """Loads the newest (or given) checkpoint's parameters, model config and vocabulary."""
+def load_for_inference(
+    model_dir: str, step: int | None = None, warn: Callable[[str], None] = _warn
+) -> InferenceBundle:
+    """Loads the newest (or given) checkpoint's parameters, model config and vocabulary.
+
+    The parameters are verified against the checksums recorded at save. Without `step`,
+    a corrupt newest step is skipped (with a warning naming it) for the newest intact
+    one; nothing is moved, the run directory is only read. A `step` asked for by number
+    is never replaced: if it is corrupt, `CorruptCheckpointError` names it.
+    """
     from toxjax.model import DecoderLM
     from toxjax.run_info import RunInfo
     from toxjax.vocab import vocab_from_spec
@@ -143,36 +423,53 @@ def load_for_inference(model_dir: str, step: int | None = None) -> InferenceBund
     config = info.model_config
     vocabulary = vocab_from_spec(info.vocabulary, model_dir)
     model = DecoderLM(config)
-    manager = ocp.CheckpointManager(
-        model_dir,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()},
-    )
-    step = manager.latest_step() if step is None else step
-    if step is None:
+    manager = ocp.CheckpointManager(model_dir)
+    steps = list(manager.all_steps())
+    manager.close()
+    if not steps:
         raise FileNotFoundError(f"no checkpoint in {model_dir}")
-    tree = manager.item_metadata(step)["state"]
-    tree = getattr(tree, "tree", tree)
+    if step is not None and step not in steps:
+        raise FileNotFoundError(
+            f"no checkpoint step {step} in {model_dir} (it has steps "
+            f"{', '.join(map(str, sorted(steps)))})"
+        )
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
     )
     from flax import linen as nn
 
     abstract = nn.unbox(abstract)
-    check_params_match(_flatten(abstract), _flatten(tree["params"]), f"{model_dir} (step {step})")
-    with warnings.catch_warnings():
-        # Orbax warns that it reads shardings from the checkpoint: intended here, the
-        # parameters are loaded onto this process's default device for inference.
-        warnings.filterwarnings("ignore", message="Sharding info not provided")
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True)
-            ),
-        )
-    manager.close()
+
+    def read(s: int, step_dir):
+        handler = ocp.PyTreeCheckpointHandler()
+        try:
+            tree = handler.metadata(step_dir / "state")
+            tree = getattr(tree, "tree", tree)
+            check_params_match(
+                _flatten(abstract), _flatten(tree["params"]), f"{model_dir} (step {s})"
+            )
+            with warnings.catch_warnings():
+                # Orbax warns that it reads shardings from the checkpoint: intended here,
+                # the parameters are loaded onto this process's default device.
+                warnings.filterwarnings("ignore", message="Sharding info not provided")
+                restored = handler.restore(
+                    step_dir / "state",
+                    args=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True),
+                )
+        finally:
+            handler.close()
+        return {"params": restored["params"]}, {}
+
+    def verified(s: int):
+        return read_verified(model_dir, s, functools.partial(read, s))
+
+    if step is None:
+        step, (restored, _) = newest_intact(model_dir, steps, verified, warn)
+    else:
+        restored, _ = verified(step)
     return InferenceBundle(
         model=model,
-        params=restored["state"]["params"],
+        params=restored["params"],
         vocabulary=vocabulary,
         config=config,
         step=int(step),

@@ -22,6 +22,10 @@ from toxjax import sharding as sh
 from toxjax.steps import FEATURES
 
 
+class DataStateMismatchError(ValueError):
+    """The checkpointed data position was made with other data settings than this run's."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which seqio task/mixture to train on and how.
@@ -125,7 +129,7 @@ class DataIterator:
         mine = self.state()
         for key in ("task", "seed", "global_batch_size", "sequence_length"):
             if state.get(key) != mine[key]:
-                raise ValueError(
+                raise DataStateMismatchError(
                     f"checkpointed data iterator has {key}={state.get(key)!r} but this run "
                     f"has {key}={mine[key]!r}; resuming would not reproduce the data order. "
                     "Use a new MODEL_DIR or restore the original setting."

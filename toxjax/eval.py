@@ -132,12 +132,12 @@ def conditioning_for(args):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from toxjax.checkpoint import CheckpointMismatchError
+    from toxjax.checkpoint import CheckpointError
     from toxjax.locking import LockHeldError
 
     try:
         return run(args)
-    except (FileNotFoundError, ValueError, CheckpointMismatchError, LockHeldError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, LockHeldError) as e:
         print(f"toxjax eval {args.command}: {e}", file=sys.stderr)
         return 2
 

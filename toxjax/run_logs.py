@@ -7,6 +7,7 @@ kept in a local mirror and uploaded whole whenever a checkpoint is saved (and at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -32,6 +33,47 @@ def write_text(path: str, text: str) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(text)
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def replace_local_file(path: str, lines: list[str]) -> None:
+    """Replaces a local file with `lines` atomically and durably.
+
+    The new contents go to a temporary file in the same directory, are fsync'ed, and
+    renamed over `path`; the directory is fsync'ed so that the rename survives a power
+    cut. A process killed at any moment leaves either the old file or the new one.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
+    try:
+        with open(fd, "w") as f:
+            f.writelines(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def move_dir(source: str, target: str) -> None:
+    """Renames a directory; on an object store (no directory rename) object by object."""
+    if not is_remote(source):
+        os.rename(source, target)
+        return
+    for root, _, files in tf.io.gfile.walk(source):
+        for name in files:
+            path = os.path.join(root, name)
+            moved = os.path.join(target, os.path.relpath(path, source))
+            tf.io.gfile.makedirs(os.path.dirname(moved))
+            tf.io.gfile.rename(path, moved)
+    tf.io.gfile.rmtree(source)
 
 
 def read_text(path: str) -> str:
@@ -65,8 +107,9 @@ class MetricsLog:
                     continue  # a line torn by a kill; its step is re-run and re-logged
                 if rec["step"] <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        # Rewriting in place would leave an empty log if the process died mid-write:
+        # write a sibling file, make it durable, then rename it over the old one.
+        replace_local_file(self.path, kept)
 
     def append(self, records: list[dict]) -> None:
         with open(self.path, "a") as f:

@@ -54,6 +54,16 @@ def _loss_sums(model, params, batch, rng):
     )
 
 
+def all_finite(tree) -> jax.Array:
+    """Scalar bool: every floating-point element of `tree` is finite."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return functools.reduce(jnp.logical_and, checks, jnp.array(True))
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -128,6 +138,9 @@ def train_step(
 
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
+    # A finite loss and gradient can still give a non-finite update (an overflowing
+    # learning rate): the state that is accepted, and later checkpointed, must be finite.
+    finite = finite & all_finite((new_params, new_opt_state))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     new_state = TrainState(
         step=state.step + 1,

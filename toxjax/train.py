@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import re
 import sys
@@ -23,9 +24,9 @@ import jax
 import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import registry, run_logs, steps
+from toxjax import locking, registry, run_logs, steps, train_guards
 from toxjax import sharding as sh
-from toxjax.data import DataConfig, DataIterator
+from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
 from toxjax.model import ModelConfig
 from toxjax.optim import OptimizerConfig
 from toxjax.preprocessors import AugmentConfig
@@ -50,12 +51,8 @@ PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
 }
 
 
-class ConfigError(ValueError):
-    """The run's configuration cannot work (found before any expensive work)."""
-
-
 class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+    """The loss, gradient or updated state became NaN/inf; the last good checkpoint is kept."""
 
 
 def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
@@ -116,11 +113,11 @@ def task_vocabulary(task: str):
     import seqio
 
     if not task:
-        raise ConfigError(
+        raise train_guards.TrainConfigError(
             "DataConfig.mixture_or_task_name is empty: bind TASK (e.g. --gin.TASK=fortunes_inst_v1)"
         )
     if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
-        raise ConfigError(
+        raise train_guards.TrainConfigError(
             f"no seqio task or mixture named {task!r} is registered; import the module that "
             "registers it (train.module_imports) or check the name"
         )
@@ -143,7 +140,7 @@ def check_augment_bindings(task: str, info) -> None:
             if info is None
             else "it was registered with a fixed AugmentConfig"
         )
-        raise ConfigError(
+        raise train_guards.TrainConfigError(
             f"the AugmentConfig.* bindings do not reach task {task!r} ({how}); register it "
             "with `config=` or through `scored_corpus_task.augment = @AugmentConfig()` "
             "(experiments/bases/common.gin does this)"
@@ -192,9 +189,71 @@ def train(
     Returns:
       The steps and losses this invocation ran.
     """
-    _import_modules(module_imports)
+    train_guards.check_train_arguments(
+        model_dir=model_dir,
+        model_config=model_config,
+        data=data,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        batch_size=batch_size,
+        mesh_shape=mesh_shape,
+        grad_accum_steps=grad_accum_steps,
+        seed=seed,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        stop_after=stop_after,
+    )
     model_dir = run_logs.resolve(model_dir)
     tf.io.gfile.makedirs(model_dir)
+    # Before anything expensive (data, compile): a second trainer stops here.
+    lock = train_guards.lock_model_dir(model_dir)
+    try:
+        return _train(
+            model_dir,
+            model_config,
+            data,
+            optimizer,
+            num_steps,
+            batch_size,
+            mesh_shape,
+            grad_accum_steps,
+            seed,
+            log_every,
+            checkpoint_every,
+            keep_checkpoints,
+            async_checkpoint,
+            module_imports,
+            stop_after,
+            progress,
+            lock,
+        )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(
+    model_dir,
+    model_config,
+    data,
+    optimizer,
+    num_steps,
+    batch_size,
+    mesh_shape,
+    grad_accum_steps,
+    seed,
+    log_every,
+    checkpoint_every,
+    keep_checkpoints,
+    async_checkpoint,
+    module_imports,
+    stop_after,
+    progress,
+    lock: locking.WriterLock | None,
+) -> TrainResult:
+    """`train`'s run, with its arguments checked and MODEL_DIR locked by the lead process."""
+    _import_modules(module_imports)
     task = data.mixture_or_task_name
     vocab = task_vocabulary(task)
     seq_len = data.sequence_length
@@ -213,7 +272,7 @@ def train(
             seed=seed,
         )
     except ValueError as e:  # a mixture of strategies, a batch that does not split, ...
-        raise ConfigError(str(e)) from None
+        raise train_guards.TrainConfigError(str(e)) from None
     check_augment_bindings(task, info)
 
     lead = jax.process_index() == 0  # one process writes the run's files
@@ -254,7 +313,8 @@ def train(
     if latest is None:
         state = ts.init(jax.random.key(seed))
     else:
-        state, data_state = ckpt.restore(latest, ts.abstract_state)
+        # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
+        latest, state, data_state = ckpt.restore_latest(ts.abstract_state)
         data_iter.restore(data_state)
     start = int(jax.device_get(state.step))
     metrics_log = run_logs.MetricsLog(model_dir) if lead else None
@@ -296,8 +356,13 @@ def train(
         for (s, _), m in zip(pending, host, strict=True):
             if int(m["nonfinite"]):
                 ckpt.wait()
+                what = (
+                    "the updated weights or optimizer state became"
+                    if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
+                    else "loss became"
+                )
                 raise NonFiniteLossError(
-                    f"loss became non-finite at step {s} (loss={float(m['loss'])}, "
+                    f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
                     f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
                     f"checkpoint was written after it. Last good checkpoint: step "
                     f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
@@ -343,6 +408,8 @@ def train(
             if step % log_every == 0 or save_now:
                 flush(step)
             if save_now:
+                # A lead that lost its lease (gs://) must not write another checkpoint.
+                train_guards.check_lock(lock)
                 ckpt.save(step, state, data_iter.state(), force=True)
                 if lead:
                     metrics_log.sync()
@@ -530,9 +597,20 @@ def usage(files: Sequence[str] = (), search_paths: Sequence[str] = ()) -> str:
         "",
         *required,
         "",
-        "exit codes: 0 done, 2 configuration error, 3 non-finite loss, 4 mismatched checkpoint",
+        "exit codes: 0 done, 2 configuration error, 3 non-finite loss or state, 4 checkpoint or",
+        "  data settings do not match this run, 5 another trainer holds MODEL_DIR/LOCK,",
+        "  6 no intact checkpoint (every step failed its checksums)",
     ]
     return "\n".join(lines)
+
+
+# Exit codes of `toxjax train`, one per kind of refusal (scripts can tell them apart).
+EXIT_CONFIG, EXIT_NONFINITE, EXIT_MISMATCH, EXIT_LOCKED, EXIT_CORRUPT = 2, 3, 4, 5, 6
+
+
+def _message(error: BaseException) -> str:
+    """The error's message without the line gin appends ("In call to configurable ...")."""
+    return re.sub(r"\n\s*In call to configurable .*", "", str(error))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -546,26 +624,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         argv = init_distributed(argv)
-        files, bindings, paths = parse_flags(argv)
     except ValueError as e:
         print(f"toxjax train: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     try:
+        files, bindings, paths = parse_flags(argv)
         parse_gin(files, bindings, paths)
+        train_guards.check_macros_used(bindings)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"toxjax train: configuration error: {e}", file=sys.stderr)
-        return 2
+        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         result = train()
-    except ConfigError as e:
-        print(f"toxjax train: configuration error: {e}", file=sys.stderr)
-        return 2
+    except train_guards.TrainConfigError as e:
+        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     except NonFiniteLossError as e:
-        print(f"toxjax train: {e}", file=sys.stderr)
-        return 3
-    except ckpt_lib.CheckpointMismatchError as e:
-        print(f"toxjax train: {e}", file=sys.stderr)
-        return 4
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except (ckpt_lib.CheckpointMismatchError, DataStateMismatchError) as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_MISMATCH
+    except locking.LockHeldError as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ckpt_lib.CorruptCheckpointError as e:
+        print(f"toxjax train: {_message(e)}", file=sys.stderr)
+        return EXIT_CORRUPT
     if result.losses:
         print(f"done: step {result.final_step}, last loss {result.losses[-1]:.4f}")
     return 0

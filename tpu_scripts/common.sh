@@ -79,6 +79,20 @@ train_command() {
   quote "${args[@]}" "$@"
 }
 
+# A remote shell snippet that stops (exit 2) when a trainer of this run already runs on
+# the worker. Put before the launch: a double launch would otherwise truncate the running
+# run's log (the launch redirects it) before toxjax.train itself refused the second
+# writer (MODEL_DIR/LOCK). The pattern is anchored on a python command line, so it does
+# not match the remote shell that carries the snippet.
+refuse_if_running() {
+  local model_dir="$BUCKET/runs/$1"
+  local pattern="^[^ ]*python[^ ]* (.* )?-m toxjax[.]train .*--gin[.]MODEL_DIR=$model_dir( |\$)"
+  local say
+  say="$(basename "$0"): a trainer of $model_dir is already running on \$(hostname)"
+  say+=" (pid \$pids): wait for it or stop it, or choose another run name"
+  echo "if pids=\$(pgrep -d ' ' -f $(quote "$pattern")); then echo \"$say\" >&2; exit 2; fi"
+}
+
 # experiments/inst_1_3b.gin, [.../]gin_configs/experiments/inst_1_3b.gin or inst_1_3b
 # -> the path toxjax.train searches (relative to gin_configs/).
 experiment_path() {

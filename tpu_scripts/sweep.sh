@@ -25,6 +25,7 @@ script="$REMOTE_LOGS/sweep-${SWEEP_NAME:-$(date +%Y%m%d-%H%M%S)}.sh"
 lines=""
 for gin_file in "${experiments[@]}"; do
   run_name="$(basename "$gin_file" .gin)"
+  lines+="$(refuse_if_running "$run_name")"$'\n'
   lines+="$(train_command "$gin_file" "$run_name" "$@") > $REMOTE_LOGS/$run_name.log 2>&1 || exit 1"$'\n'
 done
 on_workers "cd $REMOTE_DIR && mkdir -p $REMOTE_LOGS && cat > $script <<\EOF

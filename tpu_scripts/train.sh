@@ -26,10 +26,12 @@ fi
 
 command="$(train_command "$gin_file" "$run_name" "$@")"
 log="$REMOTE_LOGS/$run_name.log"
+# A second launch of a running run is refused before it touches the log.
+start="cd $REMOTE_DIR && mkdir -p $REMOTE_LOGS || exit 1; $(refuse_if_running "$run_name")"
 if [[ "${FOREGROUND:-0}" == 1 ]]; then
-  on_workers "cd $REMOTE_DIR && mkdir -p $REMOTE_LOGS && $command 2>&1 | tee $log"
+  on_workers "$start; $command 2>&1 | tee $log"
 else
   # nohup + redirected streams: the run outlives the ssh session.
-  on_workers "cd $REMOTE_DIR && mkdir -p $REMOTE_LOGS && nohup $command > $log 2>&1 < /dev/null &"
+  on_workers "$start; nohup $command > $log 2>&1 < /dev/null &"
   echo "started $run_name: MODEL_DIR=$BUCKET/runs/$run_name; follow with tpu_scripts/logs.sh $run_name" >&2
 fi
