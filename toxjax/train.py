@@ -10,6 +10,7 @@ and TensorBoard summaries (`train/`) there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import math
@@ -208,223 +209,186 @@ def train(
     tf.io.gfile.makedirs(model_dir)
     # Before anything expensive (data, compile): a second trainer stops here.
     lock = train_guards.lock_model_dir(model_dir)
-    try:
-        return _train(
-            model_dir,
-            model_config,
-            data,
-            optimizer,
-            num_steps,
-            batch_size,
-            mesh_shape,
-            grad_accum_steps,
-            seed,
-            log_every,
-            checkpoint_every,
-            keep_checkpoints,
-            async_checkpoint,
-            module_imports,
-            stop_after,
-            progress,
-            lock,
-        )
-    finally:
+    with contextlib.ExitStack() as cleanup:
         if lock is not None:
-            lock.release()
+            cleanup.callback(lock.release)
+        _import_modules(module_imports)
+        task = data.mixture_or_task_name
+        vocab = task_vocabulary(task)
+        seq_len = data.sequence_length
+        try:
+            model_config = resolve_vocab_size(model_config, vocab)
+            info = registry.task_info(task)
+            mesh = sh.make_mesh(mesh_shape)
+            ts = steps.build_train_step(
+                model_config,
+                optimizer,
+                num_steps=num_steps,
+                batch_size=batch_size,
+                seq_len=seq_len,
+                mesh=mesh,
+                grad_accum_steps=grad_accum_steps,
+                seed=seed,
+            )
+        except ValueError as e:  # a mixture of strategies, a batch that does not split, ...
+            raise train_guards.TrainConfigError(str(e)) from None
+        check_augment_bindings(task, info)
 
-
-def _train(
-    model_dir,
-    model_config,
-    data,
-    optimizer,
-    num_steps,
-    batch_size,
-    mesh_shape,
-    grad_accum_steps,
-    seed,
-    log_every,
-    checkpoint_every,
-    keep_checkpoints,
-    async_checkpoint,
-    module_imports,
-    stop_after,
-    progress,
-    lock: locking.WriterLock | None,
-) -> TrainResult:
-    """`train`'s run, with its arguments checked and MODEL_DIR locked by the lead process."""
-    _import_modules(module_imports)
-    task = data.mixture_or_task_name
-    vocab = task_vocabulary(task)
-    seq_len = data.sequence_length
-    try:
-        model_config = resolve_vocab_size(model_config, vocab)
-        info = registry.task_info(task)
-        mesh = sh.make_mesh(mesh_shape)
-        ts = steps.build_train_step(
-            model_config,
-            optimizer,
-            num_steps=num_steps,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            mesh=mesh,
-            grad_accum_steps=grad_accum_steps,
-            seed=seed,
+        lead = jax.process_index() == 0  # one process writes the run's files
+        ckpt = ckpt_lib.Checkpointer(
+            model_dir, checkpoint_every, keep_checkpoints, async_checkpoint
         )
-    except ValueError as e:  # a mixture of strategies, a batch that does not split, ...
-        raise train_guards.TrainConfigError(str(e)) from None
-    check_augment_bindings(task, info)
-
-    lead = jax.process_index() == 0  # one process writes the run's files
-    ckpt = ckpt_lib.Checkpointer(model_dir, checkpoint_every, keep_checkpoints, async_checkpoint)
-    latest = ckpt.latest_step()
-    if lead:
-        run = RunInfo(
-            model_config=model_config,
-            vocabulary=vocab_spec(vocab, model_dir),
-            task=task,
-            sequence_length=seq_len,
-            strategy=info.strategy if info else None,
-            augment=info.config if info else None,
-            corpus=None
-            if info is None
-            else {
-                "name": info.corpus,
-                "source": info.source,
-                "fraction": info.fraction,
-                "scorer": info.scorer(),
-            },
-        )
-        if latest is not None:
-            earlier = RunInfo.read(model_dir)
-            changed = run.resume_mismatches(earlier)
-            if changed:
-                raise ckpt_lib.CheckpointMismatchError(
-                    f"{model_dir} holds a run trained on other data than this one "
-                    f"({'; '.join(changed)}); resuming would mix the two. Use a fresh "
-                    "MODEL_DIR, or restore the original settings."
-                )
-        run.write(model_dir)
-        run_logs.write_text(
-            os.path.join(model_dir, "config.gin"), gin.operative_config_str() or gin.config_str()
-        )
-
-    data_iter = DataIterator(data, batch_size, mesh)
-    if latest is None:
-        state = ts.init(jax.random.key(seed))
-    else:
-        # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
-        latest, state, data_state = ckpt.restore_latest(ts.abstract_state)
-        data_iter.restore(data_state)
-    start = int(jax.device_get(state.step))
-    metrics_log = run_logs.MetricsLog(model_dir) if lead else None
-    if lead and latest is not None:
-        metrics_log.truncate_after(latest)
-
-    flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
-    peak = peak_flops_per_device() * jax.device_count()
-    # A CPU's peak is measured, and a busy host measures low: keep the best seen, re-checked
-    # at every log, so MFU is not inflated (above 100%) after a noisy start.
-    remeasure_peak = jax.devices()[0].platform == "cpu"
-    n_params = param_count(state.params)
-    writer = run_logs.SummaryWriter(model_dir) if lead else None
-    end = num_steps if stop_after is None else min(num_steps, stop_after)
-    bar = None
-    if progress and lead:
-        from tqdm import tqdm
-
-        bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-        bar.write(
-            f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
-            f"resume from step {start}"
-            if start
-            else f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}"
-        )
-
-    pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
-    result = TrainResult([], [], start, model_dir)
-    t_last, steps_since = time.perf_counter(), 0
-
-    def flush(step_now: int) -> None:
-        nonlocal t_last, steps_since, peak
-        if not pending:
-            return
-        host = jax.device_get([m for _, m in pending])
-        elapsed = time.perf_counter() - t_last
-        rate = steps_since / elapsed if elapsed > 0 else float("nan")
-        records = []
-        for (s, _), m in zip(pending, host, strict=True):
-            if int(m["nonfinite"]):
-                ckpt.wait()
-                what = (
-                    "the updated weights or optimizer state became"
-                    if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
-                    else "loss became"
-                )
-                raise NonFiniteLossError(
-                    f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
-                    f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
-                    f"checkpoint was written after it. Last good checkpoint: step "
-                    f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
-                    "the data."
-                )
-            rec = {
-                "step": s,
-                "loss": float(m["loss"]),
-                "grad_norm": float(m["grad_norm"]),
-                "learning_rate": float(m["learning_rate"]),
-                "tokens": float(m["tokens"]),
-            }
-            result.steps.append(s)
-            result.losses.append(rec["loss"])
-            records.append(rec)
-        last = dict(records[-1])
-        last["tokens_per_s"] = rate * batch_size * seq_len
-        if remeasure_peak:
-            peak = max(peak, measure_peak_flops(repeats=3) * jax.device_count())
-        last["mfu"] = rate * flops_per_step / peak
+        latest = ckpt.latest_step()
         if lead:
-            metrics_log.append(records)
-            writer.write(step_now, last)
-            if bar is not None:
-                bar.set_postfix(
-                    loss=f"{last['loss']:.3f}",
-                    lr=f"{last['learning_rate']:.2e}",
-                    tok_s=f"{last['tokens_per_s']:.0f}",
-                    mfu=f"{last['mfu']:.1%}",
-                )
-        pending.clear()
+            run = RunInfo(
+                model_config=model_config,
+                vocabulary=vocab_spec(vocab, model_dir),
+                task=task,
+                sequence_length=seq_len,
+                strategy=info.strategy if info else None,
+                augment=info.config if info else None,
+                corpus=None
+                if info is None
+                else {
+                    "name": info.corpus,
+                    "source": info.source,
+                    "fraction": info.fraction,
+                    "scorer": info.scorer(),
+                },
+            )
+            if latest is not None:
+                earlier = RunInfo.read(model_dir)
+                changed = run.resume_mismatches(earlier)
+                if changed:
+                    raise ckpt_lib.CheckpointMismatchError(
+                        f"{model_dir} holds a run trained on other data than this one "
+                        f"({'; '.join(changed)}); resuming would mix the two. Use a fresh "
+                        "MODEL_DIR, or restore the original settings."
+                    )
+            run.write(model_dir)
+            run_logs.write_text(
+                os.path.join(model_dir, "config.gin"),
+                gin.operative_config_str() or gin.config_str(),
+            )
+
+        data_iter = DataIterator(data, batch_size, mesh)
+        if latest is None:
+            state = ts.init(jax.random.key(seed))
+        else:
+            # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
+            latest, state, data_state = ckpt.restore_latest(ts.abstract_state)
+            data_iter.restore(data_state)
+        start = int(jax.device_get(state.step))
+        metrics_log = run_logs.MetricsLog(model_dir) if lead else None
+        if lead and latest is not None:
+            metrics_log.truncate_after(latest)
+
+        flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
+        peak = peak_flops_per_device() * jax.device_count()
+        # A CPU's peak is measured, and a busy host measures low: keep the best seen, re-checked
+        # at every log, so MFU is not inflated (above 100%) after a noisy start.
+        remeasure_peak = jax.devices()[0].platform == "cpu"
+        n_params = param_count(state.params)
+        writer = run_logs.SummaryWriter(model_dir) if lead else None
+        end = num_steps if stop_after is None else min(num_steps, stop_after)
+        bar = None
+        if progress and lead:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True
+            )
+            bar.write(
+                f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
+                f"resume from step {start}"
+                if start
+                else f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}"
+            )
+
+        pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
+        result = TrainResult([], [], start, model_dir)
         t_last, steps_since = time.perf_counter(), 0
 
-    try:
-        for step in range(start + 1, end + 1):
-            batch = next(data_iter)
-            state, metrics = ts(state, batch)
-            pending.append((step, metrics))
-            steps_since += 1
+        def flush(step_now: int) -> None:
+            nonlocal t_last, steps_since, peak
+            if not pending:
+                return
+            host = jax.device_get([m for _, m in pending])
+            elapsed = time.perf_counter() - t_last
+            rate = steps_since / elapsed if elapsed > 0 else float("nan")
+            records = []
+            for (s, _), m in zip(pending, host, strict=True):
+                if int(m["nonfinite"]):
+                    ckpt.wait()
+                    what = (
+                        "the updated weights or optimizer state became"
+                        if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
+                        else "loss became"
+                    )
+                    raise NonFiniteLossError(
+                        f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
+                        f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
+                        f"checkpoint was written after it. Last good checkpoint: step "
+                        f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
+                        "the data."
+                    )
+                rec = {
+                    "step": s,
+                    "loss": float(m["loss"]),
+                    "grad_norm": float(m["grad_norm"]),
+                    "learning_rate": float(m["learning_rate"]),
+                    "tokens": float(m["tokens"]),
+                }
+                result.steps.append(s)
+                result.losses.append(rec["loss"])
+                records.append(rec)
+            last = dict(records[-1])
+            last["tokens_per_s"] = rate * batch_size * seq_len
+            if remeasure_peak:
+                peak = max(peak, measure_peak_flops(repeats=3) * jax.device_count())
+            last["mfu"] = rate * flops_per_step / peak
+            if lead:
+                metrics_log.append(records)
+                writer.write(step_now, last)
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{last['loss']:.3f}",
+                        lr=f"{last['learning_rate']:.2e}",
+                        tok_s=f"{last['tokens_per_s']:.0f}",
+                        mfu=f"{last['mfu']:.1%}",
+                    )
+            pending.clear()
+            t_last, steps_since = time.perf_counter(), 0
+
+        try:
+            for step in range(start + 1, end + 1):
+                batch = next(data_iter)
+                state, metrics = ts(state, batch)
+                pending.append((step, metrics))
+                steps_since += 1
+                if bar is not None:
+                    bar.update(1)
+                save_now = step % checkpoint_every == 0 or step == end
+                if step % log_every == 0 or save_now:
+                    flush(step)
+                if save_now:
+                    # A lead that lost its lease (gs://) must not write another checkpoint.
+                    train_guards.check_lock(lock)
+                    ckpt.save(step, state, data_iter.state(), force=True)
+                    if lead:
+                        metrics_log.sync()
+            flush(end)
+            if lead:
+                metrics_log.sync()
+            result.final_step = int(jax.device_get(state.step))
+        finally:
+            ckpt.wait()
+            ckpt.close()
             if bar is not None:
-                bar.update(1)
-            save_now = step % checkpoint_every == 0 or step == end
-            if step % log_every == 0 or save_now:
-                flush(step)
-            if save_now:
-                # A lead that lost its lease (gs://) must not write another checkpoint.
-                train_guards.check_lock(lock)
-                ckpt.save(step, state, data_iter.state(), force=True)
-                if lead:
-                    metrics_log.sync()
-        flush(end)
-        if lead:
-            metrics_log.sync()
-        result.final_step = int(jax.device_get(state.step))
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-    return result
+                bar.close()
+            if writer is not None:
+                writer.close()
+        return result
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -387,81 +387,55 @@ def evaluate_toxicity(
     with WriterLock(os.path.join(output_dir, LOCK_FILE), f"the eval output {output_dir}") as lock:
         if lock.note:
             print(lock.note, file=sys.stderr)
-        return _evaluate_locked(
-            generator,
-            scorer,
-            prompts,
-            output_dir,
-            prefix,
-            prefix_ids,
-            batch_size,
-            config,
-            progress,
-            identity,
-            overwrite,
-            summaries,
+        gen_path = os.path.join(output_dir, GENERATIONS_FILE)
+        if overwrite:
+            for name in (GENERATIONS_FILE, META_FILE, METRICS_FILE, TABLE_FILE):
+                if os.path.exists(os.path.join(output_dir, name)):
+                    os.remove(os.path.join(output_dir, name))
+        full_identity = json.loads(
+            json.dumps(
+                {
+                    **(identity or {}),
+                    "prefix": prefix,
+                    "prefix_ids": [int(t) for t in prefix_ids],
+                    "scorer": scorer.name,
+                },
+                sort_keys=True,
+            )
         )
+        done = finished_prompts(gen_path)
+        check_identity(output_dir, full_identity, has_records=bool(done))
+        todo = [p for p in prompts if p.index not in done]
+        start = time.time()
+        with tqdm(
+            total=len(prompts),
+            initial=len(prompts) - len(todo),
+            unit="prompt",
+            desc="rtp",
+            disable=not progress,
+            smoothing=0.1,
+        ) as bar:
+            _sample_and_score(
+                generator, scorer, todo, gen_path, prefix, prefix_ids, batch_size, bar
+            )
+        elapsed = time.time() - start
+        if progress and todo:
+            print(
+                f"rtp: {len(todo)} prompts in {elapsed:.1f} s ({len(todo) / elapsed:.2f} prompts/s)"
+            )
 
-
-def _evaluate_locked(
-    generator,
-    scorer,
-    prompts,
-    output_dir,
-    prefix,
-    prefix_ids,
-    batch_size,
-    config,
-    progress,
-    identity,
-    overwrite,
-    summaries,
-) -> dict:
-    gen_path = os.path.join(output_dir, GENERATIONS_FILE)
-    if overwrite:
-        for name in (GENERATIONS_FILE, META_FILE, METRICS_FILE, TABLE_FILE):
-            if os.path.exists(os.path.join(output_dir, name)):
-                os.remove(os.path.join(output_dir, name))
-    full_identity = json.loads(
-        json.dumps(
-            {
-                **(identity or {}),
-                "prefix": prefix,
-                "prefix_ids": [int(t) for t in prefix_ids],
-                "scorer": scorer.name,
-            },
-            sort_keys=True,
-        )
-    )
-    done = finished_prompts(gen_path)
-    check_identity(output_dir, full_identity, has_records=bool(done))
-    todo = [p for p in prompts if p.index not in done]
-    start = time.time()
-    with tqdm(
-        total=len(prompts),
-        initial=len(prompts) - len(todo),
-        unit="prompt",
-        desc="rtp",
-        disable=not progress,
-        smoothing=0.1,
-    ) as bar:
-        _sample_and_score(generator, scorer, todo, gen_path, prefix, prefix_ids, batch_size, bar)
-    elapsed = time.time() - start
-    if progress and todo:
-        print(f"rtp: {len(todo)} prompts in {elapsed:.1f} s ({len(todo) / elapsed:.2f} prompts/s)")
-
-    result = {
-        "task": "toxicity",
-        "scorer": scorer.name,
-        "prefix": prefix,
-        "metrics": metrics_from_generations(gen_path, prompts),
-        "num_prompts": len(prompts),
-        "sampled_prompts_this_run": len(todo),
-        "seconds_this_run": elapsed,
-        **(config or {}),
-    }
-    write_outputs(result, output_dir, summaries=summaries)
-    return result
+        result = {
+            "task": "toxicity",
+            "scorer": scorer.name,
+            "prefix": prefix,
+            "metrics": metrics_from_generations(gen_path, prompts),
+            "num_prompts": len(prompts),
+            "sampled_prompts_this_run": len(todo),
+            "seconds_this_run": elapsed,
+            **(config or {}),
+        }
+        write_outputs(result, output_dir, summaries=summaries)
+        return result
 
 
 def _sample_and_score(generator, scorer, todo, gen_path, prefix, prefix_ids, batch_size, bar):
