@@ -123,6 +123,25 @@ def test_xla_out_of_memory_is_reported_as_does_not_fit(capsys):
     assert "RESULT fits=0" in captured.out
 
 
+@needs_libtpu
+@pytest.mark.parametrize("topology", ["v4-8", "v5e-4"])
+def test_compiles_with_splash_attention_and_the_chunked_loss(topology, capsys):
+    """ "auto" attention resolves for the TPU being compiled for, not this CPU host."""
+    gin.clear_config()
+    assert cc.main([f"--topology={topology}", *_flags("--gin.ModelConfig.logits_chunk=64")]) == 0
+    out = capsys.readouterr().out
+    assert "; attention splash" in out and "attention=splash" in out and "fits" in out
+
+
+def test_attention_kernel_the_tpu_cannot_run_is_one_line(capsys):
+    gin.clear_config()
+    flags = _flags("--gin.ModelConfig.attention='pallas_gpu'")
+    assert cc.main(["--topology=v4-8", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'pallas_gpu' cannot run on tpu" in err and "'splash'" in err
+    assert len(err.splitlines()) == 1
+
+
 def test_missing_topology_is_a_usage_error(capsys):
     assert cc.main(_flags()) == 2
     assert "--topology" in capsys.readouterr().err

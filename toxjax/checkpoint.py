@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from toxjax import checksums, run_logs
+from toxjax import attention, checksums, run_logs
 
 CHECKSUMS_ITEM = "checksums"  # the manifest item of each step (toxjax.checksums)
 CORRUPT_SUFFIX = ".corrupt"  # a corrupt step moved aside: MODEL_DIR/<step>.corrupt
@@ -420,7 +420,12 @@ def load_for_inference(
 
     model_dir = run_logs.resolve(model_dir)
     info = RunInfo.read(model_dir)
-    config = info.model_config
+    # The attention implementation is a speed choice, not part of the model (all compute
+    # the same function): a kernel forced for training on another platform becomes auto.
+    config = dataclasses.replace(
+        info.model_config,
+        attention=attention.portable(info.model_config.attention, jax.default_backend()),
+    )
     vocabulary = vocab_from_spec(info.vocabulary, model_dir)
     model = DecoderLM(config)
     manager = ocp.CheckpointManager(model_dir)
@@ -433,9 +438,12 @@ def load_for_inference(
             f"no checkpoint step {step} in {model_dir} (it has steps "
             f"{', '.join(map(str, sorted(steps)))})"
         )
-    abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
-    )
+    with warnings.catch_warnings():
+        # Only shapes are traced here: a kernel declining a 1-token input is no news.
+        warnings.simplefilter("ignore", attention.AttentionFallbackWarning)
+        abstract = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+        )
     from flax import linen as nn
 
     abstract = nn.unbox(abstract)

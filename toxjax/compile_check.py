@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 import gin
@@ -168,6 +169,8 @@ class CheckResult:
     mesh: dict
     batch_size: int
     seq_len: int
+    attention: str = "xla"  # the attention implementation compiled in
+    attention_fallbacks: tuple[str, ...] = ()  # why the preferred kernels were skipped
 
 
 def _train_args() -> dict:
@@ -247,9 +250,26 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
     """Compiles the gin-configured train step for `topology` (gin must be parsed)."""
     import jax
 
+    from toxjax import attention as attn
+
+    if devices is None:
+        # A kernel no TPU runs is a config error, reported before libtpu is needed.
+        attn.candidates(_train_args()["model_config"].attention, "tpu")
     ts = build_step(tpu_devices(topology) if devices is None else devices)
     mesh = ts.mesh
-    lowered = ts.lower()
+    # The step is traced under the TPU mesh, so "auto" resolves for the TPU (the
+    # attention seam reads the platform off the mesh's devices), not this host.
+    order = attn.candidates(ts.model.config.attention, mesh.devices.flat[0].platform)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", attn.AttentionFallbackWarning)
+        lowered = ts.lower()
+    fallbacks = []
+    for w in caught:
+        if issubclass(w.category, attn.AttentionFallbackWarning):
+            fallbacks.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    attention = fallbacks[-1].rsplit("using ", 1)[-1] if fallbacks else order[0]
     try:
         compiled = lowered.compile()
     except jax.errors.JaxRuntimeError as e:
@@ -269,7 +289,16 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
         topology.hbm_bytes,
     )
     params = sum(math.prod(x.shape) for x in jax.tree.leaves(ts.abstract_state.params))
-    return CheckResult(topology, memory, params, dict(mesh.shape), ts.batch_size, ts.seq_len)
+    return CheckResult(
+        topology,
+        memory,
+        params,
+        dict(mesh.shape),
+        ts.batch_size,
+        ts.seq_len,
+        attention,
+        tuple(fallbacks),
+    )
 
 
 _HOW_TO_FIT = (
@@ -284,7 +313,8 @@ def format_report(r: CheckResult) -> str:
     lines = [
         f"topology {r.topology.accelerator} ({r.topology.name}, {r.topology.num_devices} "
         f"devices, {gib(r.topology.hbm_bytes)} HBM each); model {r.params / 1e9:.3f}B params; "
-        f"mesh {r.mesh}; batch {r.batch_size} x {r.seq_len}",
+        f"mesh {r.mesh}; batch {r.batch_size} x {r.seq_len}; attention {r.attention}",
+        *(f"  ({reason})" for reason in r.attention_fallbacks),
         "per-device memory:",
         f"  arguments    {gib(m.argument_bytes):>12}  (state + batch shard)",
         f"  outputs      {gib(m.output_bytes):>12}",
@@ -299,7 +329,8 @@ def format_report(r: CheckResult) -> str:
     lines.append(
         f"RESULT fits={int(m.fits)} peak_gib={m.peak_bytes / GIB:.3f} "
         f"hbm_gib={m.hbm_bytes / GIB:.1f} temp_gib={m.temp_bytes / GIB:.3f} "
-        f"argument_gib={m.argument_bytes / GIB:.3f} devices={r.topology.num_devices}"
+        f"argument_gib={m.argument_bytes / GIB:.3f} devices={r.topology.num_devices} "
+        f"attention={r.attention}"
     )
     return "\n".join(lines)
 

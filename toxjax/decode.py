@@ -65,7 +65,7 @@ class TokensToLogits(Protocol):
         positions: Array,
         segment_ids: Array,
         cache: Cache,
-        cache_index: Array,
+        cache_index: Array | int,
     ) -> tuple[Array, Cache]: ...
 
 
@@ -404,10 +404,12 @@ class Sampler:
                 if rng.ndim == 2
                 else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(prompts.shape[0]))
             )
-        if self.mesh is not None:
-            batch = sh.batch_sharding(self.mesh)
-            prompts, prompt_mask = (jax.device_put(x, batch) for x in (prompts, prompt_mask))
-        return self._jitted(params, prompts, prompt_mask, keys)
+        if self.mesh is None:
+            return self._jitted(params, prompts, prompt_mask, keys)
+        batch = sh.batch_sharding(self.mesh)
+        prompts, prompt_mask = (jax.device_put(x, batch) for x in (prompts, prompt_mask))
+        with jax.set_mesh(self.mesh):  # the model's own activation constraints apply too
+            return self._jitted(params, prompts, prompt_mask, keys)
 
     def _constrain_rows(self, x: Array, axis: int = 0) -> Array:
         if self.mesh is None:
@@ -431,9 +433,9 @@ class Sampler:
                 lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, cache
             )
         sample = functools.partial(sample_logits, config=cfg, radix_bits=self.top_p_radix_bits)
-        logits, cache = self.tokens_to_logits(
-            params, prompts, positions, prompt_mask, cache, jnp.int32(0)
-        )
+        # A Python 0 (not a traced int): the model can see that nothing precedes the
+        # prompt and run the prefill's attention through its fused kernels.
+        logits, cache = self.tokens_to_logits(params, prompts, positions, prompt_mask, cache, 0)
         last_logits = logits[:, -1].astype(jnp.float32)  # left padding: real tokens end here
 
         # Fan out: prompt i owns rows [i * num_decodes, (i + 1) * num_decodes).

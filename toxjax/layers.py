@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from toxjax import sharding as sh
+from toxjax.attention import attention
 
 Array = jax.Array
 
@@ -34,6 +35,7 @@ class BlockConfig:
     residual_init_std: float
     dtype: Any
     param_dtype: Any
+    attention: str = "auto"
 
 
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
@@ -103,25 +105,13 @@ def rotary(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Arra
     return out.astype(x.dtype)
 
 
-def attention_mask(q_segments: Array, k_segments: Array, q_pos: Array, k_pos: Array) -> Array:
-    """Boolean `[b, 1, l, s]` mask: causal, within one packed document, not padding.
-
-    Args:
-      q_segments: `[b, l]` segment id of each query (0 = padding).
-      k_segments: `[b, s]` segment id of each key / cache slot (0 = padding or empty).
-      q_pos: `[b, l]` or `[l]` causal index of each query (its slot in the sequence).
-      k_pos: `[s]` causal index of each key.
-    """
-    if q_pos.ndim == 1:
-        q_pos = q_pos[None]
-    causal = k_pos[None, None, :] <= q_pos[:, :, None]  # [b|1, l, s]
-    same = q_segments[:, :, None] == k_segments[:, None, :]
-    valid = k_segments[:, None, :] != 0
-    return (causal & same & valid)[:, None]
-
-
 class Attention(nn.Module):
-    """Multi-head causal self-attention with a fused QKV projection and a KV cache."""
+    """Multi-head causal self-attention with a fused QKV projection and a KV cache.
+
+    The attention itself goes through `toxjax.attention.attention` (implementation
+    `cfg.attention`): training, scoring and prefill; the one-token decode step over the
+    cache uses its dense path.
+    """
 
     cfg: BlockConfig
 
@@ -172,44 +162,52 @@ class Attention(nn.Module):
         q = sh.constrain(q, (sh.BATCH, sh.LENGTH, sh.ACT_HEADS, None))
 
         length = x.shape[1]
-        if cache is None:
-            slots = jnp.arange(length)
-            mask = attention_mask(segment_ids, segment_ids, slots, slots)
-            keys, values, new_cache = k, v, None
-        else:
-            # `cache` holds every layer ([layers, b, slots, h, d]); this layer writes its
-            # new tokens into slots [i, i + l) in place (no copy of the stacked cache),
-            # and query j sits in slot i + j.
-            idx = cache_index
-            new_cache = {
-                "k": jax.lax.dynamic_update_slice(
-                    cache["k"], k[None].astype(cache["k"].dtype), (layer, 0, idx, 0, 0)
-                ),
-                "v": jax.lax.dynamic_update_slice(
-                    cache["v"], v[None].astype(cache["v"].dtype), (layer, 0, idx, 0, 0)
-                ),
-                "valid": jax.lax.dynamic_update_slice(
-                    cache["valid"], (segment_ids != 0)[None], (layer, 0, idx)
-                ),
-            }
-            keys, values, valid = (
-                jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, False)
-                for n in ("k", "v", "valid")
-            )
-            slots = jnp.arange(keys.shape[1])
-            mask = attention_mask(
-                jnp.ones_like(segment_ids), valid.astype(jnp.int32), idx + jnp.arange(length), slots
-            )
-            keys, values = keys.astype(cfg.dtype), values.astype(cfg.dtype)
-
-        logits = jnp.einsum("blhd,bshd->bhls", q, keys).astype(jnp.float32) * (d**-0.5)
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(logits, axis=-1).astype(cfg.dtype)
+        dropout = {}
         if cfg.dropout_rate > 0 and not deterministic:
-            probs = nn.Dropout(cfg.dropout_rate)(probs, deterministic=False)
-        out = jnp.einsum("bhls,bshd->blhd", probs, values)
-        out = jnp.einsum("blhd,hde->ble", out, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
-        return out, new_cache
+            dropout = {"dropout_rate": cfg.dropout_rate, "dropout_rng": self.make_rng("dropout")}
+        if cache is None:
+            out = attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention, **dropout)
+            return self._project(out, w_out, b_out), None
+        # `cache` holds every layer ([layers, b, slots, h, d]); this layer writes its new
+        # tokens into slots [i, i + l) in place (no copy of the stacked cache). A None
+        # `cache_index` is a prefill from slot 0 (see DecoderLM.__call__).
+        idx = 0 if cache_index is None else cache_index
+        new_cache = {
+            "k": jax.lax.dynamic_update_slice(
+                cache["k"], k[None].astype(cache["k"].dtype), (layer, 0, idx, 0, 0)
+            ),
+            "v": jax.lax.dynamic_update_slice(
+                cache["v"], v[None].astype(cache["v"].dtype), (layer, 0, idx, 0, 0)
+            ),
+            "valid": jax.lax.dynamic_update_slice(
+                cache["valid"], (segment_ids != 0)[None], (layer, 0, idx)
+            ),
+        }
+        if cache_index is None:
+            # Nothing precedes slot 0, so the new tokens attend only among themselves:
+            # the self-attention layout every fused kernel takes.
+            out = attention(q, k, v, segment_ids, segment_ids, impl=cfg.attention)
+            return self._project(out, w_out, b_out), new_cache
+        keys, values, valid = (
+            jax.lax.dynamic_index_in_dim(new_cache[n], layer, 0, False) for n in ("k", "v", "valid")
+        )
+        # Query j sits in slot i + j and sees every valid slot up to it; this general
+        # layout (the one-token decode step) stays on the dense path.
+        out = attention(
+            q,
+            keys.astype(cfg.dtype),
+            values.astype(cfg.dtype),
+            jnp.ones_like(segment_ids),
+            valid.astype(jnp.int32),
+            q_pos=idx + jnp.arange(length),
+            kv_pos=jnp.arange(keys.shape[1]),
+            impl="xla",
+        )
+        return self._project(out, w_out, b_out), new_cache
+
+    def _project(self, out: Array, w_out: Array, b_out: Array) -> Array:
+        cfg = self.cfg
+        return jnp.einsum("blhd,hde->ble", out, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
 
 
 class Mlp(nn.Module):

@@ -12,9 +12,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
+from toxjax import attention as attn
 from toxjax import sharding as sh
+from toxjax.errors import ConfigError
 from toxjax.layers import Block, BlockConfig, LayerNorm
 
 Array = jax.Array
@@ -47,6 +50,12 @@ class ModelConfig:
       remat: "none", "dots_saveable" or "full".
       scan_layers: stack the blocks with `nn.scan` (fast compiles for deep models).
       dropout_rate: dropout on attention probs, MLP and residual branches.
+      attention: the attention implementation (`toxjax.attention`): "auto" picks the
+        fastest exact one for the platform (splash on TPU, a fused Pallas / cuDNN
+        kernel on GPU, the dense "xla" reference on CPU); a name forces one.
+      logits_chunk: None computes the `[batch, length, vocab]` float32 logits whole for
+        the loss; N > 0 runs the LM head and the loss over N positions at a time
+        (`losses.head_cross_entropy`), same loss and gradients, less memory.
     """
 
     vocab_size: int | None = 50257
@@ -65,21 +74,29 @@ class ModelConfig:
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    attention: str = "auto"
+    logits_chunk: int | None = None
 
     def __post_init__(self):
         if self.position not in ("learned", "rotary"):
-            raise ValueError(
+            raise ConfigError(
                 f"ModelConfig.position must be 'learned' or 'rotary', got {self.position!r}"
             )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"ModelConfig.remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}"
             )
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"ModelConfig.{name} must be one of {sorted(DTYPES)}")
+                raise ConfigError(f"ModelConfig.{name} must be one of {sorted(DTYPES)}")
+        attn.check_name(self.attention)
+        if self.logits_chunk is not None and self.logits_chunk < 1:
+            raise ConfigError(
+                f"ModelConfig.logits_chunk must be None or a positive number of positions, "
+                f"got {self.logits_chunk}"
+            )
         if self.head_dim is None and self.embed_dim % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
             )
 
@@ -104,6 +121,7 @@ class ModelConfig:
             residual_init_std=self.init_std / (2 * self.num_layers) ** 0.5,
             dtype=DTYPES[self.dtype],
             param_dtype=DTYPES[self.param_dtype],
+            attention=self.attention,
         )
 
     def non_embedding_params(self) -> int:
@@ -221,11 +239,41 @@ class DecoderLM(nn.Module):
           segment_ids: `[batch, length]` packed-document id of each token; 0 is padding.
             Attention never crosses segments. With a cache: 1 real token, 0 padding.
           cache: KV cache from `init_cache` (decoding), or None (training / scoring).
-          cache_index: with a cache, the slot of `tokens[:, 0]` (same for every row).
+          cache_index: with a cache, the slot of `tokens[:, 0]` (same for every row). A
+            Python int 0 with several tokens is a prefill: nothing precedes slot 0, so
+            its attention runs through the fused kernels like training does.
 
         Returns:
           `logits [batch, length, vocab]` float32, and the updated cache when one is given.
         """
+        x, new_cache = self._trunk(tokens, positions, segment_ids, cache, cache_index)
+        dtype = DTYPES[self.config.dtype]
+        if self.config.tied_embeddings:
+            logits = tied_logits(x, self.embedding.astype(dtype))
+        else:
+            logits = jnp.dot(x, self.lm_head.astype(dtype))
+        logits = sh.constrain(logits.astype(jnp.float32), (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
+        return logits if cache is None else (logits, new_cache)
+
+    def head_inputs(
+        self, tokens: Array, positions: Array | None = None, segment_ids: Array | None = None
+    ) -> tuple[Array, Array]:
+        """What a fused LM head + loss needs instead of the logits (training / scoring).
+
+        `model.apply(variables, tokens, positions=..., segment_ids=...,
+        method="head_inputs")`; `logits == hidden @ head.T` up to the float32 cast.
+
+        Returns:
+          `hidden [batch, length, embed]` (after the final LayerNorm) and
+          `head [vocab, embed]` (the output projection), both in the compute dtype.
+        """
+        x, _ = self._trunk(tokens, positions, segment_ids, None, None)
+        dtype = DTYPES[self.config.dtype]
+        head = self.embedding if self.config.tied_embeddings else self.lm_head.T
+        return x, head.astype(dtype)
+
+    def _trunk(self, tokens, positions, segment_ids, cache, cache_index):
+        """Embeddings, blocks and the final LayerNorm: `[b, l] -> [b, l, e]`, new cache."""
         cfg = self.config
         dtype = DTYPES[cfg.dtype]
         b, length = tokens.shape
@@ -237,8 +285,13 @@ class DecoderLM(nn.Module):
         if cfg.position == "learned":
             x = x + jnp.take(self.position_embedding, positions, axis=0).astype(dtype)
         x = sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
-        if cache_index is not None:
-            cache_index = jnp.asarray(cache_index, jnp.int32)
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("DecoderLM: a call with a cache needs cache_index")
+            if isinstance(cache_index, (int, np.integer)) and cache_index == 0 and length > 1:
+                cache_index = None  # the blocks read None as "prefill from slot 0"
+            else:
+                cache_index = jnp.asarray(cache_index, jnp.int32)
 
         if cfg.scan_layers:
             (x, new_cache), _ = self.blocks(
@@ -248,14 +301,7 @@ class DecoderLM(nn.Module):
             new_cache = cache
             for i, blk in enumerate(self.blocks):
                 (x, new_cache), _ = blk((x, new_cache), positions, segment_ids, i, cache_index)
-
-        x = self.final_norm(x)
-        if cfg.tied_embeddings:
-            logits = tied_logits(x, self.embedding.astype(dtype))
-        else:
-            logits = jnp.dot(x, self.lm_head.astype(dtype))
-        logits = sh.constrain(logits.astype(jnp.float32), (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
-        return logits if cache is None else (logits, new_cache)
+        return self.final_norm(x), new_cache
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> dict[str, Array]:
         """An empty KV cache: k, v `[layers, batch, max_length, heads, head_dim]`, valid

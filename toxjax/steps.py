@@ -22,7 +22,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
-from toxjax import losses
+from toxjax import attention, losses
 from toxjax import sharding as sh
 from toxjax.train_state import TrainState, abstract_state, create_train_state
 
@@ -36,7 +36,7 @@ FEATURES = (
 )
 
 
-def _forward(model: nn.Module, params, batch: Batch, rng=None) -> jax.Array:
+def _forward(model: nn.Module, params, batch: Batch, rng=None, method=None):
     rngs = {"dropout": rng} if rng is not None else None
     return model.apply(
         {"params": params},
@@ -44,14 +44,24 @@ def _forward(model: nn.Module, params, batch: Batch, rng=None) -> jax.Array:
         positions=batch.get("decoder_positions"),
         segment_ids=batch.get("decoder_segment_ids"),
         rngs=rngs,
+        method=method,
     )
+
+
+def _logits_chunk(model: nn.Module) -> int | None:
+    """`ModelConfig.logits_chunk`: run the LM head and the loss chunk by chunk."""
+    config = getattr(model, "config", None)
+    return getattr(config, "logits_chunk", None)
 
 
 def _loss_sums(model, params, batch, rng):
+    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    chunk = _logits_chunk(model)
+    if chunk:
+        hidden, head = _forward(model, params, batch, rng, method="head_inputs")
+        return losses.head_cross_entropy(hidden, head, targets, weights, chunk)
     logits = _forward(model, params, batch, rng)
-    return losses.cross_entropy(
-        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    )
+    return losses.cross_entropy(logits, targets, weights)
 
 
 def all_finite(tree) -> jax.Array:
@@ -165,8 +175,13 @@ def eval_step(params, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]
 
 def score_step(params, batch: Batch, *, model: nn.Module) -> jax.Array:
     """Per-token log-likelihood of the targets, `[batch, length]`, zero where unweighted."""
-    logits = _forward(model, params, batch)
-    ll = losses.token_log_likelihood(logits, batch["decoder_target_tokens"])
+    targets = batch["decoder_target_tokens"]
+    chunk = _logits_chunk(model)
+    if chunk:
+        hidden, head = _forward(model, params, batch, method="head_inputs")
+        ll = losses.head_token_log_likelihood(hidden, head, targets, chunk)
+    else:
+        ll = losses.token_log_likelihood(_forward(model, params, batch), targets)
     return ll * batch["decoder_loss_weights"].astype(ll.dtype)
 
 
@@ -219,11 +234,11 @@ class TrainStep:
 
     def lower(self):
         """The step lowered for the abstract state and batch (nothing allocated)."""
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             return self.fn.lower(self.abstract_state, self.abstract_batch())
 
     def __call__(self, state, batch: Batch):
-        with self.mesh:
+        with jax.set_mesh(self.mesh):
             return self.fn(state, batch)
 
 
@@ -267,6 +282,8 @@ def build_train_step(
         raise ValueError(
             f"sequence length {seq_len} exceeds ModelConfig.max_len {model_config.max_len}"
         )
+    # A forced attention kernel the mesh's platform cannot run: one line, before any work.
+    attention.candidates(model_config.attention, mesh.devices.flat[0].platform)
     model = DecoderLM(model_config, deterministic=model_config.dropout_rate == 0)
     tx = make_optimizer(optimizer, num_steps)
     schedule = make_schedule(optimizer, num_steps)

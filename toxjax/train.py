@@ -28,6 +28,7 @@ from toxjax import checkpoint as ckpt_lib
 from toxjax import locking, registry, run_logs, steps, train_guards
 from toxjax import sharding as sh
 from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
+from toxjax.errors import ConfigError
 from toxjax.model import ModelConfig
 from toxjax.optim import OptimizerConfig
 from toxjax.preprocessors import AugmentConfig
@@ -600,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     try:
         result = train()
-    except train_guards.TrainConfigError as e:
+    except ConfigError as e:  # TrainConfigError, a bad ModelConfig / AugmentConfig / attention
         print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
         return EXIT_CONFIG
     except NonFiniteLossError as e:

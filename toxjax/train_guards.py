@@ -29,13 +29,14 @@ import jax
 
 from toxjax import locking
 from toxjax.data import DataConfig
+from toxjax.errors import ConfigError
 from toxjax.model import ModelConfig
 from toxjax.optim import OptimizerConfig
 
 LOCK_FILE = "LOCK"  # MODEL_DIR/LOCK: one trainer per run directory
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ConfigError):
     """A bad argument of `train` (a gin binding), found before any expensive work."""
 
 

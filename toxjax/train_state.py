@@ -81,7 +81,7 @@ def create_train_state(
     """Initialises the state directly into its shardings; returns (state, shardings)."""
     _, shardings = abstract_state(model, tx, seq_len, mesh)
     init = _init_fn(model, tx, seq_len)
-    with mesh:
+    with jax.set_mesh(mesh):
         state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
     return state, shardings
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from toxjax.errors import ConfigError
+
 SCORING_UNITS = ("document", "window")
 SCORE_PLACEHOLDER = "{score}"
 
@@ -86,7 +88,7 @@ class AugmentConfig:
         if self.sample_tokens < 2:
             bad.append(f"sample_tokens={self.sample_tokens} must be >= 2")
         if bad:
-            raise ValueError("AugmentConfig: " + "; ".join(bad))
+            raise ConfigError("AugmentConfig: " + "; ".join(bad))
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (run.json's "augment")."""
@@ -98,7 +100,7 @@ class AugmentConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"AugmentConfig has no fields {unknown} (written by another toxjax version?)"
             )
         return cls(**values)

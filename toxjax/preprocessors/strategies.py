@@ -23,6 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from toxjax.errors import ConfigError
 from toxjax.preprocessors.config import SCORE_PLACEHOLDER, AugmentConfig, meda_prefix
 from toxjax.vocab import ControlTokenVocabulary
 
@@ -197,7 +198,9 @@ def get_strategy(name: str) -> Strategy:
     try:
         return STRATEGIES[name]
     except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}") from None
+        raise ConfigError(
+            f"unknown strategy {name!r}; use one of {', '.join(STRATEGIES)}"
+        ) from None
 
 
 def conditioning_prefix(

@@ -1,0 +1,476 @@
+"""Attention behind one seam: the model calls `attention(...)`, a table picks the kernel.
+
+    out = attention(q, k, v, q_segments, kv_segments, impl="auto")
+
+Every implementation computes the same function (the `xla` one is the reference):
+query `i` attends key `j` iff `kv_segments[j] != 0`, `q_segments[i] == kv_segments[j]`
+and `kv_pos[j] <= q_pos[i]` (causal); the rows of padding queries (`q_segments == 0`)
+are zero. Packed documents are runs of one segment id (seqio numbers them 1, 2, ...),
+so they never attend across a boundary.
+
+`IMPLEMENTATIONS` is the one table of kernels; `AUTO` says which ones `"auto"` tries on
+each platform, first choice first. A kernel that cannot take an input (dtype, head dim,
+sequence length, dropout, a KV-cache offset) falls back to the next one in that order
+with an `AttentionFallbackWarning` naming why; a name the platform cannot run at all is
+an `AttentionConfigError` (one line, naming the options). The Pallas kernels run on any
+platform in interpret mode under the names `pallas_gpu_interpret` / `splash_interpret`
+(slow: for CPU tests and debugging).
+
+Under a mesh, the kernels run per shard (`jax.shard_map`): batch over the axes of
+`sharding.BATCH`, heads over those of `sharding.ACT_HEADS`, the sequence whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import warnings
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from toxjax import sharding as sh
+from toxjax.errors import ConfigError
+
+Array = jax.Array
+AUTO_NAME = "auto"
+
+
+class AttentionConfigError(ConfigError):
+    """A forced attention implementation that this platform cannot run, or an unknown name."""
+
+
+class AttentionFallbackWarning(UserWarning):
+    """A kernel could not take this input; the next implementation ran instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """What a kernel needs to know to accept a call: global static shapes, and how many
+    shards the mesh splits the batch and the heads into."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    heads: int
+    head_dim: int
+    dtype: str  # numpy name: float32, bfloat16, float16
+    self_attention: bool  # q_pos / kv_pos not given: query i sits at key slot i
+    dropout: bool
+    batch_shards: int = 1
+    head_shards: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One entry of the table.
+
+    Attributes:
+      name: the `ModelConfig.attention` value.
+      platforms: platforms it compiles for (`None`: any).
+      kernel: `(q, k, v, segment_ids, block) -> out` on one shard, self-attention only,
+        `[b, l, h, d]` in and out, `segment_ids [b, l]`; None for the dense reference.
+      limits: `Problem -> reason it cannot take it`, or None when it can.
+    """
+
+    name: str
+    platforms: tuple[str, ...] | None
+    kernel: Callable | None
+    limits: Callable[[Problem], str | None]
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def attention_mask(q_segments: Array, k_segments: Array, q_pos: Array, k_pos: Array) -> Array:
+    """Boolean `[b, 1, l, s]` mask: causal, within one packed document, not padding.
+
+    Args:
+      q_segments: `[b, l]` segment id of each query (0 = padding).
+      k_segments: `[b, s]` segment id of each key / cache slot (0 = padding or empty).
+      q_pos: `[b, l]` or `[l]` causal index of each query (its slot in the sequence).
+      k_pos: `[s]` causal index of each key.
+    """
+    if q_pos.ndim == 1:
+        q_pos = q_pos[None]
+    causal = k_pos[None, None, :] <= q_pos[:, :, None]  # [b|1, l, s]
+    same = q_segments[:, :, None] == k_segments[:, None, :]
+    valid = k_segments[:, None, :] != 0
+    return (causal & same & valid)[:, None]
+
+
+def xla_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_segments: Array,
+    kv_segments: Array,
+    q_pos: Array,
+    kv_pos: Array,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+) -> Array:
+    """Dense attention, `[b, l, h, d] x [b, s, h, d] -> [b, l, h, d]`: float32 `[b, h, l, s]`
+    scores, any query/key layout (KV cache), dropout on the probabilities."""
+    mask = attention_mask(q_segments, kv_segments, q_pos, kv_pos)
+    logits = jnp.einsum("blhd,bshd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    if dropout_rate > 0 and dropout_rng is not None:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
+    return jnp.einsum("bhls,bshd->blhd", probs, v)
+
+
+# ---------------------------------------------------------------- kernels
+
+
+def _divisor_block(length: int, choices: tuple[int, ...]) -> int | None:
+    return next((c for c in choices if length % c == 0), None)
+
+
+def _common_limits(p: Problem) -> str | None:
+    if not p.self_attention:
+        return "a KV-cache call with query offsets (only self-attention layouts)"
+    if p.dropout:
+        return "dropout on the attention probabilities"
+    if p.batch % p.batch_shards:
+        return f"batch {p.batch} does not divide over {p.batch_shards} batch shards"
+    if p.heads % p.head_shards:
+        return f"{p.heads} heads do not divide over {p.head_shards} head shards"
+    return None
+
+
+def _pallas_gpu_limits(p: Problem) -> str | None:
+    if reason := _common_limits(p):
+        return reason
+    if p.q_len % 16:
+        return f"sequence length {p.q_len} is not a multiple of 16 (the kernel's smallest tile)"
+    if p.head_dim > 256:
+        return f"head dim {p.head_dim} > 256"
+    if p.dtype not in ("float32", "bfloat16", "float16"):
+        return f"dtype {p.dtype}"
+    return None
+
+
+def _pallas_gpu_kernel(q, k, v, segment_ids, block, interpret):
+    with warnings.catch_warnings():
+        # jax 0.11 deprecates the module in favour of tokamax; it still ships and works.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+
+    length = q.shape[1]
+    fwd = block or _divisor_block(length, (128, 64, 32, 16))
+    bwd = block or _divisor_block(length, (32, 16))
+    sizes = pallas_gpu.BlockSizes(
+        block_q=fwd,
+        block_k=fwd,
+        block_q_dkv=bwd,
+        block_kv_dkv=bwd,
+        block_q_dq=bwd,
+        block_kv_dq=bwd,
+    )
+    return pallas_gpu.mha(
+        q,
+        k,
+        v,
+        segment_ids,
+        sm_scale=q.shape[-1] ** -0.5,
+        causal=True,
+        block_sizes=sizes,
+        interpret=interpret,
+    )
+
+
+def _cudnn_limits(p: Problem) -> str | None:
+    if reason := _common_limits(p):
+        return reason
+    if p.dtype not in ("bfloat16", "float16"):
+        return f"cuDNN flash attention takes bfloat16/float16, got {p.dtype}"
+    if p.head_dim % 8 or p.head_dim > 128:
+        return f"head dim {p.head_dim} (cuDNN: a multiple of 8, at most 128)"
+    if p.q_len % 2:
+        return f"odd sequence length {p.q_len} (cuDNN with a mask needs it even)"
+    return None
+
+
+def _cudnn_kernel(q, k, v, segment_ids, block, interpret):
+    del block, interpret
+    # The packing is a boolean [b, 1, l, l] mask (cuDNN adds it as a bias, shared by the
+    # heads); causality is cuDNN's own, so it skips the blocks above the diagonal.
+    same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=same, is_causal=True, implementation="cudnn")
+
+
+def _splash_limits(p: Problem) -> str | None:
+    if reason := _common_limits(p):
+        return reason
+    if p.q_len % 128:
+        return f"sequence length {p.q_len} is not a multiple of 128 (splash tiles)"
+    if p.dtype not in ("float32", "bfloat16"):
+        return f"dtype {p.dtype}"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel_for(length: int, heads: int, block: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    sizes = splash.BlockSizes(
+        block_q=block,
+        block_kv=block,
+        block_kv_compute=block,
+        block_q_dkv=block,
+        block_kv_dkv=block,
+        block_kv_dkv_compute=block,
+        block_q_dq=block,
+        block_kv_dq=block,
+    )
+    mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
+    # The kernel holds its block-sparsity tables as arrays: make them constants, not
+    # tracers of whichever jit first asked, so the cached kernel serves every trace.
+    with jax.ensure_compile_time_eval():
+        kernel = splash.make_splash_mha(
+            mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret
+        )
+    return kernel, splash.SegmentIds
+
+
+def _splash_kernel(q, k, v, segment_ids, block, interpret):
+    b, length, heads, d = q.shape
+    block = block or _divisor_block(length, (512, 256, 128))
+    kernel, segment_ids_cls = _splash_kernel_for(length, heads, block, interpret)
+    # Splash takes [heads, length, head_dim] per example and no softmax scale.
+    q = (q * d**-0.5).astype(q.dtype)
+    to_hld = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+
+    def one(q, k, v, seg):
+        return kernel(q, k, v, segment_ids=segment_ids_cls(seg, seg))
+
+    out = jax.vmap(one)(to_hld(q), to_hld(k), to_hld(v), segment_ids)
+    return to_hld(out)
+
+
+def _interpreted(kernel):
+    return functools.partial(kernel, interpret=True)
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl
+    for impl in (
+        Implementation("xla", None, None, lambda p: None),
+        Implementation(
+            "cudnn", ("gpu",), functools.partial(_cudnn_kernel, interpret=False), _cudnn_limits
+        ),
+        Implementation(
+            "pallas_gpu",
+            ("gpu",),
+            functools.partial(_pallas_gpu_kernel, interpret=False),
+            _pallas_gpu_limits,
+        ),
+        Implementation(
+            "splash", ("tpu",), functools.partial(_splash_kernel, interpret=False), _splash_limits
+        ),
+        Implementation(
+            "pallas_gpu_interpret", None, _interpreted(_pallas_gpu_kernel), _pallas_gpu_limits
+        ),
+        Implementation("splash_interpret", None, _interpreted(_splash_kernel), _splash_limits),
+    )
+}
+NAMES = (AUTO_NAME, *IMPLEMENTATIONS)
+
+# What "auto" tries per platform, first choice first (the rest are fallbacks). On a GPU
+# the Pallas kernel comes first because it takes the packing as segment ids (cuDNN needs
+# a [b, 1, l, l] mask); benchmarks/train_step_accel.py times both, exactness checked.
+AUTO: dict[str, tuple[str, ...]] = {
+    "tpu": ("splash", "xla"),
+    "gpu": ("pallas_gpu", "cudnn", "xla"),
+    "cpu": ("xla",),
+}
+
+
+def _platform_name(platform: str) -> str:
+    return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
+
+
+def runs_on(name: str, platform: str) -> bool:
+    platforms = IMPLEMENTATIONS[name].platforms
+    return platforms is None or _platform_name(platform) in platforms
+
+
+def options(platform: str) -> list[str]:
+    """The names `ModelConfig.attention` may take on `platform`."""
+    return [AUTO_NAME] + [n for n in IMPLEMENTATIONS if runs_on(n, platform)]
+
+
+def portable(name: str, platform: str) -> str:
+    """`name` if it runs on `platform`, else "auto" (a run trained elsewhere)."""
+    if name == AUTO_NAME or name not in IMPLEMENTATIONS or runs_on(name, platform):
+        return name
+    logging.info("attention %r does not run on %s: using %r", name, platform, AUTO_NAME)
+    return AUTO_NAME
+
+
+def check_name(name: str) -> None:
+    if name not in NAMES:
+        raise AttentionConfigError(
+            f"ModelConfig.attention={name!r} is not an attention implementation; "
+            f"choose one of {', '.join(map(repr, NAMES))}"
+        )
+
+
+def candidates(name: str, platform: str) -> tuple[str, ...]:
+    """Implementations to try, in order, for `ModelConfig.attention = name` on `platform`.
+
+    Raises:
+      AttentionConfigError: unknown name, or one that cannot run on this platform.
+    """
+    check_name(name)
+    platform = _platform_name(platform)
+    order = AUTO.get(platform, ("xla",))
+    if name == AUTO_NAME:
+        return order
+    if not runs_on(name, platform):
+        raise AttentionConfigError(
+            f"ModelConfig.attention={name!r} cannot run on {platform}; choose one of "
+            f"{', '.join(map(repr, options(platform)))}"
+        )
+    rest = order[order.index(name) + 1 :] if name in order else ()
+    return (name, *rest) if "xla" in rest or name == "xla" else (name, *rest, "xla")
+
+
+def select(name: str, platform: str, problem: Problem) -> str:
+    """The implementation that runs `problem`: the first candidate whose limits allow it.
+
+    A candidate that cannot take the input is skipped with an `AttentionFallbackWarning`.
+    """
+    tried = candidates(name, platform)
+    for i, cand in enumerate(tried):
+        reason = IMPLEMENTATIONS[cand].limits(problem)
+        if reason is None:
+            return cand
+        warnings.warn(
+            f"attention: {cand} cannot take this input ({reason}); using {tried[i + 1]}",
+            AttentionFallbackWarning,
+            stacklevel=3,
+        )
+    raise AssertionError("xla takes every input")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- the seam
+
+
+def context_mesh():
+    """The mesh the caller traces under (`jax.set_mesh`), or None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty else mesh
+
+
+def target_platform(mesh=None) -> str:
+    """The platform being compiled for: the mesh's devices' (an AOT compile for TPU from a
+    CPU host), else the default backend."""
+    if isinstance(mesh, jax.sharding.Mesh):
+        return _platform_name(mesh.devices.flat[0].platform)
+    if mesh is not None:  # an AbstractMesh (what `jax.set_mesh` exposes while tracing)
+        device = getattr(mesh, "abstract_device", None)
+        if device is not None and getattr(device, "platform", None):
+            return _platform_name(device.platform)
+    return _platform_name(jax.default_backend())
+
+
+def _mesh_axes(mesh, logical: str) -> tuple[str, ...]:
+    entry = sh.logical_to_spec((logical,))[0]
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return tuple(n for n in names if n is not None and n in mesh.axis_names)
+
+
+def _shards(mesh, axes: tuple[str, ...]) -> int:
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    q_segments: Array,
+    kv_segments: Array,
+    q_pos: Array | None = None,
+    kv_pos: Array | None = None,
+    *,
+    impl: str = AUTO_NAME,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    block: int | None = None,
+) -> Array:
+    """Causal multi-head attention within packed documents.
+
+    Args:
+      q: `[b, l, h, d]` queries (not scaled: the seam applies `d ** -0.5`).
+      k, v: `[b, s, h, d]` keys and values.
+      q_segments: `[b, l]` int segment id of each query (0 = padding).
+      kv_segments: `[b, s]` int segment id of each key (0 = padding / empty slot).
+      q_pos, kv_pos: `[b, l]` (or `[l]`) and `[s]` causal indices; both None for
+        self-attention (`l == s`, query i at key slot i, segments the same array), the
+        layout the fused kernels take.
+      impl: `ModelConfig.attention`: "auto" or a name in `IMPLEMENTATIONS`.
+      dropout_rate, dropout_rng: dropout on the probabilities (dense path only).
+      block: tile size for the fused kernels (None: chosen from the sequence length).
+
+    Returns:
+      `[b, l, h, d]` in `q`'s dtype; rows of padding queries are zero.
+    """
+    b, length, heads, d = q.shape
+    aligned = q_pos is None and kv_pos is None
+    mesh = context_mesh()
+    batch_axes = _mesh_axes(mesh, sh.BATCH) if mesh is not None else ()
+    head_axes = _mesh_axes(mesh, sh.ACT_HEADS) if mesh is not None else ()
+    problem = Problem(
+        batch=b,
+        q_len=length,
+        kv_len=k.shape[1],
+        heads=heads,
+        head_dim=d,
+        dtype=np.dtype(q.dtype).name,
+        self_attention=aligned,
+        dropout=dropout_rate > 0 and dropout_rng is not None,
+        batch_shards=_shards(mesh, batch_axes) if mesh is not None else 1,
+        head_shards=_shards(mesh, head_axes) if mesh is not None else 1,
+    )
+    name = select(impl, target_platform(mesh), problem)
+    if name == "xla":
+        if aligned:
+            q_pos = kv_pos = jnp.arange(length)
+        out = xla_attention(
+            q, k, v, q_segments, kv_segments, q_pos, kv_pos, dropout_rate, dropout_rng
+        )
+    else:
+        kernel = functools.partial(IMPLEMENTATIONS[name].kernel, block=block)
+        if mesh is not None and mesh.size > 1:
+            qkv = PartitionSpec(batch_axes or None, None, head_axes or None, None)
+            seg = PartitionSpec(batch_axes or None, None)
+            kernel = jax.shard_map(
+                kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, seg), out_specs=qkv, check_vma=False
+            )
+        out = kernel(q, k, v, q_segments)
+    return jnp.where((q_segments != 0)[:, :, None, None], out, 0).astype(q.dtype)
+
+
+__all__ = [
+    "AUTO",
+    "AttentionConfigError",
+    "AttentionFallbackWarning",
+    "IMPLEMENTATIONS",
+    "NAMES",
+    "Problem",
+    "attention",
+    "attention_mask",
+    "candidates",
+    "options",
+    "portable",
+    "select",
+    "xla_attention",
+]

@@ -1,0 +1,13 @@
+"""The one error type for a bad user setting.
+
+A `ConfigError` is a value the user chose (a gin binding, a flag, a config field) that
+toxjax refuses before doing expensive work. Entry points (`toxjax train`, `compile-check`,
+`eval`, `demo`) catch it and print one line naming the setting, exit code 2; library
+callers can catch it as the `ValueError` it also is.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A user setting that toxjax cannot run; the message names the setting and the options."""
