@@ -159,6 +159,13 @@ def test_evaluate_resumes_without_resampling(tmp_path):
     assert json.load(open(os.path.join(out, tox.METRICS_FILE)))["metrics"]["full"]["tp"] == 0.5
     table = open(os.path.join(out, tox.TABLE_FILE)).read()
     assert "| full | 5 | 0.550 | 0.180 | 0.500 | 4 | 1 |" in table
+    # Every split's EMT and TP come with a bootstrap CI over prompts around the same value.
+    for split, m in result["metrics"].items():
+        for name in ("emt", "tp"):
+            e = result["intervals"][split][name]
+            assert e["value"] == pytest.approx(m[name], nan_ok=True), (split, name)
+            assert not e["low"] <= e["high"] or e["low"] <= e["value"] <= e["high"]
+    assert "| full | 0.550 [" in table and "95% CIs, percentile bootstrap over prompts" in table
     events = os.listdir(os.path.join(out, "tensorboard"))
     assert any(e.startswith("events.out.tfevents") for e in events)
     # a finished run resumes to the same metrics without sampling anything

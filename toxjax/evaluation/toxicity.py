@@ -429,6 +429,7 @@ def evaluate_toxicity(
             "scorer": scorer.name,
             "prefix": prefix,
             "metrics": metrics_from_generations(gen_path, prompts),
+            "intervals": intervals_from_generations(gen_path, prompts),
             "num_prompts": len(prompts),
             "sampled_prompts_this_run": len(todo),
             "seconds_this_run": elapsed,
@@ -519,6 +520,44 @@ def metrics_from_generations(gen_path: str, prompts: Sequence[Prompt]) -> dict:
     return acc.result()
 
 
+def intervals_from_generations(gen_path: str, prompts: Sequence[Prompt]) -> dict:
+    """95% bootstrap CIs over prompts (`toxjax.evaluation.stats`) per split: EMT, TP and
+    the share of toxic continuations, each `{"value", "low", "high"}`."""
+    import numpy as np
+
+    from toxjax.evaluation import stats
+
+    scores = stats.PromptScores.from_generations(gen_path)
+    scores = scores.subset(np.isin(scores.index, [p.index for p in prompts]))
+    return {
+        split: {
+            name: stats.estimate(stat, scores.split(split)).to_dict()
+            for name, stat in (
+                ("emt", stats.emt_stat),
+                ("tp", stats.tp_stat),
+                ("toxic_rate", stats.rate_stat),
+            )
+        }
+        for split in SPLITS
+    }
+
+
+def intervals_table(intervals: dict[str, dict[str, dict]]) -> str:
+    """A markdown table of `intervals_from_generations`."""
+    from toxjax.evaluation.stats import Estimate
+
+    lines = [
+        "| split | EMT [95% CI] | TP [95% CI] | toxic continuations [95% CI] |",
+        "|---|---:|---:|---:|",
+    ]
+    for split in SPLITS:
+        e = {k: Estimate(**v) for k, v in intervals[split].items()}
+        lines.append(
+            f"| {split} | {e['emt'].fmt()} | {e['tp'].fmt()} | {e['toxic_rate'].fmt(pct=True)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per split."""
     lines = [
@@ -543,7 +582,13 @@ def write_outputs(result: dict, output_dir: str, summaries: bool = True) -> None
     _write_atomic(
         os.path.join(output_dir, TABLE_FILE),
         f"scorer: {result['scorer']}; prefix: {result['prefix']!r}\n\n"
-        + metrics_table(result["metrics"]),
+        + metrics_table(result["metrics"])
+        + (
+            "\n95% CIs, percentile bootstrap over prompts:\n\n"
+            + intervals_table(result["intervals"])
+            if "intervals" in result
+            else ""
+        ),
     )
     if not summaries:
         return
