@@ -91,7 +91,9 @@ def test_compiles_for_v4_and_reports_per_device_memory(capsys):
     batch_bytes = 5 * (16 // 4) * 128 * 4  # 5 int32 features, 4 rows per device
     assert result.memory.argument_bytes >= shard_bytes + batch_bytes
     assert result.memory.alias_bytes > 0  # the donated state
-    assert result.memory.fits and 0 < result.memory.peak_bytes < 0.01 * GIB
+    # A tiny model: well under 32 MiB a device, code included (the splash kernels that
+    # "auto" picks for TPU are ~4 MiB of it).
+    assert result.memory.fits and 0 < result.memory.peak_bytes < 32 * 2**20
 
 
 @needs_libtpu
