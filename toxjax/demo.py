@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extra",
         default="",
-        help="also train these strategies, e.g. meda,filter,ctrl (each adds ~15 min)",
+        help="also train these strategies, e.g. meda,filter,ctrl (each adds ~13-20 min)",
     )
     options.add_scorer_flags(p)  # scores documents and samples, as `toxjax score` does
     p.add_argument("--steps", type=int, help="override the training steps per model")
