@@ -14,7 +14,7 @@ def _one(work, pattern):
 
 
 def _reported(work):
-    """report.json without timings and paths: what two identical runs must share."""
+    """report.json without timings: what two identical runs must share."""
     rows = json.loads((work / "report.json").read_text())
     for r in rows:
         del r["minutes"]
