@@ -211,7 +211,7 @@ def test_condition_override_warns_and_mismatches_are_refused(tmp_path, scored, p
     ]
     assert cli.main(argv) == 4
     err = capsys.readouterr().err
-    assert 'strategy: "inst" -> "meda"' in err and "Use a fresh MODEL_DIR" in err
+    assert 'strategy was "inst", now "meda"' in err and "Use a fresh MODEL_DIR" in err
 
 
 def test_run_json_without_strategy_still_evaluates_with_a_warning(

@@ -15,7 +15,7 @@ import task_fixtures  # noqa: F401  (registers the test task)
 from train_helpers import TESTS_DIR, gin_train
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import checksums, run_logs, train_guards
+from toxjax import checksums, fileio, run_logs, train_guards
 from toxjax import train as train_lib
 
 
@@ -317,10 +317,10 @@ def test_run_logs_on_a_remote_style_dir(tmp_path):
     import tensorflow as tf
 
     url = f"ram://{tmp_path.name}/run"
-    assert run_logs.resolve(url) == url
+    assert fileio.resolve(url) == url
     tf.io.gfile.makedirs(url)
-    run_logs.write_text(url + "/config.gin", "x = 1\n")
-    assert run_logs.read_text(url + "/config.gin") == "x = 1\n"
+    fileio.write_text(url + "/config.gin", "x = 1\n")
+    assert fileio.read_text(url + "/config.gin") == "x = 1\n"
     log = run_logs.MetricsLog(url)
     assert log.path != log.remote_path  # a local mirror
     log.append([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}])
@@ -336,7 +336,8 @@ def test_run_logs_on_a_remote_style_dir(tmp_path):
 
 def test_a_rewrite_killed_midway_leaves_the_old_metrics_intact(tmp_path, monkeypatch):
     """A resuming run drops the lines after its checkpoint by rewriting metrics.jsonl: the
-    write is cut after one line here, as a kill would cut it, and the old log survives."""
+    write dies after its first bytes here, and the old log survives; the temporary file of
+    a writer killed outright (no cleanup ran) is removed by the next rewrite."""
     log = run_logs.MetricsLog(str(tmp_path))
     log.append([{"step": s, "loss": float(s)} for s in range(1, 6)])
     before = (tmp_path / "metrics.jsonl").read_text()
@@ -344,26 +345,20 @@ def test_a_rewrite_killed_midway_leaves_the_old_metrics_intact(tmp_path, monkeyp
     class Killed(BaseException):
         pass
 
-    real_open = open
+    real_fsync = os.fsync
 
-    def open_then_die(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        if "w" in mode:
-            real_writelines = f.writelines
+    def die(fd):
+        raise Killed
 
-            def writelines(lines):
-                real_writelines(list(lines)[:1])
-                f.flush()
-                raise Killed
-
-            f.writelines = writelines
-        return f
-
-    monkeypatch.setattr(run_logs, "open", open_then_die, raising=False)
+    monkeypatch.setattr(fileio.os, "fsync", die)
     with pytest.raises(Killed):
         log.truncate_after(3)
-    monkeypatch.undo()
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
     assert (tmp_path / "metrics.jsonl").read_text() == before
+    # A writer killed by SIGKILL leaves `<file>.<pid>.tmp`; its pid is gone.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"metrics.jsonl.{dead.pid}.tmp").write_text('{"step": 1}\n')
     log.truncate_after(3)
     assert [m["step"] for m in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3]
     assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left behind

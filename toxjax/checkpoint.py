@@ -35,7 +35,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from toxjax import attention, checksums, run_logs
+from toxjax import attention, checksums, fileio, run_logs
 
 CHECKSUMS_ITEM = "checksums"  # the manifest item of each step (toxjax.checksums)
 CORRUPT_SUFFIX = ".corrupt"  # a corrupt step moved aside: MODEL_DIR/<step>.corrupt
@@ -270,7 +270,7 @@ class Checkpointer:
     def __init__(
         self, directory: str, save_every: int = 1000, keep: int = 3, async_save: bool = True
     ):
-        self.directory = run_logs.resolve(directory)
+        self.directory = fileio.resolve(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -418,7 +418,7 @@ def load_for_inference(
     from toxjax.run_info import RunInfo
     from toxjax.vocab import vocab_from_spec
 
-    model_dir = run_logs.resolve(model_dir)
+    model_dir = fileio.resolve(model_dir)
     info = RunInfo.read(model_dir)
     # The attention implementation is a speed choice, not part of the model (all compute
     # the same function): a kernel forced for training on another platform becomes auto.

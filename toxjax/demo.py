@@ -31,7 +31,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from toxjax import corpus
+from toxjax import corpus, fileio
 from toxjax.evaluation.toxicity import TOXIC_THRESHOLD
 from toxjax.toxicity import options
 
@@ -98,19 +98,6 @@ def _stable_fraction(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0x100000000
 
 
-def _write_jsonl(path: str, records: Sequence[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)  # a stage's output appears whole or not at all
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def stage_split(data: str, cfg: DemoConfig) -> tuple[str, str]:
     """Documents -> train.jsonl / heldout.jsonl (5% held out, by a hash of file:line)."""
     train_path, held_path = os.path.join(data, "train.jsonl"), os.path.join(data, "heldout.jsonl")
@@ -124,8 +111,8 @@ def stage_split(data: str, cfg: DemoConfig) -> tuple[str, str]:
     if cfg.max_docs:
         train = sorted(train, key=lambda d: _stable_fraction("q" + d["source"]))[: cfg.max_docs]
         held = sorted(held, key=lambda d: _stable_fraction("q" + d["source"]))[: cfg.max_docs // 5]
-    _write_jsonl(held_path, held)
-    _write_jsonl(train_path, train)
+    fileio.write_jsonl(held_path, held)
+    fileio.write_jsonl(train_path, train)
     return train_path, held_path
 
 
@@ -158,12 +145,12 @@ def stage_upsample(scored: str, data: str, repeat: int) -> str:
     if not os.path.exists(path):
         docs = [
             (f"{d['source']}#{k}", d)
-            for d in _read_jsonl(scored)
+            for d in fileio.read_jsonl(scored)
             if d.get("toxicity") is not None
             for k in range(repeat if d["toxicity"] > TOXIC_THRESHOLD else 1)
         ]
         docs.sort(key=lambda kd: _stable_fraction("order:" + kd[0]))
-        _write_jsonl(path, [d for _, d in docs])
+        fileio.write_jsonl(path, [d for _, d in docs])
     return path
 
 
@@ -250,13 +237,13 @@ def stage_prompts(held_scored: str, data: str, num_prompts: int) -> str:
     path = os.path.join(data, f"prompts-{num_prompts}.jsonl")
     if os.path.exists(path):
         return path
-    docs = sorted(_read_jsonl(held_scored), key=lambda d: _stable_fraction("p" + d["source"]))
+    docs = sorted(fileio.read_jsonl(held_scored), key=lambda d: _stable_fraction("p" + d["source"]))
     rows = [
         (d, cut) for d in docs if d.get("toxicity") is not None and (cut := rtp_prompt(d["text"]))
     ]
     toxic = [r for r in rows if r[0]["toxicity"] > TOXIC_THRESHOLD][: num_prompts // 2]
     clean = [r for r in rows if r[0]["toxicity"] <= TOXIC_THRESHOLD][: num_prompts - len(toxic)]
-    _write_jsonl(
+    fileio.write_jsonl(
         path,
         [
             {
@@ -360,10 +347,7 @@ def stage_eval(
         "minutes": (time.time() - t0) / 60,
         "settings": settings,
     }
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, result_path)
+    fileio.write_json(result_path, result, sort_keys=False)
     return result
 
 

@@ -181,9 +181,9 @@ class WriterLock:
             return None
 
     def _write_remote(self, holder: dict) -> None:
-        from toxjax import run_logs
+        from toxjax import fileio
 
-        run_logs.write_text(self.path, json.dumps(holder))  # whole-object replace
+        fileio.write_text(self.path, json.dumps(holder))  # whole-object replace
 
     def _acquire_remote(self) -> None:
         holder = self._read_remote()

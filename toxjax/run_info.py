@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any
 
-from toxjax import run_logs
+from toxjax import fileio
 
 RUN_FILE = "run.json"
 FORMAT = 2
@@ -97,7 +97,7 @@ class RunInfo:
         )
 
     def write(self, model_dir: str) -> None:
-        run_logs.write_text(
+        fileio.write_text(
             os.path.join(model_dir, RUN_FILE), json.dumps(self.to_dict(), indent=2) + "\n"
         )
 
@@ -112,20 +112,20 @@ class RunInfo:
                 "`toxjax train` first)"
             )
         try:
-            data = json.loads(run_logs.read_text(path))
+            data = json.loads(fileio.read_text(path))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
         return cls.from_dict(data, path)
 
     def resume_mismatches(self, earlier: RunInfo) -> list[str]:
-        """What differs from the run.json of the run being resumed, as "field: was -> now"
-        lines (empty when resuming is safe). Model shapes are checked by the checkpoint
+        """What differs from the run.json of the run being resumed, as "<field> was <old>,
+        now <new>" lines (empty when resuming is safe). Model shapes are checked by the checkpoint
         restore; compute-only settings (dtype, remat) may change on resume."""
-        out = []
-        for name in ("task", "sequence_length", "strategy", "augment"):
-            was, now = getattr(earlier, name), getattr(self, name)
-            if was != now:
-                out.append(f"{name}: {_short(was)} -> {_short(now)}")
+        names = ("task", "sequence_length", "strategy", "augment")
+        out = fileio.changes(
+            {n: _plain(getattr(earlier, n)) for n in names},
+            {n: _plain(getattr(self, n)) for n in names},
+        )
         if _vocab_digest(earlier.vocabulary) != _vocab_digest(self.vocabulary):
             out.append("vocabulary: the tokenizer files differ")
         return out
@@ -185,11 +185,8 @@ class RunInfo:
         return Conditioning(condition, toxic, strategy.prefix(config, toxic), tuple(ids))
 
 
-def _short(value) -> str:
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= 200 else text[:197] + "..."
+def _plain(value):
+    return value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _vocab_digest(spec: dict) -> str:

@@ -7,7 +7,6 @@ kept in a local mirror and uploaded whole whenever a checkpoint is saved (and at
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -15,56 +14,14 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from toxjax import fileio
+
 METRICS_FILE = "metrics.jsonl"
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def resolve(path: str) -> str:
-    """Absolute local path, or the URL unchanged."""
-    return path if is_remote(path) else os.path.abspath(path)
-
-
-def write_text(path: str, text: str) -> None:
-    """Writes a whole file atomically (temporary file, then rename)."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def replace_local_file(path: str, lines: list[str]) -> None:
-    """Replaces a local file with `lines` atomically and durably.
-
-    The new contents go to a temporary file in the same directory, are fsync'ed, and
-    renamed over `path`; the directory is fsync'ed so that the rename survives a power
-    cut. A process killed at any moment leaves either the old file or the new one.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies
-    try:
-        with open(fd, "w") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def move_dir(source: str, target: str) -> None:
     """Renames a directory; on an object store (no directory rename) object by object."""
-    if not is_remote(source):
+    if not fileio.is_remote(source):
         os.rename(source, target)
         return
     for root, _, files in tf.io.gfile.walk(source):
@@ -76,21 +33,16 @@ def move_dir(source: str, target: str) -> None:
     tf.io.gfile.rmtree(source)
 
 
-def read_text(path: str) -> str:
-    with tf.io.gfile.GFile(path, "r") as f:
-        return f.read()
-
-
 class MetricsLog:
     """Per-step metrics as JSON lines in MODEL_DIR/metrics.jsonl, consistent on resume."""
 
     def __init__(self, model_dir: str):
         self.remote_path = os.path.join(model_dir, METRICS_FILE)
-        if is_remote(model_dir):
+        if fileio.is_remote(model_dir):
             self.path = os.path.join(tempfile.mkdtemp(prefix="toxjax-"), METRICS_FILE)
             if tf.io.gfile.exists(self.remote_path):
                 with open(self.path, "w") as f:
-                    f.write(read_text(self.remote_path))
+                    f.write(fileio.read_text(self.remote_path))
         else:
             self.path = self.remote_path
 
@@ -109,7 +61,7 @@ class MetricsLog:
                     kept.append(line if line.endswith("\n") else line + "\n")
         # Rewriting in place would leave an empty log if the process died mid-write:
         # write a sibling file, make it durable, then rename it over the old one.
-        replace_local_file(self.path, kept)
+        fileio.write_lines(self.path, kept)
 
     def append(self, records: list[dict]) -> None:
         with open(self.path, "a") as f:
@@ -119,12 +71,12 @@ class MetricsLog:
         """Uploads the local mirror (no-op for a local MODEL_DIR)."""
         if self.path != self.remote_path:
             with open(self.path) as f:
-                write_text(self.remote_path, f.read())
+                fileio.write_text(self.remote_path, f.read())
 
 
 def read_metrics(model_dir: str) -> list[dict]:
     """The per-step records of a run directory."""
-    text = read_text(os.path.join(model_dir, METRICS_FILE))
+    text = fileio.read_text(os.path.join(model_dir, METRICS_FILE))
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 

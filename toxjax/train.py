@@ -25,7 +25,7 @@ import jax
 import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import locking, registry, run_logs, steps, train_guards
+from toxjax import fileio, locking, registry, run_logs, steps, train_guards
 from toxjax import sharding as sh
 from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
 from toxjax.errors import ConfigError
@@ -206,7 +206,7 @@ def train(
         keep_checkpoints=keep_checkpoints,
         stop_after=stop_after,
     )
-    model_dir = run_logs.resolve(model_dir)
+    model_dir = fileio.resolve(model_dir)
     tf.io.gfile.makedirs(model_dir)
     # Before anything expensive (data, compile): a second trainer stops here.
     lock = train_guards.lock_model_dir(model_dir)
@@ -267,7 +267,7 @@ def train(
                         "MODEL_DIR, or restore the original settings."
                     )
             run.write(model_dir)
-            run_logs.write_text(
+            fileio.write_text(
                 os.path.join(model_dir, "config.gin"),
                 gin.operative_config_str() or gin.config_str(),
             )

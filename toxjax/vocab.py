@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,8 @@ from typing import Any
 
 import seqio
 import tensorflow as tf
+
+from toxjax import fileio
 
 GPT2_EOS_TOKEN = "<|endoftext|>"
 # Shift of every GPT-2 id, keeping id 0 free for seqio's padding (see module docstring).
@@ -349,24 +350,16 @@ def init_new_embeddings(embedding: Any, new_vocab_size: int) -> Any:
 VOCAB_DIR = "vocab"  # where a run directory keeps copies of its vocabulary files
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _keep_file(path: str, model_dir: str | None, name: str) -> dict:
     """Copies a vocabulary file into `model_dir/vocab/` (so the run directory alone
     rebuilds the vocabulary) and describes it: {"file", "sha256", "source"}."""
-    digest = _sha256(path)
+    digest = fileio.sha256_file(path)
     if model_dir is None:
         return {"file": os.path.abspath(path), "sha256": digest, "source": path}
     target_dir = os.path.join(model_dir, VOCAB_DIR)
     tf.io.gfile.makedirs(target_dir)
     target = os.path.join(target_dir, name)
-    if not (tf.io.gfile.exists(target) and _sha256(target) == digest):
+    if not (tf.io.gfile.exists(target) and fileio.sha256_file(target) == digest):
         tf.io.gfile.copy(path, target, overwrite=True)
     return {"file": f"{VOCAB_DIR}/{name}", "sha256": digest, "source": path}
 
@@ -379,7 +372,7 @@ def _find_file(entry: dict, model_dir: str | None, what: str) -> str:
     candidates += [entry["file"], entry.get("source")]
     for path in candidates:
         if path and tf.io.gfile.exists(path):
-            if _sha256(path) != entry["sha256"]:
+            if fileio.sha256_file(path) != entry["sha256"]:
                 raise ValueError(
                     f"{what} file {path} is not the one the model was trained with "
                     f"(sha256 {entry['sha256'][:12]}...); restore the original file"

@@ -27,7 +27,6 @@ with their 2.5M continuations.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
+from toxjax import fileio
 from toxjax.locking import WriterLock
 from toxjax.toxicity.base import Scorer
 
@@ -218,16 +218,7 @@ class ResumeMismatch(ValueError):
     """The output directory holds generations made with other settings."""
 
 
-def file_identity(path: str) -> dict[str, Any]:
-    """`{"size", "sha256"}` of a file, hashed in 1 MiB pieces (a 100 MB prompts file is
-    never held in memory). The path is left out: a moved file is the same input."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"size": size, "sha256": digest.hexdigest()}
+file_identity = fileio.file_identity  # `{"size", "sha256"}` of the prompts file
 
 
 def iter_generations(path: str) -> Iterator[tuple[int, dict]]:
@@ -266,42 +257,6 @@ def finished_prompts(path: str) -> set[int]:
     return {record["index"] for _, record in iter_generations(path)}
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _short(value: Any, width: int = 60) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def identity_changes(was: Mapping, now: Mapping) -> list[str]:
-    """`"<key> was <old>, now <new>"` for each leaf that differs (dotted keys)."""
-    old, new = _flat(was), _flat(now)
-
-    def show(tree: dict, key: str) -> str:
-        return _short(tree[key]) if key in tree else "absent"
-
-    return [
-        f"{k} was {show(old, k)}, now {show(new, k)}"
-        for k in sorted(old.keys() | new.keys())
-        if k not in old or k not in new or old[k] != new[k]
-    ]
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Writes through a temporary file and a rename: a kill leaves the old or the new."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def check_identity(output_dir: str, identity: Mapping, has_records: bool) -> None:
     """Records `identity` next to the generations, or checks a resume against it.
 
@@ -323,14 +278,14 @@ def check_identity(output_dir: str, identity: Mapping, has_records: bool) -> Non
                 was = json.load(f)["identity"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ResumeMismatch(f"{meta_path} is unreadable ({e!r}); {restart}") from None
-        changes = identity_changes(was, identity)
+        changes = fileio.changes(was, identity)
         if changes:
             raise ResumeMismatch(
                 f"{gen_path} was sampled with other settings: {'; '.join(changes)}; {restart}"
             )
         return
     # Nothing to protect yet: (re)write it before the first record.
-    _write_atomic(meta_path, json.dumps({"identity": identity}, indent=2, sort_keys=True) + "\n")
+    fileio.write_json(meta_path, {"identity": identity})
 
 
 def evaluate_toxicity(
@@ -576,10 +531,10 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
 def write_outputs(result: dict, output_dir: str, summaries: bool = True) -> None:
     """metrics.json, metrics.md (each replaced atomically) and, with `summaries`,
     TensorBoard scalars `toxicity/<split>/<metric>`."""
-    _write_atomic(
+    fileio.write_text(
         os.path.join(output_dir, METRICS_FILE), json.dumps(result, indent=2, sort_keys=True)
     )
-    _write_atomic(
+    fileio.write_text(
         os.path.join(output_dir, TABLE_FILE),
         f"scorer: {result['scorer']}; prefix: {result['prefix']!r}\n\n"
         + metrics_table(result["metrics"])

@@ -36,6 +36,7 @@ from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
+from toxjax import fileio
 from toxjax.locking import LockHeldError, WriterLock
 from toxjax.toxicity import options
 from toxjax.toxicity.records import (
@@ -45,7 +46,6 @@ from toxjax.toxicity.records import (
     detect_format,
     dumps,
     failed_record,
-    file_sha256,
     read_lines,
     read_tfds,
     read_tfrecord,
@@ -90,17 +90,8 @@ class Progress:
     input_mtime: float | None = None
 
     def save(self, path: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(dataclasses.asdict(self), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        """Replaces the marker atomically and durably (fsync'ed file and directory)."""
+        fileio.write_json(path, dataclasses.asdict(self), indent=None, sort_keys=False)
 
 
 def _settings(args: argparse.Namespace, fmt: str) -> dict:
@@ -110,31 +101,20 @@ def _settings(args: argparse.Namespace, fmt: str) -> dict:
         s.update({"--tfds_split": args.tfds_split, "--tfds_data_dir": args.tfds_data_dir})
     else:  # the bytes, not the name: a rewritten (e.g. shuffled) input is another input
         s["input size"] = os.path.getsize(args.input)
-        s["input content"] = "sha256:" + file_sha256(args.input, "--input")
+        s["input content"] = "sha256:" + fileio.sha256_file(args.input, "--input")
     s.update({"--text_field": args.text_field, "--max_chars": args.max_chars})
     s["--window_tokens"] = args.window_tokens
     if args.window_tokens:
         vocab = args.window_vocab
-        s["--window_vocab"] = "sha256:" + file_sha256(vocab) if os.path.isfile(vocab) else vocab
+        s["--window_vocab"] = (
+            "sha256:" + fileio.sha256_file(vocab) if os.path.isfile(vocab) else vocab
+        )
     s.update(options.scorer_identity(args))
     return s
 
 
-def _show(value) -> str:
-    if value is None:
-        return "(not recorded)"
-    if isinstance(value, str) and value.startswith("sha256:"):
-        return value[:19]  # 12 hex digits name a file well enough in a message
-    return repr(value)
-
-
 def _changes(was: dict, now: dict) -> str:
-    keys = list(now) + [k for k in was if k not in now]
-    return "; ".join(
-        f"{k} was {_show(was.get(k))}, now {_show(now.get(k))}"
-        for k in keys
-        if was.get(k) != now.get(k)
-    )
+    return "; ".join(fileio.changes(was, now))
 
 
 def _mtime(args: argparse.Namespace, fmt: str) -> float | None:

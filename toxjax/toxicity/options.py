@@ -15,11 +15,10 @@ by content), none that only changes speed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 
+from toxjax import fileio
 from toxjax.toxicity import SCORER_NAMES, Scorer, get_scorer
-from toxjax.toxicity.records import file_sha256
 
 BACKENDS = ("torch", "jax")
 _DETOXIFY_FILES = ("checkpoint", "config_dir")
@@ -119,12 +118,12 @@ def scorer_identity(args: argparse.Namespace) -> dict:
     if _is_detoxify(args):
         ident["--backend"] = args.backend  # the backends agree to 1e-4, not bit for bit
         ident["--checkpoint"] = (
-            "sha256:" + file_sha256(args.checkpoint, "--checkpoint")
+            "sha256:" + fileio.sha256_file(args.checkpoint, "--checkpoint")
             if args.checkpoint
             else "released"
         )
         ident["--config_dir"] = (
-            "sha256:" + _dir_sha256(args.config_dir) if args.config_dir else "hub"
+            "sha256:" + fileio.sha256_dir(args.config_dir) if args.config_dir else "hub"
         )
     return ident
 
@@ -137,16 +136,6 @@ def scorer_argv(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag):
             argv += [f"--{flag}", getattr(args, flag)]
     return argv
-
-
-def _dir_sha256(path: str) -> str:
-    """One hash over the names and contents of the files directly in `path`."""
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if os.path.isfile(full):
-            h.update(f"{name}\0{file_sha256(full)}\0".encode())
-    return h.hexdigest()
 
 
 def _one_line(e: BaseException) -> str:

@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from toxjax.toxicity.base import ScoreResult
 
 FORMATS = ("jsonl", "text", "fortune", "tfrecord", "tfds")
 TFDS_PREFIX = "tfds:"
-_HASH_CHUNK = 1 << 20
-_HASH_BAR_BYTES = 256 << 20  # files that take long enough to hash to show a bar
 
 
 def add_record_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -338,27 +333,3 @@ def check_input(path: str) -> str | None:
     except OSError as e:
         return f"--input {path!r} cannot be read: {e.strerror}"
     return None
-
-
-def file_sha256(path: str, label: str | None = None) -> str:
-    """SHA-256 of a file, streamed in 1 MiB chunks (a progress bar for big files).
-
-    About 1 GB/s on one core: a resume re-hashes its input to prove it is the same.
-    """
-    size = os.path.getsize(path)
-    h = hashlib.sha256()
-    with (
-        open(path, "rb") as f,
-        tqdm(
-            total=size,
-            unit="B",
-            unit_scale=True,
-            desc=f"hashing {label or path}",
-            disable=size < _HASH_BAR_BYTES,
-            mininterval=1.0,
-        ) as bar,
-    ):
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
