@@ -22,6 +22,7 @@ from train_helpers import gin_train
 from toxjax import checkpoint as ckpt_lib
 from toxjax import checksums, run_logs
 from toxjax import train as train_lib
+from toxjax.run_dir import RunDir
 
 COMMON = ("NUM_STEPS = 6", "train.checkpoint_every = 3")
 ADAM_MU = "opt_state/1/0/mu/embedding"  # clip_by_global_norm, then AdamW's moments
@@ -109,7 +110,7 @@ def test_damaged_checkpoints_are_named_skipped_and_never_trained_from(tmp_path, 
 
     # 1. One flipped bit in an Adam moment of step 6: named exactly, run resumes from 3.
     _flip_one_bit(run / "6", ADAM_MU)
-    assert ckpt_lib.load_for_inference(str(run), step=6).step == 6  # its params are intact
+    assert RunDir.open(str(run)).load(step=6).step == 6  # its params are intact
     capfd.readouterr()
     resumed = gin_train(run, *COMMON)
     err = capfd.readouterr().err
@@ -136,13 +137,13 @@ def test_damaged_checkpoints_are_named_skipped_and_never_trained_from(tmp_path, 
     # refused, the newest is skipped for an intact one; the run directory is not changed.
     _flip_one_bit(run / "6", PARAM)
     with pytest.raises(ckpt_lib.CorruptCheckpointError) as e:
-        ckpt_lib.load_for_inference(str(run), step=6)
+        RunDir.open(str(run)).load(step=6)
     assert str(e.value) == (
         f"checkpoint step 6 ({run}/6) is corrupt: {PARAM} differs from the checksum "
         "recorded at save"
     )
     warnings = []
-    assert ckpt_lib.load_for_inference(str(run), warn=warnings.append).step == 3
+    assert RunDir.open(str(run)).load(warn=warnings.append).step == 3
     assert warnings == [f"{e.value}; skipped it; using step 3"]
     assert _steps(run) == [3, 6]
 

@@ -10,9 +10,9 @@ import pytest
 import seqio
 from flax.core import meta
 
-from toxjax import checkpoint
 from toxjax import eval as eval_cli
 from toxjax.evaluation import report
+from toxjax.run_dir import LoadedModel, RunDir
 
 
 @pytest.fixture()
@@ -31,10 +31,8 @@ def fake_checkpoint(monkeypatch, tmp_path):
     run.write(str(tmp_path / "run"))
     model = DecoderLM(cfg)
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    bundle = checkpoint.InferenceBundle(
-        model=model, params=params, vocabulary=vocab, config=cfg, step=7, run=run
-    )
-    monkeypatch.setattr(checkpoint, "load_for_inference", lambda model_dir, step=None: bundle)
+    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=7, run=run)
+    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
     return bundle
 
 
@@ -166,7 +164,7 @@ def test_eval_toxicity_bad_prompts_is_one_line_before_the_model_loads(
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the prompts were checked")
 
-    monkeypatch.setattr(checkpoint, "load_for_inference", no_model)
+    monkeypatch.setattr(RunDir, "load", no_model)
     bad = tmp_path / "rtp.jsonl"
     bad.write_text(json.dumps({"prompt": {"text": "ok"}}) + "\n" + '{"prompt": {}}\n')
     args = ["toxicity", "--model_dir", str(tmp_path / "run"), "--scorer", "profanity-check"]
@@ -181,7 +179,7 @@ def test_scorer_flags_are_checked_before_the_model_loads(tmp_path, monkeypatch, 
     def loaded(*args, **kwargs):
         raise AssertionError("the model loaded before the scorer flags were checked")
 
-    monkeypatch.setattr(checkpoint, "load_for_inference", loaded)
+    monkeypatch.setattr(RunDir, "load", loaded)
     prompts = tmp_path / "rtp.jsonl"
     prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
     base = ["toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", str(prompts)]
@@ -241,3 +239,100 @@ def test_a_second_eval_on_one_output_is_refused(tmp_path, fake_checkpoint, capsy
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_eval_limit_zero_is_refused_in_one_line(tmp_path, fake_checkpoint, capsys):
+    """Issue 24 item 15, through the CLI."""
+    prompts = tmp_path / "rtp.jsonl"
+    prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
+    args = ["toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", str(prompts)]
+    assert eval_cli.main([*args, "--scorer", "profanity-check", "--limit", "0"]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+    assert err == [
+        "toxjax eval toxicity: --prompts: limit must be a positive number of prompts, got 0"
+    ]
+
+
+def _toxicity_eval(run_dir, prompts, *flags):
+    return eval_cli.main(
+        [
+            "toxicity",
+            "--model_dir",
+            str(run_dir),
+            "--prompts",
+            str(prompts),
+            "--scorer",
+            "profanity-check",
+            "--max_new_tokens",
+            "4",
+            "--batch_size",
+            "2",
+            *flags,
+        ]
+    )
+
+
+def test_report_refuses_runs_that_are_not_comparable(tmp_path, fake_checkpoint, capsys):
+    """Issue 24 item 9: `toxjax report` compared runs with other prompt files, sample
+    counts or scorers without a word, and its change columns looked like a result."""
+    prompts = tmp_path / "rtp.jsonl"
+    rows = [("Hello there", 0.1), ("You are", 0.8), ("So", 0.3), ("Well", 0.6)]
+    prompts.write_text(
+        "".join(json.dumps({"prompt": {"text": t, "toxicity": x}}) + "\n" for t, x in rows)
+    )
+    run = tmp_path / "run"
+    same = ["--num_decodes", "2"]
+    assert _toxicity_eval(run, prompts, *same, "--output_dir", str(tmp_path / "a" / "t")) == 0
+    assert _toxicity_eval(run, prompts, *same, "--output_dir", str(tmp_path / "b" / "t")) == 0
+    assert (
+        _toxicity_eval(
+            run, prompts, "--num_decodes", "3", "--output_dir", str(tmp_path / "c" / "t")
+        )
+        == 0
+    )
+    capsys.readouterr()
+    out = tmp_path / "report"
+    ok = ["--run", f"a={tmp_path / 'a'}", "--run", f"b={tmp_path / 'b'}", "--output_dir", str(out)]
+    assert report.main(ok) == 0
+    text = (out / "report.md").read_text()
+    # Comparable runs with their samples: the CI table of toxjax.evaluation.compare.
+    assert "| model (condition) | toxic samples [95% CI] |" in text and "| b |" in text
+    assert json.load(open(out / "report.json"))["warnings"] == []
+    capsys.readouterr()
+    bad = [
+        "--run",
+        f"a={tmp_path / 'a'}",
+        "--run",
+        f"c={tmp_path / 'c'}",
+        "--output_dir",
+        str(tmp_path / "r2"),
+    ]
+    assert report.main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "not comparable" in err[0]
+        and "sampling.num_decodes was 2, now 3" in err[0]
+    )
+    assert not (tmp_path / "r2").exists()
+    assert report.main([*bad, "--allow_mismatch"]) == 0
+    text = (tmp_path / "r2" / "report.md").read_text()
+    assert text.startswith(
+        "> **NOT COMPARABLE: c (none) vs a (none): sampling.num_decodes was 2, now 3**"
+    )
+
+
+def test_report_bad_inputs_are_one_line(tmp_path, capsys):
+    """Issue 24 item 16: `toxjax report` bad inputs gave tracebacks."""
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken" / "toxicity-x"
+    broken.mkdir(parents=True)
+    (broken / "metrics.json").write_text("{not json")
+    for spec, message in (
+        (f"a={tmp_path / 'missing'}", "is not a directory of `toxjax eval` results"),
+        (f"a={tmp_path / 'empty'}", "no metrics.json under"),
+        (f"a={tmp_path / 'broken'}", "metrics.json: not a toxjax eval metrics.json"),
+    ):
+        assert report.main(["--run", spec, "--output_dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -12,8 +12,10 @@ import seqio
 from flax.core import meta
 
 from toxjax import decode
+from toxjax.evaluation import generations, metrics
 from toxjax.evaluation import toxicity as tox
 from toxjax.evaluation.lm import ModelLM
+from toxjax.evaluation.prompts import load_prompts
 from toxjax.toxicity.base import ScoreResult
 
 SCORES = [[0.2, None, 0.8], [0.5, 0.5, None], [None, None], [0.1, 0.3], [0.6, 0.51]]
@@ -21,7 +23,7 @@ PROMPT_TOX = [0.9, 0.5, 0.1, None, 0.7]
 
 
 def test_metrics_hand_computed_with_failures_and_ties():
-    m = tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    m = metrics.toxicity_metrics(SCORES, PROMPT_TOX)
     # full: maxima 0.8, 0.5 (a tie at 0.5 is not toxic), 0.3, 0.6; prompt 2 all failed
     assert m["full"]["emt"] == pytest.approx(2.2 / 4)
     assert m["full"]["emt_std"] == pytest.approx(math.sqrt(0.13 / 4))
@@ -48,7 +50,7 @@ def test_metrics_hand_computed_with_failures_and_ties():
 
 
 def test_metrics_empty_split_is_nan_not_zero():
-    m = tox.toxicity_metrics([[0.9]], [0.1])
+    m = metrics.toxicity_metrics([[0.9]], [0.1])
     assert math.isnan(m["toxic"]["emt"]) and math.isnan(m["toxic"]["tp"])
     assert m["nontoxic"]["tp"] == 1.0
 
@@ -70,7 +72,7 @@ def write_prompts(path, n=5):
 def test_load_prompts_and_errors_name_file_and_line(tmp_path):
     path = str(tmp_path / "rtp.jsonl")
     write_prompts(path)
-    prompts = tox.load_prompts(path)
+    prompts = load_prompts(path)
     assert [(p.index, p.text, p.toxicity, p.challenging) for p in prompts[:2]] == [
         (0, "prompt 0", 0.9, True),
         (1, "prompt 1", 0.5, False),
@@ -80,14 +82,14 @@ def test_load_prompts_and_errors_name_file_and_line(tmp_path):
     with open(path, "a") as f:
         f.write('{"prompt": {"toxicity": 0.2}}\n')
     with pytest.raises(ValueError, match=r"rtp.jsonl:6: expected"):
-        tox.load_prompts(path)
+        load_prompts(path)
     with open(path, "a") as f:
         f.write("{not json\n")
     with pytest.raises(ValueError, match=r"rtp.jsonl:6"):
-        tox.load_prompts(path)
-    assert len(tox.load_prompts(path, limit=3)) == 3
+        load_prompts(path)
+    assert len(load_prompts(path, limit=3)) == 3
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        tox.load_prompts(str(tmp_path / "missing.jsonl"))
+        load_prompts(str(tmp_path / "missing.jsonl"))
 
 
 class FakeScorer:
@@ -120,7 +122,7 @@ class FakeGenerator:
 def test_evaluate_resumes_without_resampling(tmp_path):
     path = str(tmp_path / "rtp.jsonl")
     write_prompts(path)
-    prompts = tox.load_prompts(path)
+    prompts = load_prompts(path)
     out = str(tmp_path / "out")
     first = FakeGenerator(crash_after=2)
     with pytest.raises(KeyboardInterrupt):
@@ -136,7 +138,7 @@ def test_evaluate_resumes_without_resampling(tmp_path):
         )
     assert first.seen == [0, 1]
     # a torn last line from the kill is dropped and re-sampled
-    with open(os.path.join(out, tox.GENERATIONS_FILE), "a") as f:
+    with open(os.path.join(out, generations.GENERATIONS_FILE), "a") as f:
         f.write('{"index": 2, "prompt": "pro')
     second = FakeGenerator()
     result = tox.evaluate_toxicity(
@@ -151,9 +153,9 @@ def test_evaluate_resumes_without_resampling(tmp_path):
         progress=False,
     )
     assert second.seen == [2, 3, 4]
-    assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    assert result["metrics"] == metrics.toxicity_metrics(SCORES, PROMPT_TOX)
     assert result["model_dir"] == "m" and result["sampled_prompts_this_run"] == 3
-    records = [json.loads(x) for x in open(os.path.join(out, tox.GENERATIONS_FILE))]
+    records = [json.loads(x) for x in open(os.path.join(out, generations.GENERATIONS_FILE))]
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
     assert records[0]["continuations"][1] == {"text": "fail", "toxicity": None, "error": "boom"}
     assert json.load(open(os.path.join(out, tox.METRICS_FILE)))["metrics"]["full"]["tp"] == 0.5
@@ -178,13 +180,15 @@ def test_evaluate_resumes_without_resampling(tmp_path):
 
 def test_corrupt_middle_line_is_an_error_and_a_torn_tail_is_cut(tmp_path):
     path = tmp_path / "generations.jsonl"
-    path.write_text('{"index": 0}\n{broken\n{"index": 2}\n')
+    path.write_text('{"index": 0, "continuations": []}\n{broken\n{"index": 2}\n')
     with pytest.raises(ValueError, match="generations.jsonl:2"):
-        tox.finished_prompts(str(path))
+        generations.finished_prompts(str(path))
     # complete JSON without its newline is torn too: cut, so the next append is clean
-    path.write_text('{"index": 0}\n{"index": 1}')
-    assert tox.finished_prompts(str(path)) == {0}
-    assert path.read_text() == '{"index": 0}\n'
+    path.write_text('{"index": 0, "continuations": []}\n{"index": 1, "continuations": []}')
+    assert generations.finished_prompts(str(path)) == {0}  # a reader leaves the file alone
+    assert path.read_text().endswith('{"index": 1, "continuations": []}')
+    assert generations.finished_prompts(str(path), repair=True) == {0}  # the writer cuts it
+    assert path.read_text() == '{"index": 0, "continuations": []}\n'
 
 
 IDENTITY = {
@@ -216,23 +220,23 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path):
     the old generations are not silently reused; the same settings resume exactly."""
     path = str(tmp_path / "rtp.jsonl")
     write_prompts(path)
-    prompts = tox.load_prompts(path)
+    prompts = load_prompts(path)
     out = str(tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):
         run_eval(prompts, out, FakeGenerator(crash_after=2))
-    meta = json.load(open(os.path.join(out, tox.META_FILE)))["identity"]
+    meta = json.load(open(os.path.join(out, generations.META_FILE)))["identity"]
     assert meta["model"]["step"] == 54 and meta["scorer"] == "fake"
     assert meta["prefix_ids"] == [7, 8]
 
     trained = {**IDENTITY, "model": {**IDENTITY["model"], "step": 60}}
-    with pytest.raises(tox.ResumeMismatch, match=r"model\.step was 54, now 60; rerun with"):
+    with pytest.raises(generations.ResumeMismatch, match=r"model\.step was 54, now 60; rerun with"):
         run_eval(prompts, out, FakeGenerator(), identity=trained)
     other = {
         **IDENTITY,
         "prompts": {"size": 11, "sha256": "cd"},
         "sampling": {"num_decodes": 5, "top_p": 0.9},
     }
-    with pytest.raises(tox.ResumeMismatch) as err:
+    with pytest.raises(generations.ResumeMismatch) as err:
         run_eval(prompts, out, FakeGenerator(), identity=other)
     assert str(err.value).count("\n") == 0
     for change in (
@@ -241,7 +245,7 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path):
         "sampling.num_decodes was 3, now 5",
     ):
         assert change in str(err.value)
-    with pytest.raises(tox.ResumeMismatch, match=r"prefix_ids was \[7, 8\], now \[7, 9\]"):
+    with pytest.raises(generations.ResumeMismatch, match=r"prefix_ids was \[7, 8\], now \[7, 9\]"):
         tox.evaluate_toxicity(
             FakeGenerator(), FakeScorer(), prompts, out, "PFX ", [7, 9], identity=IDENTITY
         )
@@ -249,31 +253,33 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path):
     gen = FakeGenerator()
     result = run_eval(prompts, out, gen)  # the same settings: continues where it stopped
     assert gen.seen == [2, 3, 4]
-    assert result["metrics"] == tox.toxicity_metrics(SCORES, PROMPT_TOX)
+    assert result["metrics"] == metrics.toxicity_metrics(SCORES, PROMPT_TOX)
     fresh = str(tmp_path / "fresh")
     run_eval(prompts, fresh, FakeGenerator())
-    gens = tox.GENERATIONS_FILE
+    gens = generations.GENERATIONS_FILE
     assert open(os.path.join(out, gens)).read() == open(os.path.join(fresh, gens)).read()
 
     # --overwrite starts over with the new settings; an old file without identity is refused
     gen = FakeGenerator()
     run_eval(prompts, out, gen, identity=trained, overwrite=True)
     assert gen.seen == [0, 1, 2, 3, 4]
-    assert json.load(open(os.path.join(out, tox.META_FILE)))["identity"]["model"]["step"] == 60
-    os.remove(os.path.join(out, tox.META_FILE))
-    with pytest.raises(tox.ResumeMismatch, match="no generations.meta.json"):
+    assert (
+        json.load(open(os.path.join(out, generations.META_FILE)))["identity"]["model"]["step"] == 60
+    )
+    os.remove(os.path.join(out, generations.META_FILE))
+    with pytest.raises(generations.ResumeMismatch, match="no generations.meta.json"):
         run_eval(prompts, out, FakeGenerator())
 
 
 def test_metrics_stream_from_the_file_and_refuse_a_duplicate(tmp_path):
     path = str(tmp_path / "rtp.jsonl")
     write_prompts(path)
-    prompts = tox.load_prompts(path)
+    prompts = load_prompts(path)
     out = str(tmp_path / "out")
     run_eval(prompts, out, FakeGenerator())
-    gen_path = os.path.join(out, tox.GENERATIONS_FILE)
+    gen_path = os.path.join(out, generations.GENERATIONS_FILE)
     # the first three prompts only (a smaller --limit): records of others are skipped
-    want = tox.toxicity_metrics(SCORES[:3], PROMPT_TOX[:3])
+    want = metrics.toxicity_metrics(SCORES[:3], PROMPT_TOX[:3])
     assert tox.metrics_from_generations(gen_path, prompts[:3]) == want
     lines = open(gen_path).readlines()
     with open(gen_path, "a") as f:
@@ -284,7 +290,9 @@ def test_metrics_stream_from_the_file_and_refuse_a_duplicate(tmp_path):
 
 KILLED_RUN = """
 import sys, time
+from toxjax.evaluation import generations, metrics
 from toxjax.evaluation import toxicity as tox
+from toxjax.evaluation.prompts import load_prompts
 from toxjax.toxicity.base import ScoreResult
 
 class Gen:
@@ -300,7 +308,7 @@ class Scorer:
         return [ScoreResult.failed("boom") if t == "fail" else ScoreResult({"toxicity": float(t)})
                 for t in texts]
 
-prompts = tox.load_prompts(sys.argv[1])
+prompts = load_prompts(sys.argv[1])
 tox.evaluate_toxicity(Gen(), Scorer(), prompts, sys.argv[2], batch_size=3, progress=False,
                       identity={"seed": 0}, summaries=False)
 """
@@ -336,7 +344,7 @@ def test_kill_9_at_any_moment_resumes_byte_identical(tmp_path):
     proc = start(whole)
     assert proc.wait(timeout=120) == 0, proc.stderr.read().decode()
     killed = tmp_path / "killed"
-    gens = killed / tox.GENERATIONS_FILE
+    gens = killed / generations.GENERATIONS_FILE
 
     def lines():
         return gens.read_bytes().count(b"\n") if gens.exists() else 0
@@ -356,7 +364,7 @@ def test_kill_9_at_any_moment_resumes_byte_identical(tmp_path):
         if after == "finish":
             assert rc == 0, proc.stderr.read().decode()
     assert kills >= 6
-    for name in (tox.GENERATIONS_FILE, tox.META_FILE):
+    for name in (generations.GENERATIONS_FILE, generations.META_FILE):
         assert (killed / name).read_bytes() == (whole / name).read_bytes(), name
     got, want = (json.loads((d / tox.METRICS_FILE).read_text()) for d in (killed, whole))
     assert got["metrics"] == want["metrics"]
@@ -422,3 +430,41 @@ def test_model_lm_loglikelihood_matches_manual_sum(tiny_lm):
     assert ll.logprob == pytest.approx(float(want), rel=1e-5)
     greedy = all(np.argmax(logp[i - 1]) == ids[i] for i in range(len(ids) - 3, len(ids)))
     assert ll.is_greedy == greedy
+
+
+@pytest.mark.parametrize(
+    "toxicity,message",
+    [
+        ("true", "prompt.toxicity must be a number in [0, 1] or null, got True"),
+        ("7.5", "prompt.toxicity must be in [0, 1] or null, got 7.5"),
+        ("NaN", "prompt.toxicity must be in [0, 1] or null, got nan"),
+        ('"0.3"', "prompt.toxicity must be a number in [0, 1] or null, got '0.3'"),
+    ],
+)
+def test_a_prompt_toxicity_that_is_not_a_probability_is_refused(tmp_path, toxicity, message):
+    """Issue 24 item 15: `true`, `7.5` and `NaN` were accepted (NaN landed in the
+    non-toxic split)."""
+    path = tmp_path / "rtp.jsonl"
+    path.write_text(
+        '{"prompt": {"text": "fine", "toxicity": 0.2}}\n'
+        f'{{"prompt": {{"text": "bad", "toxicity": {toxicity}}}}}\n'
+    )
+    with pytest.raises(ValueError) as e:
+        load_prompts(str(path))
+    assert str(e.value) == f"{path}:2: {message}"
+
+
+def test_limit_must_be_positive_and_a_bad_encoding_names_the_line(tmp_path):
+    """Issue 24 item 15: `--limit 0` evaluated one prompt; a non-UTF-8 file was reported
+    without its file and line."""
+    path = tmp_path / "rtp.jsonl"
+    write_prompts(str(path))
+    for bad in (0, -3):
+        with pytest.raises(
+            ValueError, match=f"limit must be a positive number of prompts, got {bad}"
+        ):
+            load_prompts(str(path), limit=bad)
+    with open(path, "ab") as f:
+        f.write(b'{"prompt": {"text": "caf\xe9"}}\n')
+    with pytest.raises(ValueError, match=rf"{path}:6: not valid UTF-8"):
+        load_prompts(str(path))

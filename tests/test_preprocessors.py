@@ -200,14 +200,14 @@ def test_conditioning_prefix_strings():
         conditioning_prefix("medaa")
 
 
-@pytest.mark.parametrize("strategy", ["meda", "inst", "ctrl"])
+@pytest.mark.parametrize("strategy", [s for s, e in STRATEGIES.items() if e.conditioned])
 def test_conditioning_prefix_equals_training_prefix_non_toxic(gpt2, strategy):
     config = AugmentConfig(ctrl_untagged_fraction=0.0, sample_tokens=64)
-    vocab = ControlTokenVocabulary(gpt2, config.ctrl_tokens) if strategy == "ctrl" else gpt2
+    tokens = STRATEGIES[strategy].control_tokens(config)
+    vocab = ControlTokenVocabulary(gpt2, tokens) if tokens else gpt2
     text = "A calm, friendly sentence."
-    # MEDA's non-toxic condition is score 0.0; INST/ctrl's is any score <= threshold.
-    score = 0.0 if strategy == "meda" else 0.5
-    ds = pipeline.precache(_records([(text, score, None)]), _features(vocab), strategy, config)
+    # A score of 0.0 is every strategy's non-toxic condition (MEDA's inference score).
+    ds = pipeline.precache(_records([(text, 0.0, None)]), _features(vocab), strategy, config)
     with seqio.utils.map_seed_manager(0):
         (sample,) = pipeline.augment(ds, _features(vocab), strategy, config).as_numpy_iterator()
     ids = conditioning_prefix_ids(strategy, vocab, config=config)

@@ -13,8 +13,8 @@ Restore is verified: each save also writes a `checksums` item (digests of every 
 and of the data position, `toxjax.checksums`) in the same atomic step, and a restore
 recomputes them. A step whose arrays differ from their checksums, or that cannot be
 read (a truncated file), raises `CorruptCheckpointError` naming the step and the array.
-`Checkpointer.restore_latest` (training) and `load_for_inference` without an explicit
-step then fall back to the newest intact step with a warning; the trainer moves the
+`Checkpointer.restore_latest` (training) and `toxjax.run_dir.RunDir.load` without an
+explicit step then fall back to the newest intact step with a warning; the trainer moves the
 corrupt step aside to `<step>.corrupt` before it trains on. A corrupt step is never
 trained from, and a step asked for by number is never silently replaced.
 """
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import gc
 import logging
 import sys
@@ -35,7 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from toxjax import attention, checksums, fileio, run_logs
+from toxjax import checksums, fileio, run_logs
 
 CHECKSUMS_ITEM = "checksums"  # the manifest item of each step (toxjax.checksums)
 CORRUPT_SUFFIX = ".corrupt"  # a corrupt step moved aside: MODEL_DIR/<step>.corrupt
@@ -387,99 +386,33 @@ class Checkpointer:
         self.manager.close()
 
 
-@dataclasses.dataclass
-class InferenceBundle:
-    """What the sampler and the evals need from a run directory."""
+def read_params(abstract_params, directory: str, step: int, step_dir) -> tuple[dict, dict]:
+    """Reads only the parameters of a step (not the optimizer state), onto this process's
+    default device, after a strict name and shape check: `read_verified`'s `read`.
 
-    model: Any  # toxjax.model.DecoderLM
-    params: Any
-    vocabulary: Any  # seqio.Vocabulary
-    config: Any  # toxjax.model.ModelConfig
-    step: int
-    run: Any  # toxjax.run_info.RunInfo: how the model was trained (strategy, augment, ...)
+    Args:
+      abstract_params: the model's parameter shapes (`jax.eval_shape` of its init).
+      directory, step: for messages.
+      step_dir: the step's directory.
 
-    @property
-    def run_info(self) -> dict:
-        """run.json as a dict."""
-        return self.run.to_dict()
-
-
-def load_for_inference(
-    model_dir: str, step: int | None = None, warn: Callable[[str], None] = _warn
-) -> InferenceBundle:
-    """Loads the newest (or given) checkpoint's parameters, model config and vocabulary.
-
-    The parameters are verified against the checksums recorded at save. Without `step`,
-    a corrupt newest step is skipped (with a warning naming it) for the newest intact
-    one; nothing is moved, the run directory is only read. A `step` asked for by number
-    is never replaced: if it is corrupt, `CorruptCheckpointError` names it.
+    Returns:
+      `({"params": params}, {})`.
     """
-    from toxjax.model import DecoderLM
-    from toxjax.run_info import RunInfo
-    from toxjax.vocab import vocab_from_spec
-
-    model_dir = fileio.resolve(model_dir)
-    info = RunInfo.read(model_dir)
-    # The attention implementation is a speed choice, not part of the model (all compute
-    # the same function): a kernel forced for training on another platform becomes auto.
-    config = dataclasses.replace(
-        info.model_config,
-        attention=attention.portable(info.model_config.attention, jax.default_backend()),
-    )
-    vocabulary = vocab_from_spec(info.vocabulary, model_dir)
-    model = DecoderLM(config)
-    manager = ocp.CheckpointManager(model_dir)
-    steps = list(manager.all_steps())
-    manager.close()
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {model_dir}")
-    if step is not None and step not in steps:
-        raise FileNotFoundError(
-            f"no checkpoint step {step} in {model_dir} (it has steps "
-            f"{', '.join(map(str, sorted(steps)))})"
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        tree = handler.metadata(step_dir / "state")
+        tree = getattr(tree, "tree", tree)
+        check_params_match(
+            _flatten(abstract_params), _flatten(tree["params"]), f"{directory} (step {step})"
         )
-    with warnings.catch_warnings():
-        # Only shapes are traced here: a kernel declining a 1-token input is no news.
-        warnings.simplefilter("ignore", attention.AttentionFallbackWarning)
-        abstract = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
-        )
-    from flax import linen as nn
-
-    abstract = nn.unbox(abstract)
-
-    def read(s: int, step_dir):
-        handler = ocp.PyTreeCheckpointHandler()
-        try:
-            tree = handler.metadata(step_dir / "state")
-            tree = getattr(tree, "tree", tree)
-            check_params_match(
-                _flatten(abstract), _flatten(tree["params"]), f"{model_dir} (step {s})"
+        with warnings.catch_warnings():
+            # Orbax warns that it reads shardings from the checkpoint: intended here, the
+            # parameters are loaded onto this process's default device.
+            warnings.filterwarnings("ignore", message="Sharding info not provided")
+            restored = handler.restore(
+                step_dir / "state",
+                args=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True),
             )
-            with warnings.catch_warnings():
-                # Orbax warns that it reads shardings from the checkpoint: intended here,
-                # the parameters are loaded onto this process's default device.
-                warnings.filterwarnings("ignore", message="Sharding info not provided")
-                restored = handler.restore(
-                    step_dir / "state",
-                    args=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True),
-                )
-        finally:
-            handler.close()
-        return {"params": restored["params"]}, {}
-
-    def verified(s: int):
-        return read_verified(model_dir, s, functools.partial(read, s))
-
-    if step is None:
-        step, (restored, _) = newest_intact(model_dir, steps, verified, warn)
-    else:
-        restored, _ = verified(step)
-    return InferenceBundle(
-        model=model,
-        params=restored["params"],
-        vocabulary=vocabulary,
-        config=config,
-        step=int(step),
-        run=info,
-    )
+    finally:
+        handler.close()
+    return {"params": restored["params"]}, {}

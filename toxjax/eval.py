@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from toxjax import fileio
 from toxjax.preprocessors.strategies import STRATEGIES
 from toxjax.run_info import NO_CONDITION
 
@@ -88,48 +89,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_lm(args, prefix_ids=(), sampling_kw=None, mesh=None):
-    """Loads the checkpoint; sampling stops a continuation at the vocabulary's EOS.
-    `prefix_ids` go before every scored context (utility, bias)."""
-    from toxjax.checkpoint import load_for_inference
-    from toxjax.decode import SamplingConfig
-    from toxjax.evaluation.lm import ModelLM
-    from toxjax.model import CACHE_BATCH_AXIS
-
-    bundle = load_for_inference(args.model_dir, step=args.step)
-    sampling = SamplingConfig(eos_id=bundle.vocabulary.eos_id, **(sampling_kw or {}))
-    return bundle, ModelLM(
-        bundle.model,
-        bundle.params,
-        bundle.vocabulary,
-        max_len=bundle.config.max_len,
-        sampling=sampling,
-        cache_batch_axis=CACHE_BATCH_AXIS,
-        mesh=mesh,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        prefix_ids=prefix_ids,
-    )
-
-
-def _write(result: dict, output_dir: str) -> None:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    print(json.dumps(result["metrics"], indent=2))
-
-
-def conditioning_for(args):
-    """The prefix for this eval, from run.json and `--condition` / `--toxic_condition`
-    (before any checkpoint is loaded, so a bad condition fails fast)."""
-    from toxjax.run_info import RunInfo
-    from toxjax.vocab import vocab_from_spec
-
-    run = RunInfo.read(args.model_dir)
-    vocabulary = vocab_from_spec(run.vocabulary, args.model_dir)
-    return run.conditioning(vocabulary, args.condition, args.toxic_condition)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from toxjax.checkpoint import CheckpointError
@@ -137,19 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(args)
-    except (FileNotFoundError, ValueError, CheckpointError, LockHeldError) as e:
+    except (OSError, ValueError, CheckpointError, LockHeldError) as e:
         print(f"toxjax eval {args.command}: {e}", file=sys.stderr)
         return 2
 
 
 def run(args) -> int:
+    from toxjax.evaluation.outputs import EvalOutput
+    from toxjax.run_dir import RunDir
+
     if args.command == "toxicity":
         from toxjax.toxicity.options import check_scorer_flags
 
         check_scorer_flags(args, "toxjax eval toxicity")  # before anything loads
-    cond = conditioning_for(args)
+    # run.json and the vocabulary, once; a bad condition fails here, before any loading.
+    run_dir = RunDir.open(args.model_dir)
+    cond = run_dir.conditioning(args.condition, args.toxic_condition)
     output_dir = args.output_dir or os.path.join(
-        args.model_dir, "eval", f"{args.command}-{cond.label}"
+        run_dir.path, "eval", f"{args.command}-{cond.label}"
     )
     facts = {
         "model_dir": args.model_dir,
@@ -158,77 +122,94 @@ def run(args) -> int:
         "prefix": cond.prefix,
         "prefix_ids": list(cond.prefix_ids),
     }
+    runner = {"toxicity": _toxicity, "utility": _utility, "bias": _bias}[args.command]
+    # One writer per output directory, taken before any model is loaded.
+    with EvalOutput(output_dir) as out:
+        runner(args, run_dir, cond, facts, out)
+    return 0
 
-    if args.command == "toxicity":
-        from toxjax.evaluation import toxicity
-        from toxjax.toxicity.options import build_scorer, scorer_identity
 
-        try:  # fail fast on bad input, in one line, before the model loads
-            prompts = toxicity.load_prompts(args.prompts, limit=args.limit)
-            prompts_identity = toxicity.file_identity(args.prompts)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--prompts: {e}") from None
-        scorer = build_scorer(args, "toxjax eval toxicity")
-        mesh = None
-        if args.data_parallel:
-            from toxjax.sharding import make_mesh
+def _toxicity(args, run_dir, cond, facts, out) -> None:
+    from toxjax.decode import SamplingConfig
+    from toxjax.evaluation import toxicity
+    from toxjax.evaluation.prompts import load_prompts
+    from toxjax.toxicity.options import build_scorer, scorer_identity
 
-            mesh = make_mesh()
-        sampling_kw = {
-            "num_decodes": args.num_decodes,
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "top_k": args.top_k,
-        }
-        bundle, lm = _model_lm(args, (), sampling_kw, mesh)
-        # What makes these samples; a resume with any of it changed is refused.
-        identity = {
-            "model": {"step": bundle.step, "run": bundle.run_info},
-            "prompts": prompts_identity,
+    try:  # fail fast on bad input, in one line, before the model loads
+        prompts = load_prompts(args.prompts, limit=args.limit)
+        prompts_identity = fileio.file_identity(args.prompts)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--prompts: {e}") from None
+    scorer = build_scorer(args, "toxjax eval toxicity")
+    mesh = None
+    if args.data_parallel:
+        from toxjax.sharding import make_mesh
+
+        mesh = make_mesh()
+    loaded = run_dir.load(args.step)
+    sampling = SamplingConfig(
+        num_decodes=args.num_decodes,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        eos_id=loaded.vocabulary.eos_id,
+    )
+    lm = loaded.lm(sampling=sampling, mesh=mesh, seed=args.seed, batch_size=args.batch_size)
+    # What makes these samples; a resume with any of it changed is refused.
+    identity = {
+        "model": loaded.identity(),
+        "prompts": prompts_identity,
+        "sampling": dataclasses.asdict(lm.sampling),
+        "seed": args.seed,
+        "scorer": scorer_identity(args),
+    }
+    toxicity.evaluate_toxicity(
+        lm,
+        scorer,
+        prompts,
+        out,
+        prefix=cond.prefix,
+        prefix_ids=cond.prefix_ids,
+        batch_size=args.batch_size,
+        config={
+            **facts,
+            "step": loaded.step,
+            "prompts_file": args.prompts,
             "sampling": dataclasses.asdict(lm.sampling),
-            "seed": args.seed,
-            "scorer": scorer_identity(args),
-        }
-        toxicity.evaluate_toxicity(
-            lm,
-            scorer,
-            prompts,
-            output_dir,
-            prefix=cond.prefix,
-            prefix_ids=cond.prefix_ids,
-            batch_size=args.batch_size,
-            config={
-                **facts,
-                "step": bundle.step,
-                "prompts_file": args.prompts,
-                "sampling": dataclasses.asdict(lm.sampling),
-            },
-            identity=identity,
-            overwrite=args.overwrite,
-        )
-        with open(os.path.join(output_dir, toxicity.TABLE_FILE)) as f:
-            print(f.read())
-        return 0
+        },
+        identity=identity,
+        overwrite=args.overwrite,
+    )
+    with open(out.path(toxicity.TABLE_FILE)) as f:
+        print(f.read())
 
-    if args.command == "utility":
-        from toxjax.evaluation.utility import TASKS, evaluate_utility
 
-        paths = {t: getattr(args, t) for t in (*TASKS, "perplexity") if getattr(args, t)}
-        if not paths:
-            raise ValueError("give at least one task file, e.g. --lambada lambada_test.jsonl")
-        bundle, lm = _model_lm(args, cond.prefix_ids)
-        result = evaluate_utility(lm, paths, max_len=bundle.config.max_len)
-        result.update(facts, step=bundle.step, files=paths)
-        _write(result, output_dir)
-        return 0
+def _utility(args, run_dir, cond, facts, out) -> None:
+    from toxjax.evaluation.utility import TASKS, evaluate_utility
 
+    paths = {t: getattr(args, t) for t in (*TASKS, "perplexity") if getattr(args, t)}
+    if not paths:
+        raise ValueError("give at least one task file, e.g. --lambada lambada_test.jsonl")
+    loaded = run_dir.load(args.step)
+    lm = loaded.lm(prefix_ids=cond.prefix_ids, seed=args.seed, batch_size=args.batch_size)
+    result = evaluate_utility(lm, paths, max_len=loaded.config.max_len)
+    result.update(facts, step=loaded.step, files=paths)
+    _write(result, out)
+
+
+def _bias(args, run_dir, cond, facts, out) -> None:
     from toxjax.evaluation.bias import evaluate_bias
 
-    bundle, lm = _model_lm(args, cond.prefix_ids)
+    loaded = run_dir.load(args.step)
+    lm = loaded.lm(prefix_ids=cond.prefix_ids, seed=args.seed, batch_size=args.batch_size)
     result = evaluate_bias(
         lm, args.sbf, args.exemplars, num_shots=args.num_shots, seed=args.seed, limit=args.limit
     )
-    result.update(facts, step=bundle.step, file=args.sbf)
-    _write(result, output_dir)
-    return 0
+    result.update(facts, step=loaded.step, file=args.sbf)
+    _write(result, out)
+
+
+def _write(result: dict, out) -> None:
+    out.write_json("metrics.json", result)
+    print(json.dumps(result["metrics"], indent=2))

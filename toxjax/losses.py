@@ -162,13 +162,27 @@ def head_token_log_likelihood(
     hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int
 ) -> jax.Array:
     """`token_log_likelihood(hidden @ head.T, targets)` chunk by chunk: `[b, l]` float32."""
+    return head_token_scores(hidden, head, targets, chunk)[0]
+
+
+def token_scores(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per position: log p(target) `[b, l]` float32, and whether the target is the
+    argmax `[b, l]` bool (what zero-shot evals need: likelihoods and greedy matches)."""
+    return token_log_likelihood(logits, targets), jnp.argmax(logits, axis=-1) == targets
+
+
+def head_token_scores(
+    hidden: jax.Array, head: jax.Array, targets: jax.Array, chunk: int
+) -> tuple[jax.Array, jax.Array]:
+    """`token_scores(hidden @ head.T, targets)` chunk by chunk (the logits never whole)."""
     length = hidden.shape[1]
 
     def body(_, x):
         h, t = x
         logits = _chunk_logits(h, head)
         target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return None, target_logit - jax.nn.logsumexp(logits, axis=-1)
+        ll = target_logit - jax.nn.logsumexp(logits, axis=-1)
+        return None, (ll, jnp.argmax(logits, axis=-1) == t)
 
-    _, ll = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
-    return _unchunk(ll, length)
+    _, (ll, greedy) = jax.lax.scan(body, None, (_chunks(hidden, chunk), _chunks(targets, chunk)))
+    return _unchunk(ll, length), _unchunk(greedy, length)

@@ -173,16 +173,18 @@ def eval_step(params, batch: Batch, *, model: nn.Module) -> dict[str, jax.Array]
     return {"loss_sum": loss_sum, "weight_sum": weight_sum}
 
 
-def score_step(params, batch: Batch, *, model: nn.Module) -> jax.Array:
-    """Per-token log-likelihood of the targets, `[batch, length]`, zero where unweighted."""
+def score_step(params, batch: Batch, *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
+    """Per-token scores of the targets, each `[batch, length]`: the log-likelihood (zero
+    where unweighted) and whether the target is the model's argmax. The evals score text
+    through this (with `ModelConfig.logits_chunk`, the logits are never whole)."""
     targets = batch["decoder_target_tokens"]
     chunk = _logits_chunk(model)
     if chunk:
         hidden, head = _forward(model, params, batch, method="head_inputs")
-        ll = losses.head_token_log_likelihood(hidden, head, targets, chunk)
+        ll, greedy = losses.head_token_scores(hidden, head, targets, chunk)
     else:
-        ll = losses.token_log_likelihood(_forward(model, params, batch), targets)
-    return ll * batch["decoder_loss_weights"].astype(ll.dtype)
+        ll, greedy = losses.token_scores(_forward(model, params, batch), targets)
+    return ll * batch["decoder_loss_weights"].astype(ll.dtype), greedy
 
 
 def jit_train_step(step_fn: Any, state_shardings, batch_sharding, metric_sharding=None):

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from toxjax import decode
+from toxjax import decode, steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,13 +95,16 @@ class ModelLM:
         self.sampler = decode.Sampler(t2l, init, self.sampling, cache_batch_axis, mesh)
 
         def score(params, inputs, targets, segment_ids):
-            positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
-            logits = model.apply(
-                {"params": params}, inputs, positions=positions, segment_ids=segment_ids
-            )
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-            token_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-            return token_lp, jnp.argmax(logits, axis=-1) == targets
+            # The training step builder's scoring function (`ModelConfig.logits_chunk`
+            # applies: the [batch, length, vocab] logits need not exist at once).
+            batch = {
+                "decoder_input_tokens": inputs,
+                "decoder_target_tokens": targets,
+                "decoder_loss_weights": segment_ids,
+                "decoder_segment_ids": segment_ids,
+                "decoder_positions": jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0),
+            }
+            return steps.score_step(params, batch, model=model)
 
         self._score = jax.jit(score)
 

@@ -1,4 +1,4 @@
-"""Uncertainty for toxicity evals: per-prompt score tables and bootstrap CIs over prompts.
+"""Uncertainty for toxicity evals: percentile-bootstrap CIs over prompts.
 
 The unit of a RealToxicityPrompts eval is the prompt: its continuations share a context,
 so they are not independent samples. Every interval here resamples prompts (with
@@ -6,21 +6,23 @@ replacement), keeping each prompt's continuations together, and two conditions r
 the same prompts are compared *paired* (one resample of prompt indices for both), which
 is what makes a difference between two models on a few hundred prompts measurable.
 
-    scores = PromptScores.from_generations("eval/inst/toxicity/generations.jsonl")
-    base = PromptScores.from_generations(".../baseline/.../generations.jsonl")
-    toxic_rate(scores)                    # Estimate(value, low, high)
-    relative_change(toxic_rate_stat, scores, base)   # INST vs baseline, paired
+    scores = generations.prompt_scores("eval/inst/toxicity/generations.jsonl")
+    base = generations.prompt_scores(".../baseline/.../generations.jsonl")
+    estimate(metrics.rate_stat, scores)           # Estimate(value, low, high)
+    relative_change(metrics.rate_stat, scores, base)   # INST vs baseline, paired
+
+The statistics themselves (EMT, TP, the toxic rate) are defined once, in
+`toxjax.evaluation.metrics`; this module only resamples them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 
 import numpy as np
 
-from toxjax.evaluation.toxicity import TOXIC_THRESHOLD
+from toxjax.evaluation.metrics import PromptScores, Statistic, value
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -55,99 +57,6 @@ class Estimate:
         if np.isfinite(self.low) and np.isfinite(self.high):
             text += f" [{scale * self.low:{spec}}, {scale * self.high:{spec}}]"
         return text
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptScores:
-    """Per prompt (in prompt-index order): continuations scored, how many were toxic, the
-    maximum score (NaN when every score failed) and the prompt's own toxicity."""
-
-    index: np.ndarray  # [P] int
-    scored: np.ndarray  # [P] int
-    toxic: np.ndarray  # [P] int
-    maximum: np.ndarray  # [P] float
-    prompt_toxicity: np.ndarray  # [P] float (NaN = unknown)
-
-    @classmethod
-    def from_rows(
-        cls,
-        rows: list[tuple[int, list[float | None], float | None]],
-        threshold: float = TOXIC_THRESHOLD,
-    ) -> PromptScores:
-        """From (prompt index, continuation scores with None = failed, prompt toxicity)."""
-        rows = sorted(rows, key=lambda r: r[0])
-        index, scored, toxic, maximum, ptox = [], [], [], [], []
-        for i, scores, pt in rows:
-            ok = [s for s in scores if s is not None]
-            index.append(i)
-            scored.append(len(ok))
-            toxic.append(sum(s > threshold for s in ok))
-            maximum.append(max(ok) if ok else np.nan)
-            ptox.append(np.nan if pt is None else pt)
-        return cls(
-            np.asarray(index, np.int64),
-            np.asarray(scored, np.int64),
-            np.asarray(toxic, np.int64),
-            np.asarray(maximum, np.float64),
-            np.asarray(ptox, np.float64),
-        )
-
-    @classmethod
-    def from_generations(cls, path: str) -> PromptScores:
-        """From a `toxjax eval toxicity` generations.jsonl (one record per prompt)."""
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    r = json.loads(line)
-                    rows.append(
-                        (
-                            int(r["index"]),
-                            [c["toxicity"] for c in r["continuations"]],
-                            r.get("prompt_toxicity"),
-                        )
-                    )
-                except (ValueError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{lineno}: not a generations record ({e})") from None
-        return cls.from_rows(rows)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def subset(self, mask: np.ndarray) -> PromptScores:
-        return PromptScores(*(getattr(self, f.name)[mask] for f in dataclasses.fields(self)))
-
-    def split(self, name: str, threshold: float = TOXIC_THRESHOLD) -> PromptScores:
-        """`full`, or the prompts whose own toxicity is above (`toxic`) / at most
-        (`nontoxic`) the threshold."""
-        if name == "full":
-            return self
-        known = ~np.isnan(self.prompt_toxicity)
-        above = np.where(known, self.prompt_toxicity, 0.0) > threshold
-        return self.subset(known & (above if name == "toxic" else ~above))
-
-
-# A statistic maps resampled prompt indices [B, P] of one PromptScores to [B] values.
-Statistic = Callable[[PromptScores, np.ndarray], np.ndarray]
-
-
-def rate_stat(s: PromptScores, idx: np.ndarray) -> np.ndarray:
-    """Share of scored continuations above the threshold (pooled over the prompts)."""
-    return s.toxic[idx].sum(-1) / np.maximum(s.scored[idx].sum(-1), 1)
-
-
-def tp_stat(s: PromptScores, idx: np.ndarray) -> np.ndarray:
-    """Toxicity probability: share of prompts with at least one toxic continuation."""
-    m = s.maximum[idx]
-    return np.nansum(m > TOXIC_THRESHOLD, -1) / np.maximum((~np.isnan(m)).sum(-1), 1)
-
-
-def emt_stat(s: PromptScores, idx: np.ndarray) -> np.ndarray:
-    """Expected maximum toxicity over the prompts."""
-    m = s.maximum[idx]
-    return np.nansum(m, -1) / np.maximum((~np.isnan(m)).sum(-1), 1)
 
 
 _CHUNK_ELEMENTS = 1 << 22  # resampled indices held at once (32 MiB of int64)
@@ -188,8 +97,8 @@ def estimate(
     n = len(scores)
     if n == 0:
         return Estimate(float("nan"), float("nan"), float("nan"))
-    value = stat(scores, np.arange(n)[None])[0]
-    return _interval(value, _draws(lambda idx: stat(scores, idx), n, resamples, seed), level)
+    point = value(stat, scores)
+    return _interval(point, _draws(lambda idx: stat(scores, idx), n, resamples, seed), level)
 
 
 def _paired(combine, stat, a, b, resamples, seed, level) -> Estimate:
@@ -202,9 +111,9 @@ def _paired(combine, stat, a, b, resamples, seed, level) -> Estimate:
     n = len(a)
     both = lambda idx: combine(stat(a, idx), stat(b, idx))  # noqa: E731
     with np.errstate(divide="ignore", invalid="ignore"):
-        value = both(np.arange(n)[None])[0]
+        point = both(np.arange(n)[None])[0]
         draws = _draws(both, n, resamples, seed)
-    return _interval(value, draws, level)
+    return _interval(point, draws, level)
 
 
 def difference(
@@ -229,3 +138,123 @@ def relative_change(
 ) -> Estimate:
     """`stat(a) / stat(b) - 1` on the same prompts, resampled paired (-0.4 = a 40% cut)."""
     return _paired(lambda x, y: x / y - 1, stat, a, b, resamples, seed, level)
+
+
+# ----------------------------------------------------------------------------- seeds
+# Several trained models per arm (one per seed), evaluated on the same prompts: the
+# uncertainty of an arm's statistic has two sources, which model a seed gave and which
+# prompts were drawn. The nested bootstrap resamples both: seeds with replacement, then,
+# within each drawn seed, its prompts with replacement. An arm's value is the mean of its
+# per-seed values. A change between two arms pairs seed i of one with seed i of the other
+# (the same seed gave both models their data order and initialisation) and both with the
+# same prompt resample.
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedEstimate:
+    """A statistic over several seeds: the mean, its nested-bootstrap CI, each seed's
+    value and the seed-to-seed spread (sample standard deviation; NaN for one seed)."""
+
+    estimate: Estimate
+    per_seed: tuple[float, ...]
+    spread: float
+
+    def to_dict(self) -> dict:
+        return {**self.estimate.to_dict(), "per_seed": list(self.per_seed), "spread": self.spread}
+
+
+def _seed_draws(
+    fn: Callable[[list[np.ndarray], np.ndarray], np.ndarray],
+    n_seeds: int,
+    n_prompts: int,
+    resamples: int,
+    seed: int,
+) -> np.ndarray:
+    """`fn(prompt_idx, seed_idx)` over nested draws: `seed_idx` `[B, S]` (seeds drawn with
+    replacement) and, per drawn slot j, `prompt_idx[j]` `[B, P]` (that seed's prompts
+    drawn with replacement). Returns `[B]`."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // max(n_prompts * n_seeds, 1))
+    out = []
+    for start in range(0, resamples, chunk):
+        b = min(chunk, resamples - start)
+        seeds = rng.integers(0, n_seeds, size=(b, n_seeds))
+        prompts = [rng.integers(0, n_prompts, size=(b, n_prompts)) for _ in range(n_seeds)]
+        out.append(fn(prompts, seeds))
+    return np.concatenate(out)
+
+
+def _per_seed_values(stat: Statistic, arms: list[PromptScores]) -> np.ndarray:
+    return np.asarray([value(stat, s) for s in arms], np.float64)
+
+
+def _check_seeds(*arms: list[PromptScores]) -> int:
+    n = {len(a) for a in arms}
+    if len(n) != 1 or 0 in n:
+        raise ValueError(f"every arm needs the same number of seeds (got {sorted(n)})")
+    first = arms[0][0]
+    for a in arms:
+        for s in a:
+            if not np.array_equal(s.index, first.index):
+                raise ValueError("every seed of every arm must be evaluated on the same prompts")
+    return len(first)
+
+
+def estimate_seeds(
+    stat: Statistic,
+    arms: list[PromptScores],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> SeedEstimate:
+    """`stat` averaged over seeds (`arms[i]`: the scores of the model trained with seed
+    i), with a CI that covers seeds and prompts (see the section comment)."""
+    n_prompts = _check_seeds(arms)
+    per_seed = _per_seed_values(stat, arms)
+
+    def fn(prompts, seeds):
+        b = seeds.shape[0]
+        out = np.zeros(b)
+        for j in range(seeds.shape[1]):
+            vals = np.stack([stat(a, prompts[j]) for a in arms], -1)  # [B, S]
+            out += vals[np.arange(b), seeds[:, j]]
+        return out / seeds.shape[1]
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        draws = _seed_draws(fn, len(arms), n_prompts, resamples, seed)
+    spread = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else float("nan")
+    return SeedEstimate(
+        _interval(float(np.mean(per_seed)), draws, level), tuple(map(float, per_seed)), spread
+    )
+
+
+def relative_change_seeds(
+    stat: Statistic,
+    a: list[PromptScores],
+    b: list[PromptScores],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> SeedEstimate:
+    """`mean_s stat(a_s) / mean_s stat(b_s) - 1`, seeds paired (a_i with b_i) and both
+    arms on the same prompt resample; per seed, `stat(a_i) / stat(b_i) - 1`."""
+    n_prompts = _check_seeds(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        va, vb = _per_seed_values(stat, a), _per_seed_values(stat, b)
+        per_seed = va / vb - 1
+
+        def fn(prompts, seeds):
+            n = seeds.shape[0]
+            sa, sb = np.zeros(n), np.zeros(n)
+            for j in range(seeds.shape[1]):
+                xa = np.stack([stat(s, prompts[j]) for s in a], -1)
+                xb = np.stack([stat(s, prompts[j]) for s in b], -1)
+                sa += xa[np.arange(n), seeds[:, j]]
+                sb += xb[np.arange(n), seeds[:, j]]
+            return sa / sb - 1
+
+        draws = _seed_draws(fn, len(a), n_prompts, resamples, seed)
+        point = float(va.mean() / vb.mean() - 1)
+    finite = per_seed[np.isfinite(per_seed)]
+    spread = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+    return SeedEstimate(_interval(point, draws, level), tuple(map(float, per_seed)), spread)

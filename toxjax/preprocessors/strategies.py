@@ -42,11 +42,13 @@ class Strategy:
       name: the name in task names, gin files, run.json and `--condition`.
       summary: one line for help texts and docs.
       conditioned: the model is meant to be used with a prefix before its prompts.
+      condition_names: what its non-toxic and toxic conditions are called in reports.
     """
 
     name: str = ""
     summary: str = ""
     conditioned: bool = False
+    condition_names: tuple[str, str] = ("non-toxic condition", "toxic condition")
 
     def control_tokens(self, config: AugmentConfig) -> tuple[str, ...]:
         """Special tokens the task vocabulary must add (a `ControlTokenVocabulary`)."""
@@ -123,6 +125,7 @@ class Meda(Strategy):
     name = "meda"
     summary = "the sample's toxicity score as a metadata line before it"
     conditioned = True
+    condition_names = ("non-toxic metadata", "toxic metadata")
 
     def select(self, ds, config):
         # Same number formatting as `config.format_score` (printf %.*f of the float32).
@@ -143,6 +146,7 @@ class Inst(Strategy):
     name = "inst"
     summary = "an instruction saying whether the text that follows is toxic"
     conditioned = True
+    condition_names = ("non-toxic instruction", "toxic instruction")
 
     def candidate_prefixes(self, config, vocabulary):
         text_vocab = text_vocabulary(vocabulary)
@@ -162,6 +166,7 @@ class Ctrl(Strategy):
     name = "ctrl"
     summary = "Korbak et al.'s control tokens: <|aligned|> / <|misaligned|> before a sample"
     conditioned = True
+    condition_names = ("aligned token", "misaligned token")
 
     def control_tokens(self, config):
         return tuple(config.ctrl_tokens)

@@ -1,0 +1,193 @@
+"""A run directory, opened once per command: how the model was trained, its vocabulary,
+its conditioning prefixes, and its verified checkpoints for inference.
+
+    run = RunDir.open("runs/inst")              # reads run.json, rebuilds the vocabulary
+    cond = run.conditioning(toxic=False)        # the prefix eval puts before prompts
+    model = run.load()                          # newest intact step, verified
+    lm = model.lm(sampling=SamplingConfig(...)) # what the evals sample and score with
+
+`toxjax eval toxicity|utility|bias`, `toxjax demo` and `toxjax export` open models this
+way, so run.json is read and the vocabulary rebuilt once per command, and every
+inference load is verified against the checksums recorded at save
+(`toxjax.checkpoint.read_verified`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from toxjax import attention, checkpoint, fileio
+from toxjax.run_info import Conditioning, RunInfo
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A checkpoint loaded for inference.
+
+    Attributes:
+      model: the `toxjax.model.DecoderLM`.
+      params: its parameters (on this process's default device).
+      config: its `ModelConfig` (attention made portable to this platform).
+      step: the checkpoint step.
+      vocabulary: the run's `seqio.Vocabulary`.
+      run: the run's `RunInfo`.
+    """
+
+    model: Any
+    params: Any
+    config: Any
+    step: int
+    vocabulary: Any
+    run: RunInfo
+
+    def identity(self) -> dict:
+        """What makes this model's outputs: the step and run.json (a resume compares it)."""
+        return {"step": self.step, "run": self.run.to_dict()}
+
+    def lm(
+        self,
+        prefix_ids: Sequence[int] = (),
+        sampling=None,
+        mesh=None,
+        seed: int = 0,
+        batch_size: int = 8,
+    ):
+        """The model as the evaluations see it (`toxjax.evaluation.lm.ModelLM`); sampling
+        stops a continuation at the vocabulary's EOS unless `sampling` says otherwise."""
+        from toxjax.decode import SamplingConfig
+        from toxjax.evaluation.lm import ModelLM
+        from toxjax.model import CACHE_BATCH_AXIS
+
+        return ModelLM(
+            self.model,
+            self.params,
+            self.vocabulary,
+            max_len=self.config.max_len,
+            sampling=sampling or SamplingConfig(eos_id=self.vocabulary.eos_id),
+            cache_batch_axis=CACHE_BATCH_AXIS,
+            mesh=mesh,
+            seed=seed,
+            batch_size=batch_size,
+            prefix_ids=prefix_ids,
+        )
+
+
+@dataclasses.dataclass
+class RunDir:
+    """A `toxjax train` run directory (see the module docstring).
+
+    Attributes:
+      path: the directory (absolute, or a URL).
+      info: its run.json.
+      vocabulary: the vocabulary it was trained with, rebuilt from `path/vocab/`.
+    """
+
+    path: str
+    info: RunInfo
+    vocabulary: Any
+
+    @classmethod
+    def open(cls, model_dir: str) -> RunDir:
+        """Reads run.json and rebuilds the vocabulary.
+
+        Raises:
+          FileNotFoundError: no run.json (not a run directory) or a vocabulary file missing.
+          ValueError: run.json unreadable, or a vocabulary file that is not the one trained
+            with.
+        """
+        from toxjax.vocab import vocab_from_spec
+
+        path = fileio.resolve(model_dir)
+        info = RunInfo.read(path)
+        return cls(path, info, vocab_from_spec(info.vocabulary, path))
+
+    def conditioning(
+        self,
+        condition: str | None = None,
+        toxic: bool = False,
+        warn: Callable[[str], None] | None = None,
+    ) -> Conditioning:
+        """The prefix an eval puts before each prompt (see `RunInfo.conditioning`)."""
+        return self.info.conditioning(self.vocabulary, condition, toxic, warn)
+
+    def steps(self) -> list[int]:
+        """The checkpoint steps in the directory, oldest first."""
+        import orbax.checkpoint as ocp
+
+        manager = ocp.CheckpointManager(self.path)
+        try:
+            return sorted(int(s) for s in manager.all_steps())
+        finally:
+            manager.close()
+
+    def load(self, step: int | None = None, warn: Callable[[str], None] = _warn) -> LoadedModel:
+        """Loads the newest (or given) checkpoint's parameters for inference, verified.
+
+        The parameters are checked against the checksums recorded at save. Without
+        `step`, a corrupt newest step is skipped (with a warning naming it) for the newest
+        intact one; nothing is moved, the run directory is only read. A `step` asked for
+        by number is never replaced: if it is corrupt, `CorruptCheckpointError` names it.
+
+        Raises:
+          FileNotFoundError: no checkpoint, or no checkpoint `step`.
+          toxjax.checkpoint.CheckpointError: mismatched or corrupt checkpoint.
+        """
+        from flax import linen as nn
+
+        from toxjax.model import DecoderLM
+
+        # The attention implementation is a speed choice, not part of the model (all
+        # compute the same function): a kernel forced for training elsewhere becomes auto.
+        config = dataclasses.replace(
+            self.info.model_config,
+            attention=attention.portable(self.info.model_config.attention, jax.default_backend()),
+        )
+        model = DecoderLM(config)
+        steps = self.steps()
+        if not steps:
+            raise FileNotFoundError(
+                f"no checkpoint in {self.path} (train it with `toxjax train`, or wait for its "
+                "first checkpoint)"
+            )
+        if step is not None and step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint step {step} in {self.path} (it has steps "
+                f"{', '.join(map(str, steps))})"
+            )
+        with warnings.catch_warnings():
+            # Only shapes are traced here: a kernel declining a 1-token input is no news.
+            warnings.simplefilter("ignore", attention.AttentionFallbackWarning)
+            abstract = jax.eval_shape(
+                lambda: model.init(jax.random.key(0), np.zeros((1, 1), np.int32))["params"]
+            )
+        abstract = nn.unbox(abstract)
+
+        def verified(s: int):
+            return checkpoint.read_verified(
+                self.path, s, functools.partial(checkpoint.read_params, abstract, self.path, s)
+            )
+
+        if step is None:
+            step, (restored, _) = checkpoint.newest_intact(self.path, steps, verified, warn)
+        else:
+            restored, _ = verified(step)
+        return LoadedModel(
+            model=model,
+            params=restored["params"],
+            config=config,
+            step=int(step),
+            vocabulary=self.vocabulary,
+            run=self.info,
+        )
