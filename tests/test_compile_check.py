@@ -70,9 +70,9 @@ def test_compiles_for_v4_and_reports_per_device_memory(capsys):
     # The arguments are this device's shards of the state and the batch, in TPU tiled
     # layouts: tiny arrays are padded to (8, 128) tiles, so at least their raw bytes.
     gin.clear_config()
-    from toxjax import train as train_lib
+    from toxjax import gin_utils
 
-    train_lib.parse_gin(*train_lib.parse_flags(_flags("--gin_file=mesh/2x2x2.gin")))
+    gin_utils.parse_gin(*gin_utils.parse_flags(_flags("--gin_file=mesh/2x2x2.gin")))
     topology = cc.parse_topology("v4-16")
     result = cc.check(topology)
     assert result.mesh == {"data": 2, "fsdp": 2, "tensor": 2}

@@ -10,17 +10,17 @@ import gin
 import pytest
 import seqio
 
-from toxjax import registry
+from toxjax import gin_utils, registry
 from toxjax import train as train_lib  # noqa: F401  (registers the gin configurables)
 from toxjax.data import DataConfig
 from toxjax.model import ModelConfig
+from toxjax.preprocessors import STRATEGIES
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 ALL_FILES = sorted(
     os.path.relpath(p, CONFIGS)
     for p in glob.glob(os.path.join(CONFIGS, "**", "*.gin"), recursive=True)
 )
-STRATEGIES = ("baseline", "meda", "inst", "filter", "ctrl")
 # size -> (parameters, full-data steps, batch, mesh, microbatches) of the experiment bases
 SIZES = {
     "125m": (125e6, 572000, 256, (1, -1, 1), 16),
@@ -34,7 +34,7 @@ DUMMIES = ["MODEL_DIR = '/tmp/unused'", "TASK = 'unused_v1'", "CORPUS_FILES = No
 
 def _parse(files, bindings=()):
     gin.clear_config()
-    train_lib.parse_gin(list(files), list(bindings))
+    gin_utils.parse_gin(list(files), list(bindings))
 
 
 def _param_count(c: ModelConfig) -> int:

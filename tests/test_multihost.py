@@ -38,10 +38,11 @@ def _worker(argv: list[str]) -> None:
 
     # Cross-process collectives on CPU go through gloo (TPU/GPU have their own).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    from toxjax import gin_utils
     from toxjax import train as train_lib
 
     rest = train_lib.init_distributed(argv)
-    train_lib.parse_gin(*train_lib.parse_flags(rest))
+    gin_utils.parse_gin(*gin_utils.parse_flags(rest))
     result = train_lib.train(progress=False)
     with open(out, "w") as f:
         json.dump(

@@ -17,14 +17,14 @@ import jax
 import pytest
 import seqio
 
-from toxjax import cli, corpus, registry, steps
+from toxjax import cli, corpus, gin_utils, registry, steps
 from toxjax import compile_check as cc
 from toxjax import train as train_lib
 from toxjax.preprocessors import STRATEGIES, AugmentConfig, conditioning_prefix_ids
 from toxjax.run_info import RunInfo
 from toxjax.vocab import Gpt2Vocabulary, train_sentencepiece, vocab_from_spec
 
-CONFIGS = train_lib.REPO_CONFIGS
+CONFIGS = gin_utils.REPO_CONFIGS
 EXPERIMENTS = sorted(
     os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "experiments", "*.gin"))
 )
@@ -264,7 +264,7 @@ _BUILT: dict = {}
 @pytest.mark.parametrize("path", EXPERIMENTS)
 def test_every_experiment_builds_its_task_model_and_state(path, scored):
     gin.clear_config()
-    train_lib.parse_gin([path], ["MODEL_DIR = '/tmp/unused'", f"CORPUS_FILES = '{scored}'"])
+    gin_utils.parse_gin([path], ["MODEL_DIR = '/tmp/unused'", f"CORPUS_FILES = '{scored}'"])
     task = gin.query_parameter("DataConfig.mixture_or_task_name")
     import copy
 
@@ -297,7 +297,7 @@ def test_compile_check_and_training_build_the_same_program(tmp_path, monkeypatch
     config += ["BATCH_SIZE = 8"]
     gin_train(tmp_path, *config)
     gin.clear_config()
-    train_lib.parse_gin(
+    gin_utils.parse_gin(
         ["runs/pretrain.gin", "models/test.gin"],
         [
             f"MODEL_DIR = '{tmp_path}'",

@@ -15,8 +15,10 @@ import task_fixtures  # noqa: F401  (registers the test task)
 from train_helpers import TESTS_DIR, gin_train
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import checksums, fileio, run_logs, train_guards
+from toxjax import checksums, fileio, gin_utils, run_logs, train_guards
 from toxjax import train as train_lib
+from toxjax.optim import OptimizerConfig
+from toxjax.run_dir import RunDir
 
 
 def test_loss_falls_on_real_text(tmp_path):
@@ -30,8 +32,8 @@ def test_loss_falls_on_real_text(tmp_path):
         "train.num_steps = %NUM_STEPS" in (tmp_path / "config.gin").read_text()
         or "NUM_STEPS = 30" in (tmp_path / "config.gin").read_text()
     )
-    # The restored inference bundle rebuilds the model and vocabulary.
-    bundle = ckpt_lib.load_for_inference(str(tmp_path))
+    # The run directory alone rebuilds the model and vocabulary for inference.
+    bundle = RunDir.open(str(tmp_path)).load()
     assert bundle.step == 30 and bundle.config.vocab_size == 384
     assert bundle.vocabulary.decode(bundle.vocabulary.encode("Hi")) == "Hi"
 
@@ -244,9 +246,9 @@ def test_macros_the_configuration_uses_may_be_set_on_the_command_line():
         "train.log_every = %EVERY",
     ]
     gin.clear_config()
-    train_lib.parse_gin(["runs/pretrain.gin", "models/test.gin"], bindings)
-    train_guards.check_macros_used(bindings)
-    assert gin.get_configurable(train_lib.OptimizerConfig)().learning_rate == 1e-5
+    gin_utils.parse_gin(["runs/pretrain.gin", "models/test.gin"], bindings)
+    gin_utils.check_macros_used(bindings)
+    assert gin.get_configurable(OptimizerConfig)().learning_rate == 1e-5
 
 
 @pytest.mark.parametrize(
@@ -362,3 +364,181 @@ def test_a_rewrite_killed_midway_leaves_the_old_metrics_intact(tmp_path, monkeyp
     log.truncate_after(3)
     assert [m["step"] for m in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3]
     assert os.listdir(tmp_path) == ["metrics.jsonl"]  # no temporary file left behind
+
+
+# ------------------------------------------------------------- trust, round 2 (issue 24)
+
+
+def _snapshot(model_dir) -> dict[str, bytes]:
+    """Every file under a run directory, by relative path, with its bytes."""
+    out = {}
+    for root, _, files in os.walk(model_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, model_dir)] = f.read()
+    return out
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--gin.ModelConfig.embed_dim=64",  # another model shape
+        "--gin.BATCH_SIZE=16",  # another batch size
+        "--gin.OptimizerConfig.clip_norm=None",  # another optimizer state
+        "--gin.DataConfig.seed=1",  # another data order
+    ],
+)
+def test_a_refused_resume_writes_nothing(tmp_path, capfd, flag):
+    """Item 3: a resume refused with exit 4 used to rewrite config.gin (and run.json for
+    another model), so `toxjax eval` on the run failed afterwards."""
+    run = tmp_path / "run"
+    assert train_lib.main(_cli(run, "--gin.SEQUENCE_LENGTH=64", "--gin.NUM_STEPS=2")) == 0
+    before = _snapshot(run)
+    capfd.readouterr()
+    rc = train_lib.main(_cli(run, "--gin.SEQUENCE_LENGTH=64", "--gin.NUM_STEPS=4", flag))
+    err = [x for x in capfd.readouterr().err.splitlines() if x.startswith("toxjax train")]
+    assert rc == train_lib.EXIT_MISMATCH and len(err) == 1, err
+    assert _snapshot(run) == before
+    assert RunDir.open(str(run)).load().step == 2  # the run still evaluates
+
+
+def test_a_run_that_dies_in_its_first_save_logs_each_step_once(tmp_path, monkeypatch):
+    """Item 4: a run killed (or out of disk) before its first checkpoint committed left
+    its logged steps in metrics.jsonl; the rerun logged them again: 1,2,3,1,2,3,..."""
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_lib.Checkpointer, "save", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            gin_train(tmp_path, "NUM_STEPS = 6", "train.checkpoint_every = 3")
+    assert [r["step"] for r in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3]
+    gin_train(tmp_path, "NUM_STEPS = 6", "train.checkpoint_every = 3")
+    assert [r["step"] for r in run_logs.read_metrics(str(tmp_path))] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_nan_before_any_checkpoint_says_so(tmp_path):
+    """Item 18: the message said "Last good checkpoint: step None"."""
+    with pytest.raises(train_lib.NonFiniteLossError) as e:
+        gin_train(
+            tmp_path,
+            "NUM_STEPS = 6",
+            "train.checkpoint_every = 5",
+            "LEARNING_RATE = 1e30",
+            "WARMUP_STEPS = 0",
+            "OptimizerConfig.clip_norm = None",
+        )
+    assert "None" not in str(e.value)
+    assert f"No checkpoint was written yet in {tmp_path}" in str(e.value)
+
+
+def test_a_misspelled_macro_inside_a_gin_file_is_an_error_naming_its_line(tmp_path, capsys):
+    """Item 7: only command-line bindings were checked."""
+    ablation = tmp_path / "my_ablation.gin"
+    ablation.write_text("include 'runs/pretrain.gin'\n\nLERNING_RATE = 1e-3\n")
+    argv = _cli(tmp_path / "run")
+    argv[0] = f"--gin_file={ablation}"
+    rc = train_lib.main(argv)
+    err = capsys.readouterr().err
+    assert rc == train_lib.EXIT_CONFIG
+    assert err == (
+        f"toxjax train: configuration error: macro LERNING_RATE (from {ablation}:3) is not "
+        "used by the configuration; did you mean LEARNING_RATE?\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    """Item 16: MODEL_DIR that is a file (or read-only) gave a traceback."""
+    afile = tmp_path / "run"
+    afile.write_text("not a directory")
+    assert train_lib.main(_cli(afile)) == train_lib.EXIT_CONFIG
+    assert capsys.readouterr().err == (
+        f"toxjax train: configuration error: MODEL_DIR (train.model_dir) = '{afile}' is a "
+        "file, not a directory\n"
+    )
+    if os.geteuid() != 0:  # root writes into read-only folders
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o555)
+        assert train_lib.main(_cli(ro)) == train_lib.EXIT_CONFIG
+        assert "is not writable" in capsys.readouterr().err
+
+
+def _train_cmd(model_dir, *flags):
+    return [
+        sys.executable,
+        "-m",
+        "toxjax.train",
+        "--gin_file=runs/pretrain.gin",
+        "--gin_file=models/test.gin",
+        f"--gin.MODEL_DIR={model_dir}",
+        "--gin.TASK=test_fortunes_bytes_v1",
+        "--gin.SEQUENCE_LENGTH=64",
+        "--gin.train.module_imports=['task_fixtures']",
+        "--gin.WARMUP_STEPS=0",
+        *flags,
+    ]
+
+
+@pytest.mark.slow
+def test_every_error_path_exits_with_its_code_in_bounded_time(tmp_path):
+    """Item 5: `toxjax train` sometimes hung after an error (alive 23 minutes later).
+    A watchdog: each error path, several times, must exit with its documented code
+    within 120 s."""
+    env = dict(os.environ, PYTHONPATH=TESTS_DIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    bad_corpus = tmp_path / "bad.jsonl"
+    lines = [json.dumps({"text": f"line {i} " * 20, "toxicity": 0.1}) for i in range(50)]
+    bad_corpus.write_text("\n".join(lines) + "\n{broken\n")
+    nonfinite = ("--gin.LEARNING_RATE=1e30", "--gin.OptimizerConfig.clip_norm=None")
+    cases = {
+        "nonfinite": (_train_cmd(tmp_path / "nan", "--gin.NUM_STEPS=4", *nonfinite), 3),
+        "data": (
+            [
+                sys.executable,
+                "-m",
+                "toxjax.train",
+                "--gin_file=experiments/inst_125m.gin",
+                f"--gin.MODEL_DIR={tmp_path / 'data'}",
+                f"--gin.CORPUS_FILES={bad_corpus}",
+                "--gin.NUM_STEPS=2",
+                "--gin.BATCH_SIZE=8",
+                "--gin.SEQUENCE_LENGTH=64",
+                "--gin.train.grad_accum_steps=1",
+                "--gin.ModelConfig.num_layers=1",
+                "--gin.ModelConfig.embed_dim=32",
+                "--gin.ModelConfig.num_heads=2",
+                "--gin.ModelConfig.mlp_dim=64",
+                "--gin.ModelConfig.vocab_size=50304",
+            ],
+            2,
+        ),
+    }
+    for name, (cmd, code) in cases.items():
+        for attempt in range(3):
+            t0 = time.time()
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == code, (name, attempt, done.stderr[-2000:])
+            ours = [x for x in done.stderr.splitlines() if x.startswith("toxjax train")]
+            assert len(ours) == 1 and "Traceback" not in done.stderr, (name, done.stderr[-2000:])
+            assert time.time() - t0 < 120
+    assert "bad.jsonl:51: not valid JSON" in ours[0]
+
+
+def test_no_thread_is_left_alive_after_an_error(tmp_path):
+    """Item 5: every background thread (checkpointing, TensorBoard) ends with the run."""
+    import threading
+
+    before = set(threading.enumerate())
+    with pytest.raises(train_lib.NonFiniteLossError):
+        gin_train(
+            tmp_path,
+            "NUM_STEPS = 6",
+            "train.checkpoint_every = 1",
+            "LEARNING_RATE = 1e30",
+            "WARMUP_STEPS = 0",
+            "OptimizerConfig.clip_norm = None",
+        )
+    left = [t for t in threading.enumerate() if t not in before and not t.daemon and t.is_alive()]
+    assert left == [], left

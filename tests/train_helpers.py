@@ -4,6 +4,7 @@ import os
 
 import gin
 
+from toxjax import gin_utils
 from toxjax import train as train_lib
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -22,5 +23,5 @@ def gin_train(model_dir, *extra_bindings, files=("runs/pretrain.gin", "models/te
         "WARMUP_STEPS = 2",
         *extra_bindings,
     ]
-    train_lib.parse_gin(list(files), bindings)
+    gin_utils.parse_gin(list(files), bindings)
     return train_lib.train(progress=False)

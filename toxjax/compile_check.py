@@ -17,18 +17,14 @@ not be bound: the check never reads them.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
-import inspect
 import math
 import os
 import re
 import sys
 import warnings
 from collections.abc import Sequence
-
-import gin
 
 GIB = 1024**3
 
@@ -173,77 +169,35 @@ class CheckResult:
     attention_fallbacks: tuple[str, ...] = ()  # why the preferred kernels were skipped
 
 
-def _train_args() -> dict:
-    """The arguments gin would pass to `toxjax.train.train`, without evaluating the ones
-    the check does not need (MODEL_DIR, the task: they may be REQUIRED and unbound)."""
+def _spec():
+    """The `train_spec.TrainSpec` of the parsed gin config: `toxjax train`'s resolver, on
+    the arguments gin would pass to `train` (MODEL_DIR and the corpus may stay unbound:
+    the task is only needed when `ModelConfig.vocab_size` is None)."""
+    from toxjax import gin_utils, train_spec
     from toxjax import train as train_lib
-
-    defaults = {k: p.default for k, p in inspect.signature(train_lib.train).parameters.items()}
-    raw = gin.get_bindings("train", resolve_references=False)
-    wanted = (
-        "model_config",
-        "optimizer",
-        "num_steps",
-        "batch_size",
-        "mesh_shape",
-        "grad_accum_steps",
-        "seed",
-        "module_imports",
-    )
-    # deepcopy evaluates gin references and macros (gin's own resolution).
-    return {k: copy.deepcopy(raw[k]) if k in raw else defaults[k] for k in wanted}
-
-
-def _sequence_length() -> int:
-    raw = gin.get_bindings("DataConfig", resolve_references=False)
     from toxjax.data import DataConfig
 
-    return int(
-        copy.deepcopy(raw["sequence_length"])
-        if "sequence_length" in raw
-        else DataConfig().sequence_length
-    )
-
-
-def _resolve_vocab(model_config, module_imports):
-    """Paper configs name the vocabulary size; `None` needs the task's vocabulary."""
-    if model_config.vocab_size is not None:
-        return model_config
-    from toxjax import train as train_lib
-
-    train_lib._import_modules(module_imports)
-    task = copy.deepcopy(
-        gin.get_bindings("DataConfig", resolve_references=False).get("mixture_or_task_name", "")
-    )
-    try:
-        vocab = train_lib.task_vocabulary(task)
-    except ValueError as e:
-        raise ValueError(
-            f"ModelConfig.vocab_size is None and the task is not known here ({e}); bind "
-            "ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size=50304) for the check"
-        ) from None
-    return train_lib.resolve_vocab_size(model_config, vocab)
+    args = gin_utils.bound_arguments(train_lib.train, train_spec.STEP_ARGUMENTS)
+    data = gin_utils.bound_arguments(DataConfig, ["sequence_length"])
+    task = None
+    if args["model_config"].vocab_size is None:
+        try:
+            task = gin_utils.bound_arguments(DataConfig, ["mixture_or_task_name"])[
+                "mixture_or_task_name"
+            ]
+        except Exception as e:  # an unbound REQUIRED macro (the corpus), a failing task
+            raise ValueError(
+                f"ModelConfig.vocab_size is None and the task is not known here ({gin_utils.message(e)}); "
+                "bind ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size=50304) for the check"
+            ) from None
+    return train_spec.resolve(**args, sequence_length=int(data["sequence_length"]), task=task)
 
 
 def build_step(devices: Sequence):
     """The train step `toxjax train` would run for the parsed gin config, on `devices`
-    (built by the same `steps.build_train_step`; nothing is allocated or compiled)."""
-    from toxjax import sharding as sh
-    from toxjax import steps
-
-    args = _train_args()
-    model_config = _resolve_vocab(args["model_config"], args["module_imports"])
-    mesh = sh.make_mesh(args["mesh_shape"], devices=list(devices))
-    return steps.build_train_step(
-        model_config,
-        args["optimizer"],
-        num_steps=args["num_steps"],
-        batch_size=args["batch_size"],
-        seq_len=_sequence_length(),
-        mesh=mesh,
-        grad_accum_steps=args["grad_accum_steps"],
-        seed=args["seed"],
-    )
+    (built by the same resolver and `steps.build_train_step`; nothing is allocated or
+    compiled)."""
+    return _spec().build(devices)
 
 
 def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
@@ -254,7 +208,7 @@ def check(topology: Topology, devices: Sequence | None = None) -> CheckResult:
 
     if devices is None:
         # A kernel no TPU runs is a config error, reported before libtpu is needed.
-        attn.candidates(_train_args()["model_config"].attention, "tpu")
+        attn.candidates(_spec().model_config.attention, "tpu")
     ts = build_step(tpu_devices(topology) if devices is None else devices)
     mesh = ts.mesh
     # The step is traced under the TPU mesh, so "auto" resolves for the TPU (the
@@ -365,13 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from toxjax import train as train_lib
+    from toxjax import gin_utils
 
     try:
         topology = parse_topology(topology_arg)
         if hbm_gib is not None:
             topology = dataclasses.replace(topology, hbm_bytes=int(hbm_gib * GIB))
-        train_lib.parse_gin(*train_lib.parse_flags(rest))
+        gin_utils.parse_gin(*gin_utils.parse_flags(rest))
         result = check(topology)
     except DoesNotFitError as e:
         print(f"toxjax compile-check: DOES NOT FIT: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ sees exactly the data an uninterrupted run would have seen.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 
 import jax
@@ -19,11 +20,31 @@ import tensorflow as tf
 from jax.sharding import Mesh
 
 from toxjax import sharding as sh
+from toxjax.errors import ConfigError
 from toxjax.steps import FEATURES
 
 
 class DataStateMismatchError(ValueError):
     """The checkpointed data position was made with other data settings than this run's."""
+
+
+class DataError(ConfigError):
+    """The corpus cannot be read (a malformed record: the message names file and line)."""
+
+
+# A Python error raised inside the tf.data pipeline (a corpus reader) comes back as a
+# TensorFlow error whose message embeds "<Type>: <message>" and the Python traceback.
+_PY_ERROR = re.compile(
+    r"\b(?:ValueError|KeyError|TypeError|UnicodeDecodeError|FileNotFoundError): (.+)"
+)
+
+
+def data_error(error: Exception) -> DataError:
+    """The one line a user needs from a tf.data error (the reader's own message)."""
+    text = getattr(error, "message", None) or str(error)
+    found = _PY_ERROR.search(text)
+    line = found.group(1) if found else (text.strip().splitlines() or [type(error).__name__])[0]
+    return DataError(f"reading the training data failed: {line.strip()}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +133,10 @@ class DataIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        batch = next(self._it)
+        try:
+            batch = next(self._it)
+        except tf.errors.OpError as e:  # a malformed record deep in the pipeline
+            raise data_error(e) from None
         self.consumed += 1
         return to_global(batch, self.mesh)
 
@@ -124,6 +148,12 @@ class DataIterator:
             "global_batch_size": self.global_batch_size,
             "sequence_length": self.cfg.sequence_length,
         }
+
+    def close(self) -> None:
+        """Drops the tf.data iterator (its prefetch threads and the Python generator of
+        the corpus reader) now, not at interpreter exit, where a live iterator can hang
+        the process."""
+        self._it = None
 
     def restore(self, state: Mapping) -> None:
         mine = self.state()

@@ -1,32 +1,36 @@
-"""Gin-configured pretraining entry point.
+"""Gin-configured pretraining: the training loop, and its command line.
 
     python -m toxjax.train --gin_file=gin_configs/runs/pretrain.gin \
         --gin_file=gin_configs/models/tiny.gin --gin.MODEL_DIR=/tmp/run
 
 The run resumes from the newest checkpoint in MODEL_DIR, writes the operative gin config
 (`config.gin`), `run.json` (what inference needs), per-step metrics (`metrics.jsonl`)
-and TensorBoard summaries (`train/`) there.
+and TensorBoard summaries (`train/`) there. The rooms it uses: `gin_utils` (the command
+line), `train_guards` (argument checks, the MODEL_DIR lock), `train_spec` (configuration
+-> the train step; `toxjax compile-check` uses the same), `checkpoint`, `data`,
+`train_report` (metrics file, TensorBoard, progress bar, throughput).
+
+A refused run writes nothing: every check that can refuse a resume (run.json, the
+checkpoint's shapes, the data position) runs before run.json, config.gin or the
+vocabulary copies are written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
+import gc
 import math
 import os
-import re
 import sys
-import time
 from collections.abc import Sequence
 
 import gin
 import jax
-import tensorflow as tf
 
 from toxjax import checkpoint as ckpt_lib
-from toxjax import fileio, locking, registry, run_logs, steps, train_guards
-from toxjax import sharding as sh
+from toxjax import fileio, flops, gin_utils, locking, registry, train_guards, train_report
+from toxjax import train_spec as spec_lib
 from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
 from toxjax.errors import ConfigError
 from toxjax.model import ModelConfig
@@ -40,43 +44,9 @@ from toxjax.vocab import vocab_spec
 for _cls in (ModelConfig, DataConfig, OptimizerConfig, AugmentConfig):
     gin.external_configurable(_cls, module="toxjax")
 
-PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-}
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss, gradient or updated state became NaN/inf; the last good checkpoint is kept."""
-
-
-def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
-    """Best-of-N fp32 matmul FLOP/s of one device (the CPU's practical peak)."""
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-def peak_flops_per_device() -> float:
-    kind = jax.devices()[0].device_kind
-    if jax.devices()[0].platform == "cpu":
-        return measure_peak_flops()
-    return PEAK_FLOPS.get(kind, float("nan"))
 
 
 @dataclasses.dataclass
@@ -85,68 +55,6 @@ class TrainResult:
     losses: list[float]
     final_step: int
     model_dir: str
-
-
-def _import_modules(modules: Sequence[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"train.module_imports: cannot import {name!r}: {e}") from e
-
-
-def resolve_vocab_size(model_config: ModelConfig, vocab) -> ModelConfig:
-    """Fills `vocab_size=None` from the task vocabulary, padded to a multiple of 128
-    (so the embedding shards evenly); checks an explicit size is large enough."""
-    if vocab is None:
-        return model_config
-    if model_config.vocab_size is None:
-        return dataclasses.replace(model_config, vocab_size=-(-vocab.vocab_size // 128) * 128)
-    if model_config.vocab_size < vocab.vocab_size:
-        raise ValueError(
-            f"ModelConfig.vocab_size={model_config.vocab_size} is smaller than the "
-            f"task vocabulary ({vocab.vocab_size} ids)"
-        )
-    return model_config
-
-
-def task_vocabulary(task: str):
-    """The "targets" vocabulary of a registered seqio task or mixture."""
-    import seqio
-
-    if not task:
-        raise train_guards.TrainConfigError(
-            "DataConfig.mixture_or_task_name is empty: bind TASK (e.g. --gin.TASK=fortunes_inst_v1)"
-        )
-    if task not in seqio.TaskRegistry.names() and task not in seqio.MixtureRegistry.names():
-        raise train_guards.TrainConfigError(
-            f"no seqio task or mixture named {task!r} is registered; import the module that "
-            "registers it (train.module_imports) or check the name"
-        )
-    return seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
-
-
-def check_augment_bindings(task: str, info) -> None:
-    """`AugmentConfig.*` bindings must reach the task, or they would be silently ignored.
-
-    Gin binds an `AugmentConfig` only where a gin file passes `@AugmentConfig()` (the
-    experiment bases pass it to `scored_corpus_task.augment`). A task registered with a
-    fixed config (e.g. at import time) does not see the bindings: that is an error.
-    """
-    if not gin.get_bindings(AugmentConfig):
-        return
-    bound = gin.get_configurable(AugmentConfig)()
-    if info is None or info.config != bound:
-        how = (
-            "it is not a toxjax.registry task"
-            if info is None
-            else "it was registered with a fixed AugmentConfig"
-        )
-        raise train_guards.TrainConfigError(
-            f"the AugmentConfig.* bindings do not reach task {task!r} ({how}); register it "
-            "with `config=` or through `scored_corpus_task.augment = @AugmentConfig()` "
-            "(experiments/bases/common.gin does this)"
-        )
 
 
 @gin.configurable(denylist=["progress"])
@@ -191,275 +99,210 @@ def train(
     Returns:
       The steps and losses this invocation ran.
     """
-    train_guards.check_train_arguments(
-        model_dir=model_dir,
-        model_config=model_config,
-        data=data,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        batch_size=batch_size,
-        mesh_shape=mesh_shape,
-        grad_accum_steps=grad_accum_steps,
-        seed=seed,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        stop_after=stop_after,
-    )
-    model_dir = fileio.resolve(model_dir)
-    tf.io.gfile.makedirs(model_dir)
+    train_guards.check_train_arguments(**{k: v for k, v in locals().items() if k != "progress"})
+    model_dir, created = train_guards.prepare_model_dir(model_dir)
+    try:
+        return _train(**{k: v for k, v in locals().items() if k != "created"})
+    except BaseException:
+        if created:  # a run refused (or crashed) before it wrote anything leaves nothing
+            train_guards.remove_if_empty(model_dir)
+        raise
+
+
+def _train(
+    model_dir,
+    model_config,
+    data,
+    optimizer,
+    num_steps,
+    batch_size,
+    mesh_shape,
+    grad_accum_steps,
+    seed,
+    log_every,
+    checkpoint_every,
+    keep_checkpoints,
+    async_checkpoint,
+    module_imports,
+    stop_after,
+    progress,
+) -> TrainResult:
     # Before anything expensive (data, compile): a second trainer stops here.
     lock = train_guards.lock_model_dir(model_dir)
     with contextlib.ExitStack() as cleanup:
         if lock is not None:
             cleanup.callback(lock.release)
-        _import_modules(module_imports)
-        task = data.mixture_or_task_name
-        vocab = task_vocabulary(task)
-        seq_len = data.sequence_length
-        try:
-            model_config = resolve_vocab_size(model_config, vocab)
-            info = registry.task_info(task)
-            mesh = sh.make_mesh(mesh_shape)
-            ts = steps.build_train_step(
-                model_config,
-                optimizer,
-                num_steps=num_steps,
-                batch_size=batch_size,
-                seq_len=seq_len,
-                mesh=mesh,
-                grad_accum_steps=grad_accum_steps,
-                seed=seed,
-            )
-        except ValueError as e:  # a mixture of strategies, a batch that does not split, ...
-            raise train_guards.TrainConfigError(str(e)) from None
-        check_augment_bindings(task, info)
-
-        lead = jax.process_index() == 0  # one process writes the run's files
+        spec = spec_lib.resolve(
+            model_config=model_config,
+            optimizer=optimizer,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            mesh_shape=mesh_shape,
+            grad_accum_steps=grad_accum_steps,
+            seed=seed,
+            module_imports=module_imports,
+            sequence_length=data.sequence_length,
+            task=data.mixture_or_task_name,
+        )
+        info = registry.task_info(spec.task)
+        train_guards.check_augment_bindings(spec.task, info)
+        ts = spec.build()
         ckpt = ckpt_lib.Checkpointer(
             model_dir, checkpoint_every, keep_checkpoints, async_checkpoint
         )
+        cleanup.callback(ckpt.close)
+        cleanup.callback(ckpt.wait)
+        data_iter = DataIterator(data, batch_size, ts.mesh)
+        cleanup.callback(data_iter.close)
+        lead = jax.process_index() == 0  # one process writes the run's files
+        run = _run_info(spec, info)
         latest = ckpt.latest_step()
-        if lead:
-            run = RunInfo(
-                model_config=model_config,
-                vocabulary=vocab_spec(vocab, model_dir),
-                task=task,
-                sequence_length=seq_len,
-                strategy=info.strategy if info else None,
-                augment=info.config if info else None,
-                corpus=None
-                if info is None
-                else {
-                    "name": info.corpus,
-                    "source": info.source,
-                    "fraction": info.fraction,
-                    "scorer": info.scorer(),
-                },
-            )
-            if latest is not None:
-                earlier = RunInfo.read(model_dir)
-                changed = run.resume_mismatches(earlier)
-                if changed:
-                    raise ckpt_lib.CheckpointMismatchError(
-                        f"{model_dir} holds a run trained on other data than this one "
-                        f"({'; '.join(changed)}); resuming would mix the two. Use a fresh "
-                        "MODEL_DIR, or restore the original settings."
-                    )
-            run.write(model_dir)
-            fileio.write_text(
-                os.path.join(model_dir, "config.gin"),
-                gin.operative_config_str() or gin.config_str(),
-            )
-
-        data_iter = DataIterator(data, batch_size, mesh)
         if latest is None:
             state = ts.init(jax.random.key(seed))
         else:
+            _check_resume(run, model_dir, lead)
             # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
             latest, state, data_state = ckpt.restore_latest(ts.abstract_state)
             data_iter.restore(data_state)
-        start = int(jax.device_get(state.step))
-        metrics_log = run_logs.MetricsLog(model_dir) if lead else None
-        if lead and latest is not None:
-            metrics_log.truncate_after(latest)
-
-        flops_per_step = model_config.train_flops_per_token(seq_len) * batch_size * seq_len
-        peak = peak_flops_per_device() * jax.device_count()
-        # A CPU's peak is measured, and a busy host measures low: keep the best seen, re-checked
-        # at every log, so MFU is not inflated (above 100%) after a noisy start.
-        remeasure_peak = jax.devices()[0].platform == "cpu"
-        n_params = param_count(state.params)
-        writer = run_logs.SummaryWriter(model_dir) if lead else None
+        # Every refusal is behind us: now the run directory may be written.
+        reporters = train_report.Reporters([])
+        cleanup.callback(reporters.close)
+        if lead:
+            _write_run_files(run, spec, model_dir)
+            reporters.reporters += [
+                train_report.MetricsFile(model_dir, latest or 0),
+                train_report.TensorBoard(model_dir),
+            ]
+            if progress:
+                reporters.reporters.append(train_report.ProgressBar())
         end = num_steps if stop_after is None else min(num_steps, stop_after)
-        bar = None
-        if progress and lead:
-            from tqdm import tqdm
+        every = (log_every, checkpoint_every)
+        return _loop(ts, state, data_iter, ckpt, lock, reporters, spec, model_dir, end, every)
 
-            bar = tqdm(
-                total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True
+
+def _run_info(spec, info) -> RunInfo:
+    """This run's run.json (the vocabulary described where it is, not yet copied)."""
+    return RunInfo(
+        model_config=spec.model_config,
+        vocabulary=vocab_spec(spec.vocabulary, None),
+        task=spec.task,
+        sequence_length=spec.seq_len,
+        strategy=info.strategy if info else None,
+        augment=info.config if info else None,
+        corpus=None
+        if info is None
+        else {
+            "name": info.corpus,
+            "source": info.source,
+            "fraction": info.fraction,
+            "scorer": info.scorer(),
+        },
+    )
+
+
+def _check_resume(run: RunInfo, model_dir: str, lead: bool) -> None:
+    """Refuses to resume a run trained on other data (run.json), before anything is read;
+    the lead process reads run.json and every process learns its verdict."""
+    problem = None
+    if lead:
+        changed = run.resume_mismatches(RunInfo.read(model_dir))
+        if changed:
+            problem = (
+                f"{model_dir} holds a run trained on other data than this one "
+                f"({'; '.join(changed)}); resuming would mix the two. Use a fresh "
+                "MODEL_DIR, or restore the original settings."
             )
-            bar.write(
-                f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}, "
-                f"resume from step {start}"
-                if start
-                else f"model: {n_params / 1e6:.2f}M params, mesh {dict(mesh.shape)}"
-            )
+    if not train_guards.lead_says(problem is None):
+        raise ckpt_lib.CheckpointMismatchError(
+            problem or "the lead process refused to resume this run (see its log)"
+        )
 
-        pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
-        result = TrainResult([], [], start, model_dir)
-        t_last, steps_since = time.perf_counter(), 0
 
-        def flush(step_now: int) -> None:
-            nonlocal t_last, steps_since, peak
-            if not pending:
-                return
-            host = jax.device_get([m for _, m in pending])
-            elapsed = time.perf_counter() - t_last
-            rate = steps_since / elapsed if elapsed > 0 else float("nan")
-            records = []
-            for (s, _), m in zip(pending, host, strict=True):
-                if int(m["nonfinite"]):
-                    ckpt.wait()
-                    what = (
-                        "the updated weights or optimizer state became"
-                        if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
-                        else "loss became"
-                    )
-                    raise NonFiniteLossError(
-                        f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
-                        f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
-                        f"checkpoint was written after it. Last good checkpoint: step "
-                        f"{ckpt.latest_step()} in {model_dir}. Lower the learning rate or check "
-                        "the data."
-                    )
-                rec = {
-                    "step": s,
-                    "loss": float(m["loss"]),
-                    "grad_norm": float(m["grad_norm"]),
-                    "learning_rate": float(m["learning_rate"]),
-                    "tokens": float(m["tokens"]),
-                }
-                result.steps.append(s)
-                result.losses.append(rec["loss"])
-                records.append(rec)
-            last = dict(records[-1])
-            last["tokens_per_s"] = rate * batch_size * seq_len
-            if remeasure_peak:
-                peak = max(peak, measure_peak_flops(repeats=3) * jax.device_count())
-            last["mfu"] = rate * flops_per_step / peak
-            if lead:
-                metrics_log.append(records)
-                writer.write(step_now, last)
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{last['loss']:.3f}",
-                        lr=f"{last['learning_rate']:.2e}",
-                        tok_s=f"{last['tokens_per_s']:.0f}",
-                        mfu=f"{last['mfu']:.1%}",
-                    )
-            pending.clear()
-            t_last, steps_since = time.perf_counter(), 0
+def _write_run_files(run: RunInfo, spec, model_dir: str) -> None:
+    """run.json (with the vocabulary files copied into MODEL_DIR/vocab) and config.gin."""
+    dataclasses.replace(run, vocabulary=vocab_spec(spec.vocabulary, model_dir)).write(model_dir)
+    fileio.write_text(
+        os.path.join(model_dir, "config.gin"), gin.operative_config_str() or gin.config_str()
+    )
 
-        try:
-            for step in range(start + 1, end + 1):
-                batch = next(data_iter)
-                state, metrics = ts(state, batch)
-                pending.append((step, metrics))
-                steps_since += 1
-                if bar is not None:
-                    bar.update(1)
-                save_now = step % checkpoint_every == 0 or step == end
-                if step % log_every == 0 or save_now:
-                    flush(step)
-                if save_now:
-                    # A lead that lost its lease (gs://) must not write another checkpoint.
-                    train_guards.check_lock(lock)
-                    ckpt.save(step, state, data_iter.state(), force=True)
-                    if lead:
-                        metrics_log.sync()
-            flush(end)
-            if lead:
-                metrics_log.sync()
-            result.final_step = int(jax.device_get(state.step))
-        finally:
+
+def _loop(ts, state, data_iter, ckpt, lock, reporters, spec, model_dir, end, every):
+    """Steps until `end`, logging and checkpointing every `every = (log_every,
+    checkpoint_every)` steps (and at `end`)."""
+    start = int(jax.device_get(state.step))
+    log_every, save_every = every
+    cpu = jax.devices()[0].platform == "cpu"
+    throughput = train_report.Throughput(
+        spec.batch_size * spec.seq_len,
+        spec.model_config.train_flops_per_token(spec.seq_len) * spec.batch_size * spec.seq_len,
+        flops.peak_flops_per_device() * jax.device_count(),
+        (lambda: flops.measure_peak_flops(repeats=3) * jax.device_count()) if cpu else None,
+    )
+    n_params = param_count(state.params) / 1e6
+    reporters.start(
+        start,
+        spec.num_steps,
+        f"model: {n_params:.2f}M params, mesh {dict(ts.mesh.shape)}"
+        + (f", resume from step {start}" if start else ""),
+    )
+    result = TrainResult([], [], start, model_dir)
+    pending: list[tuple[int, dict]] = []  # per-step device metrics, synced at log/save time
+    for step in range(start + 1, end + 1):
+        state, metrics = ts(state, next(data_iter))
+        pending.append((step, metrics))
+        throughput.step()
+        reporters.step(step)
+        save_now = step % save_every == 0 or step == end
+        if step % log_every == 0 or save_now:
+            _log(pending, result, reporters, throughput, ckpt, model_dir)
+        if save_now:
+            # A lead that lost its lease (gs://) must not write another checkpoint.
+            train_guards.check_lock(lock)
+            ckpt.save(step, state, data_iter.state(), force=True)
+            reporters.checkpoint(step)
+    result.final_step = int(jax.device_get(state.step))
+    return result
+
+
+def _log(pending, result, reporters, throughput, ckpt, model_dir) -> None:
+    """Fetches the pending steps' metrics, stops on a non-finite one, and reports them."""
+    host = jax.device_get([m for _, m in pending])
+    records = []
+    for (s, _), m in zip(pending, host, strict=True):
+        if int(m["nonfinite"]):
             ckpt.wait()
-            ckpt.close()
-            if bar is not None:
-                bar.close()
-            if writer is not None:
-                writer.close()
-        return result
+            what = (
+                "the updated weights or optimizer state became"
+                if all(map(math.isfinite, (float(m["loss"]), float(m["grad_norm"]))))
+                else "loss became"
+            )
+            good = ckpt.latest_step()
+            kept = (
+                f"Last good checkpoint: step {good} in {model_dir}"
+                if good is not None
+                else f"No checkpoint was written yet in {model_dir}"
+            )
+            raise NonFiniteLossError(
+                f"{what} non-finite at step {s} (loss={float(m['loss'])}, "
+                f"grad_norm={float(m['grad_norm'])}); the update was skipped and no "
+                f"checkpoint was written after it. {kept}. Lower the learning rate or "
+                "check the data."
+            )
+        rec = {
+            "step": s,
+            "loss": float(m["loss"]),
+            "grad_norm": float(m["grad_norm"]),
+            "learning_rate": float(m["learning_rate"]),
+            "tokens": float(m["tokens"]),
+        }
+        result.steps.append(s)
+        result.losses.append(rec["loss"])
+        records.append(rec)
+    reporters.log(records[-1]["step"], records, {**records[-1], **throughput.measure()})
+    pending.clear()
 
 
 # ----------------------------------------------------------------------------- CLI
-
-
-def _binding(text: str) -> str:
-    """`--gin.MODEL_DIR=/tmp/x` -> `MODEL_DIR = '/tmp/x'` (bare strings get quoted)."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise ValueError(f"gin binding {text!r} must look like NAME=VALUE")
-    value = value.strip()
-    try:
-        gin.config.parse_value(value)
-    except Exception:  # not a gin literal: treat as a string
-        value = repr(value)
-    return f"{key.strip()} = {value}"
-
-
-def parse_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
-    """Splits argv into gin files, gin bindings and search paths."""
-    files, bindings, paths = [], [], [os.getcwd()]
-    it = iter(argv)
-    for arg in it:
-        if arg.startswith("--gin_file"):
-            files.append(arg.split("=", 1)[1] if "=" in arg else next(it))
-        elif arg.startswith("--gin_search_paths"):
-            value = arg.split("=", 1)[1] if "=" in arg else next(it)
-            paths.extend(value.split(","))
-        elif arg.startswith("--gin."):
-            bindings.append(_binding(arg[len("--gin.") :]))
-        elif arg.startswith("--gin_bindings"):
-            bindings.append(arg.split("=", 1)[1] if "=" in arg else next(it))
-        else:
-            raise ValueError(
-                f"unknown flag {arg!r}; expected --gin_file, --gin.NAME=VALUE, "
-                "--gin_bindings or --gin_search_paths"
-            )
-    return files, bindings, paths
-
-
-REPO_CONFIGS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs"
-)
-
-
-def _roots(search_paths: Sequence[str]) -> list[str]:
-    """Where gin files are looked up, in order (see `toxjax train --help`)."""
-    return ["", *search_paths, REPO_CONFIGS, os.path.dirname(REPO_CONFIGS)]
-
-
-def find_gin_file(name: str, search_paths: Sequence[str] = ()) -> str:
-    for root in _roots(search_paths):
-        if os.path.exists(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise FileNotFoundError(
-        f"gin file {name!r} not found (searched the working directory, "
-        f"{', '.join(search_paths) or '-'} and {REPO_CONFIGS})"
-    )
-
-
-def parse_gin(files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()):
-    """Parses gin files and bindings; errors name the file or binding at fault."""
-    for path in _roots(search_paths)[1:]:
-        gin.add_config_file_search_path(path)
-    # Resolved here: gin itself would log an error for each miss first.
-    resolved = [find_gin_file(f, search_paths) for f in files]
-    gin.parse_config_files_and_bindings(
-        resolved, list(bindings), finalize_config=False, skip_unknown=False
-    )
-
 
 _DISTRIBUTED_FLAGS = {"coordinator_address": str, "num_processes": int, "process_id": int}
 
@@ -495,97 +338,28 @@ def init_distributed(argv: Sequence[str]) -> list[str]:
     return rest
 
 
-_ASSIGN = re.compile(r"^\s*([A-Z_][A-Z0-9_]*)\s*=\s*(\S.*)$", re.M)
-_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.M)
-
-
-def required_macros(files: Sequence[str], search_paths: Sequence[str] = ()) -> dict[str, str]:
-    """`{macro: gin file}` for every macro the files (and their includes, in gin's
-    order) leave at `%gin.REQUIRED`: what a user must bind."""
-    last: dict[str, tuple[str, str]] = {}  # macro -> (value text, file)
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        try:
-            path = find_gin_file(name, search_paths)
-        except FileNotFoundError:
-            return
-        if path in seen:
-            return
-        seen.add(path)
-        with open(path) as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            include = _INCLUDE.match(line)
-            if include:
-                visit(include.group(1))
-                continue
-            assign = _ASSIGN.match(line)
-            if assign:
-                last[assign.group(1)] = (assign.group(2), os.path.relpath(path, REPO_CONFIGS))
-
-    for name in files:
-        visit(name)
-    return {m: where for m, (value, where) in last.items() if value.startswith("%gin.REQUIRED")}
-
-
-def usage(files: Sequence[str] = (), search_paths: Sequence[str] = ()) -> str:
-    """`toxjax train --help`: flags, the gin search path and the REQUIRED macros."""
-    configs = [list(files)] if files else [["runs/pretrain.gin"], ["experiments/inst_125m.gin"]]
-    required = []
-    for shown in configs:
-        required.append(f"REQUIRED macros of {', '.join(shown)}:")
-        macros = required_macros(shown, search_paths)
-        required += [f"  {m:<14} (from {where})" for m, where in macros.items()]
-    lines = [
-        "usage: toxjax train --gin_file=FILE [--gin_file=FILE ...] [--gin.NAME=VALUE ...]",
-        "       (or: python -m toxjax.train ...)",
-        "",
-        "Trains a model configured by gin files; resumes from the newest checkpoint in",
-        "MODEL_DIR. Example (the paper's setting, tiny for a first try):",
-        "  toxjax train --gin_file=experiments/inst_125m.gin --gin.MODEL_DIR=runs/inst \\",
-        "      --gin.CORPUS_FILES='scored.jsonl'",
-        "",
-        "flags:",
-        "  --gin_file=FILE           a gin file (repeatable; later files override earlier)",
-        "  --gin.NAME=VALUE          a binding or macro, e.g. --gin.NUM_STEPS=100,",
-        "                            --gin.ModelConfig.num_layers=2 (bare words are strings)",
-        "  --gin_bindings='A = 1'    a raw gin binding line (repeatable)",
-        "  --gin_search_paths=D1,D2  more directories to look up gin files in",
-        "  --multihost               one process per host (jax.distributed); on Cloud TPU",
-        "                            the rest is discovered, elsewhere also pass",
-        "  --coordinator_address=HOST:PORT --num_processes=N --process_id=I",
-        "  -h, --help                this text (with --gin_file: that config's REQUIRED macros)",
-        "",
-        f"gin files are looked up in: the working directory, --gin_search_paths, {REPO_CONFIGS}",
-        "  (models/*.gin, runs/pretrain.gin, mesh/*.gin, experiments/*.gin)",
-        "",
-        *required,
-        "",
-        "exit codes: 0 done, 2 configuration error, 3 non-finite loss or state, 4 checkpoint or",
-        "  data settings do not match this run, 5 another trainer holds MODEL_DIR/LOCK,",
-        "  6 no intact checkpoint (every step failed its checksums)",
-    ]
-    return "\n".join(lines)
-
-
 # Exit codes of `toxjax train`, one per kind of refusal (scripts can tell them apart).
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_MISMATCH, EXIT_LOCKED, EXIT_CORRUPT = 2, 3, 4, 5, 6
-
-
-def _message(error: BaseException) -> str:
-    """The error's message without the line gin appends ("In call to configurable ...")."""
-    return re.sub(r"\n\s*In call to configurable .*", "", str(error))
+EXIT_CRASH, EXIT_CONFIG, EXIT_NONFINITE, EXIT_MISMATCH, EXIT_LOCKED, EXIT_CORRUPT = 1, 2, 3, 4, 5, 6
+_EXIT_CODES = (
+    (ConfigError, EXIT_CONFIG),  # TrainConfigError, a bad ModelConfig / AugmentConfig / attention
+    (NonFiniteLossError, EXIT_NONFINITE),
+    (ckpt_lib.CheckpointMismatchError, EXIT_MISMATCH),
+    (DataStateMismatchError, EXIT_MISMATCH),
+    (locking.LockHeldError, EXIT_LOCKED),
+    (ckpt_lib.CorruptCheckpointError, EXIT_CORRUPT),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help", "help") for a in argv):
         try:
-            files, _, paths = parse_flags([a for a in argv if a not in ("-h", "--help", "help")])
+            files, _, paths = gin_utils.parse_flags(
+                [a for a in argv if a not in ("-h", "--help", "help")]
+            )
         except ValueError:
             files, paths = [], []
-        print(usage(files, paths))
+        print(gin_utils.usage(files, paths))
         return 0
     try:
         argv = init_distributed(argv)
@@ -593,29 +367,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"toxjax train: {e}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        files, bindings, paths = parse_flags(argv)
-        parse_gin(files, bindings, paths)
-        train_guards.check_macros_used(bindings)
+        files, bindings, paths = gin_utils.parse_flags(argv)
+        gin_utils.parse_gin(files, bindings, paths)
+        gin_utils.check_macros_used(bindings, files, paths)
     except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
+        print(f"toxjax train: configuration error: {gin_utils.message(e)}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         result = train()
-    except ConfigError as e:  # TrainConfigError, a bad ModelConfig / AugmentConfig / attention
-        print(f"toxjax train: configuration error: {_message(e)}", file=sys.stderr)
-        return EXIT_CONFIG
-    except NonFiniteLossError as e:
-        print(f"toxjax train: {_message(e)}", file=sys.stderr)
-        return EXIT_NONFINITE
-    except (ckpt_lib.CheckpointMismatchError, DataStateMismatchError) as e:
-        print(f"toxjax train: {_message(e)}", file=sys.stderr)
-        return EXIT_MISMATCH
-    except locking.LockHeldError as e:
-        print(f"toxjax train: {_message(e)}", file=sys.stderr)
-        return EXIT_LOCKED
-    except ckpt_lib.CorruptCheckpointError as e:
-        print(f"toxjax train: {_message(e)}", file=sys.stderr)
-        return EXIT_CORRUPT
+    except tuple(cls for cls, _ in _EXIT_CODES) as e:
+        code = next(c for cls, c in _EXIT_CODES if isinstance(e, cls))
+        prefix = "configuration error: " if code == EXIT_CONFIG else ""
+        print(f"toxjax train: {prefix}{gin_utils.message(e)}", file=sys.stderr)
+        return code
+    finally:
+        gc.collect()  # drop the data pipeline's iterators before the interpreter exits
     if result.losses:
         print(f"done: step {result.final_step}, last loss {result.losses[-1]:.4f}")
     return 0

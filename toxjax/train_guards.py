@@ -3,9 +3,9 @@
 - `check_train_arguments`: type and range errors of `train`'s arguments as one line that
   names the gin binding (and the macro it came through), never a traceback after
   compiling.
-- `check_macros_used`: a macro set on the command line that nothing in the
-  configuration uses (a typo: `--gin.LEARNING_RAT=1e-5`) is an error naming the close
-  matches. gin itself already rejects unknown configurable parameters.
+- `prepare_model_dir`: MODEL_DIR is a directory this process can write (a file, or a
+  read-only folder, is one line naming it).
+- `check_augment_bindings`: `AugmentConfig.*` bindings must reach the task.
 - `lock_model_dir` / `check_lock`: one trainer per MODEL_DIR (`toxjax.locking`), held by
   the lead process; on a pod every process learns the lead's verdict.
 
@@ -16,9 +16,7 @@ library modules stay gin-free.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import re
 import sys
 import types
 import typing
@@ -150,8 +148,8 @@ def check_train_arguments(**args) -> None:
         )
 
 
-def _lead_says(ok: bool) -> bool:
-    """Process 0's `ok`, on every process."""
+def lead_says(ok: bool) -> bool:
+    """Process 0's `ok`, on every process (a refusal the lead finds stops them all)."""
     if jax.process_count() == 1:
         return ok
     import numpy as np
@@ -180,7 +178,7 @@ def lock_model_dir(model_dir: str) -> locking.WriterLock | None:
         else:
             if lock.note:  # a trainer that was killed: its lock is taken over
                 print(lock.note, file=sys.stderr, flush=True)
-    if not _lead_says(refusal is None):
+    if not lead_says(refusal is None):
         raise locking.LockHeldError(
             refusal or f"the lead process could not lock {model_dir} (see its log)"
         )
@@ -195,41 +193,71 @@ def check_lock(lock: locking.WriterLock | None) -> None:
             lock.check()
         except locking.LockHeldError as e:
             lost = str(e)
-    if not _lead_says(lost is None):
+    if not lead_says(lost is None):
         raise locking.LockHeldError(lost or "the lead process lost the lock (see its log)")
 
 
-_MACRO_DEFINITION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+def prepare_model_dir(model_dir: str) -> tuple[str, bool]:
+    """Creates MODEL_DIR if needed and checks it can be written.
 
+    Returns:
+      `(resolved path, whether this call created it)`: a run refused later removes a
+      directory it created and left empty (`remove_if_empty`).
 
-def check_macros_used(bindings: Sequence[str]) -> None:
-    """Raises `TrainConfigError` for a macro that `bindings` set but nothing uses.
-
-    gin stores a macro set by `--gin.NAME=VALUE` whether or not any binding reads it,
-    so a misspelled macro silently leaves the real one at its default. A macro is
-    legitimate when some binding (in a file or on the command line) references it with
-    `%NAME`: overriding a macro the files define, or defining one that another flag
-    uses. Call after parsing.
+    Raises:
+      TrainConfigError: MODEL_DIR is a file, or a folder this process cannot write.
     """
-    config = gin.config._CONFIG  # gin has no public view of its bindings
-    referenced = {
-        ref.scoped_selector.split("/")[0]
-        for ref in gin.config.iterate_references(config)
-        if ref.selector == "gin.macro"
-    }
-    defined = {scope for scope, selector in config if selector == "gin.macro"}
-    for binding in bindings:
-        match = _MACRO_DEFINITION.match(binding)
-        if match is None or match.group(1) in referenced:
-            continue
-        name = match.group(1)
-        close = difflib.get_close_matches(name, sorted((referenced | defined) - {name}), n=3)
-        hint = (
-            f"; did you mean {' or '.join(close)}?"
-            if close
-            else ("; the configuration uses the macros " + ", ".join(sorted(referenced)))
+    from toxjax import fileio
+
+    path = fileio.resolve(model_dir)
+    name = _binding_name("train", "model_dir")
+    if fileio.is_remote(path):
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(path)
+        return path, False
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise TrainConfigError(f"{name} = {model_dir!r} is a file, not a directory")
+    created = not os.path.exists(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise TrainConfigError(f"{name} = {model_dir!r}: cannot create it ({e.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrainConfigError(
+            f"{name} = {model_dir!r} is not writable by this user; choose another MODEL_DIR"
+        )
+    return path, created
+
+
+def remove_if_empty(path: str) -> None:
+    """Removes a directory this run created if nothing was written into it."""
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty (or already gone): leave it
+        pass
+
+
+def check_augment_bindings(task: str, info) -> None:
+    """`AugmentConfig.*` bindings must reach the task, or they would be silently ignored.
+
+    Gin binds an `AugmentConfig` only where a gin file passes `@AugmentConfig()` (the
+    experiment bases pass it to `scored_corpus_task.augment`). A task registered with a
+    fixed config (e.g. at import time) does not see the bindings: that is an error.
+    """
+    from toxjax.preprocessors import AugmentConfig
+
+    if not gin.get_bindings(AugmentConfig):
+        return
+    bound = gin.get_configurable(AugmentConfig)()
+    if info is None or info.config != bound:
+        how = (
+            "it is not a toxjax.registry task"
+            if info is None
+            else "it was registered with a fixed AugmentConfig"
         )
         raise TrainConfigError(
-            f"macro {name} (from the binding {binding.strip()!r}) is not used by the "
-            f"configuration{hint}"
+            f"the AugmentConfig.* bindings do not reach task {task!r} ({how}); register it "
+            "with `config=` or through `scored_corpus_task.augment = @AugmentConfig()` "
+            "(experiments/bases/common.gin does this)"
         )
