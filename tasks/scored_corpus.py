@@ -41,7 +41,7 @@ def scored_corpus_task(
     Args:
       corpus: the corpus name in the task names.
       strategy: one of `toxjax.preprocessors.STRATEGIES`.
-      files: the scored corpus (see `toxjax.registry.make_source`), or None when the
+      files: the scored corpus (see `toxjax.sources.make_source`), or None when the
         task is registered elsewhere.
       fraction: share of the documents kept (nested hash subsets, see the registry).
       version: the `_v{version}` suffix.
