@@ -25,7 +25,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check toxjax tasks tests benchmarks
-	$(BIN)/ruff format --check toxjax tasks tests benchmarks
+	# The Python in README.md and docs/*.md is formatted by the same formatter.
+	$(BIN)/ruff format --check toxjax tasks tests benchmarks README.md docs
 
 clean:
 	rm -rf $(VENV) *.egg-info
