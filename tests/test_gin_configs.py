@@ -14,13 +14,13 @@ from toxjax import registry
 from toxjax import train as train_lib  # noqa: F401  (registers the gin configurables)
 from toxjax.data import DataConfig
 from toxjax.model import ModelConfig
+from toxjax.preprocessors import STRATEGIES
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin_configs")
 ALL_FILES = sorted(
     os.path.relpath(p, CONFIGS)
     for p in glob.glob(os.path.join(CONFIGS, "**", "*.gin"), recursive=True)
 )
-STRATEGIES = ("baseline", "meda", "inst", "filter", "ctrl")
 # size -> (parameters, full-data steps, batch, mesh, microbatches) of the experiment bases
 SIZES = {
     "125m": (125e6, 572000, 256, (1, -1, 1), 16),
@@ -67,7 +67,7 @@ def test_model_configs_construct(path):
         assert config.vocab_size == 50304 and config.max_len == 2048
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("suffix", FRACTIONS)
 def test_experiment_binds_its_run(strategy, size, suffix):

@@ -272,7 +272,7 @@ def train(
                 gin.operative_config_str() or gin.config_str(),
             )
 
-        data_iter = DataIterator(data, batch_size, mesh)
+        data_iter = DataIterator(data, batch_size, mesh, num_steps=num_steps)
         if latest is None:
             state = ts.init(jax.random.key(seed))
         else:
