@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--top_k", type=int, default=0)
     t.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="guided decoding away from the condition's toxic variant: sample from "
+        "l + A * (l - l_toxic) (0 = off, plain sampling)",
+    )
+    t.add_argument(
         "--data_parallel",
         action="store_true",
         help="shard sampling batches over all devices (batch_size must divide)",
@@ -88,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _model_lm(args, prefix_ids=(), sampling_kw=None, mesh=None):
+def _model_lm(args, prefix_ids=(), sampling_kw=None, mesh=None, negative_prefix_ids=()):
     """Loads the checkpoint; sampling stops a continuation at the vocabulary's EOS.
     `prefix_ids` go before every scored context (utility, bias)."""
     from toxjax.checkpoint import load_for_inference
@@ -109,6 +117,7 @@ def _model_lm(args, prefix_ids=(), sampling_kw=None, mesh=None):
         seed=args.seed,
         batch_size=args.batch_size,
         prefix_ids=prefix_ids,
+        negative_prefix_ids=negative_prefix_ids,
     )
 
 
@@ -119,7 +128,7 @@ def _write(result: dict, output_dir: str) -> None:
     print(json.dumps(result["metrics"], indent=2))
 
 
-def conditioning_for(args):
+def conditioning_for(args, toxic=None, warn=None):
     """The prefix for this eval, from run.json and `--condition` / `--toxic_condition`
     (before any checkpoint is loaded, so a bad condition fails fast)."""
     from toxjax.run_info import RunInfo
@@ -127,7 +136,21 @@ def conditioning_for(args):
 
     run = RunInfo.read(args.model_dir)
     vocabulary = vocab_from_spec(run.vocabulary, args.model_dir)
-    return run.conditioning(vocabulary, args.condition, args.toxic_condition)
+    toxic = args.toxic_condition if toxic is None else toxic
+    return run.conditioning(vocabulary, args.condition, toxic, warn)
+
+
+def guidance_for(args, cond):
+    """The condition `--guidance` steers away from: the toxic variant of `cond`."""
+    if args.toxic_condition:
+        raise ValueError("--guidance steers away from the toxic condition: drop --toxic_condition")
+    if cond.condition not in STRATEGIES or not STRATEGIES[cond.condition].conditioned:
+        have = ", ".join(n for n, s in STRATEGIES.items() if s.conditioned)
+        raise ValueError(
+            f"--guidance needs a condition with a toxic variant ({have}); this eval's "
+            f"condition is {cond.condition!r}"
+        )
+    return conditioning_for(args, toxic=True, warn=lambda _: None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,9 +171,10 @@ def run(args) -> int:
 
         check_scorer_flags(args, "toxjax eval toxicity")  # before anything loads
     cond = conditioning_for(args)
-    output_dir = args.output_dir or os.path.join(
-        args.model_dir, "eval", f"{args.command}-{cond.label}"
-    )
+    guided = getattr(args, "guidance", 0.0) != 0
+    negative = guidance_for(args, cond) if guided else None
+    label = cond.label + (f"-guidance{args.guidance:g}" if guided else "")
+    output_dir = args.output_dir or os.path.join(args.model_dir, "eval", f"{args.command}-{label}")
     facts = {
         "model_dir": args.model_dir,
         "condition": cond.condition,
@@ -158,6 +182,12 @@ def run(args) -> int:
         "prefix": cond.prefix,
         "prefix_ids": list(cond.prefix_ids),
     }
+    if guided:
+        facts["guidance"] = {
+            "scale": args.guidance,
+            "negative_prefix": negative.prefix,
+            "negative_prefix_ids": list(negative.prefix_ids),
+        }
 
     if args.command == "toxicity":
         from toxjax.evaluation import toxicity
@@ -180,8 +210,9 @@ def run(args) -> int:
             "temperature": args.temperature,
             "top_p": args.top_p,
             "top_k": args.top_k,
+            "guidance": args.guidance,
         }
-        bundle, lm = _model_lm(args, (), sampling_kw, mesh)
+        bundle, lm = _model_lm(args, (), sampling_kw, mesh, negative.prefix_ids if guided else ())
         # What makes these samples; a resume with any of it changed is refused.
         identity = {
             "model": {"step": bundle.step, "run": bundle.run_info},
@@ -190,6 +221,8 @@ def run(args) -> int:
             "seed": args.seed,
             "scorer": scorer_identity(args),
         }
+        if guided:
+            identity["guidance"] = facts["guidance"]
         toxicity.evaluate_toxicity(
             lm,
             scorer,
