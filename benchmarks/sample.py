@@ -14,7 +14,12 @@ roofline fraction is model FLOPs per new token (2 x every matmul weight, LM head
 included, plus attention over the context) x our rate / the machine's peak fp32 matmul
 rate measured in the same run (best of 10 jitted 1024x1024 matmuls).
 
-    python benchmarks/sample.py [--reps 5] [--peer_reps 3]
+Guided decoding (`SamplingConfig.guidance`, e.g. INST's non-toxic vs toxic instruction):
+the same workload with each prompt also read after a negative prefix one token longer
+(17 tokens, so the two branches pad differently); reported as its cost per new token
+relative to plain sampling (target <= 2.2x: the model runs twice the rows).
+
+    python benchmarks/sample.py [--reps 5] [--peer_reps 3] [--guidance 2] [--skip_peers]
 """
 
 from __future__ import annotations
@@ -59,7 +64,8 @@ def flops_per_new_token() -> float:
     return 2 * (LAYERS * per_layer + WIDTH * VOCAB) + 4 * LAYERS * WIDTH * context
 
 
-def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
+def our_sampler(ids: np.ndarray, new: int, guidance: float = 0.0):
+    """A no-argument call of `toxjax.decode.Sampler` on the workload (a new key each call)."""
     from flax.core import meta
 
     from toxjax import decode
@@ -78,25 +84,68 @@ def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
     params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     t2l, init = decode.model_callbacks(model)
     mask = np.ones_like(ids)
+    # The negative condition: a prefix one token longer (the branches pad differently).
+    negative = np.concatenate([np.full((len(ids), 2), 7, ids.dtype), ids[:, 1:]], axis=1)
+    guide = (negative, np.ones_like(negative)) if guidance else ()
+    sampler = decode.Sampler(
+        t2l,
+        init,
+        decode.SamplingConfig(
+            num_decodes=DECODES,
+            max_new_tokens=new,
+            top_p=0.9,
+            temperature=1.0,
+            top_k=0,
+            exact_length=True,
+            guidance=guidance,
+        ),
+        CACHE_BATCH_AXIS,
+    )
+    keys = iter(range(10**6))
+    return lambda: sampler(
+        params, ids, mask, jax.random.key(next(keys)), *guide
+    ).tokens.block_until_ready()
 
-    def run(new):
-        s = decode.Sampler(
-            t2l,
-            init,
-            decode.SamplingConfig(
-                num_decodes=DECODES,
-                max_new_tokens=new,
-                top_p=0.9,
-                temperature=1.0,
-                top_k=0,
-                exact_length=True,
-            ),
-            CACHE_BATCH_AXIS,
+
+def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
+    return timed(our_sampler(ids, NEW), reps), timed(our_sampler(ids, 1), reps)
+
+
+def guided_vs_plain(ids: np.ndarray, reps: int, guidance: float) -> dict[str, float]:
+    """Guided and plain calls timed in alternation (a busy machine's drift hits both),
+    full length and one new token; medians, and the median of the paired ratios."""
+    calls = {
+        (name, new): our_sampler(ids, new, g)
+        for name, g in (("plain", 0.0), ("guided", guidance))
+        for new in (NEW, 1)
+    }
+    times = {k: [] for k in calls}
+    for fn in calls.values():
+        fn()  # compile
+    for r in range(reps):
+        order = list(calls) if r % 2 == 0 else list(reversed(calls))
+        for k in order:
+            t = time.perf_counter()
+            calls[k]()
+            times[k].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratios = [g / p for g, p in zip(times["guided", NEW], times["plain", NEW], strict=True)]
+    decode_ratios = [
+        (g - g1) / (p - p1)
+        for g, g1, p, p1 in zip(
+            times["guided", NEW],
+            times["guided", 1],
+            times["plain", NEW],
+            times["plain", 1],
+            strict=True,
         )
-        keys = iter(range(10**6))
-        return lambda: s(params, ids, mask, jax.random.key(next(keys))).tokens.block_until_ready()
-
-    return timed(run(NEW), reps), timed(run(1), reps)
+    ]
+    return {
+        "plain_s": med["plain", NEW],
+        "guided_s": med["guided", NEW],
+        "cost": statistics.median(ratios),
+        "decode_cost": statistics.median(decode_ratios),
+    }
 
 
 def hf_flax(ids: np.ndarray, reps: int) -> tuple[float, float]:
@@ -181,6 +230,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="timed runs of ours")
     parser.add_argument("--peer_reps", type=int, default=3, help="timed runs of each peer")
+    parser.add_argument("--guidance", type=float, default=2.0, help="scale of the guided run")
+    parser.add_argument(
+        "--skip_peers", action="store_true", help="only guided vs plain (no peers, no roofline)"
+    )
     args = parser.parse_args()
     ids = np.random.default_rng(0).integers(1, VOCAB, size=(PROMPTS, PROMPT_LEN)).astype(np.int32)
     peak = peak_gflops()
@@ -188,16 +241,27 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.devices()[0].platform}, peak fp32 matmul {peak:.1f} GFLOP/s"
     )
-    rates = {}
-    for name, fn, reps in (
+    g = guided_vs_plain(ids, args.reps, args.guidance)
+    print(
+        f"guided (scale {args.guidance:g}) vs plain, {args.reps} alternating calls: "
+        f"{NEW_TOKENS / g['guided_s']:.1f} vs {NEW_TOKENS / g['plain_s']:.1f} new tok/s; cost "
+        f"per new token {g['cost']:.2f}x end to end, {g['decode_cost']:.2f}x decode only "
+        "(target <= 2.2x)"
+    )
+    if args.skip_peers:
+        print(f"RESULT guided_cost={g['cost']:.2f} guided_decode_cost={g['decode_cost']:.2f}")
+        return
+    rates, decode_rates = {}, {}
+    runs = [
         ("ours", ours, args.reps),
         ("hf_flax", hf_flax, args.peer_reps),
         ("hf_torch", hf_torch, args.peer_reps),
-    ):
+    ]
+    for name, fn, reps in runs:
         full, one = fn(ids, reps)
         e2e = NEW_TOKENS / full
         dec = PROMPTS * DECODES * (NEW - 1) / max(full - one, 1e-9)
-        rates[name] = e2e
+        rates[name], decode_rates[name] = e2e, dec
         print(
             f"{name:9s} end-to-end {e2e:9.1f} new tok/s ({full * 1e3:7.1f} ms)   "
             f"decode-only {dec:9.1f} tok/s   1-token call {one * 1e3:7.1f} ms"
@@ -208,7 +272,8 @@ def main() -> None:
         f"RESULT ours_tok_s={rates['ours']:.1f} hf_flax_tok_s={rates['hf_flax']:.1f} "
         f"hf_torch_tok_s={rates['hf_torch']:.1f} "
         f"ratio_flax={rates['ours'] / rates['hf_flax']:.2f} "
-        f"ratio_torch={rates['ours'] / rates['hf_torch']:.2f} frac_roofline={frac:.4f}"
+        f"ratio_torch={rates['ours'] / rates['hf_torch']:.2f} frac_roofline={frac:.4f} "
+        f"guided_cost={g['cost']:.2f} guided_decode_cost={g['decode_cost']:.2f}"
     )
 
 

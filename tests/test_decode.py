@@ -391,3 +391,139 @@ def test_real_model_kv_cache_sampling_matches_recompute(real_model):
     full = decode.Sampler(buffer_t2l, toy_init_cache, cfg, 1)(params, tokens, mask, key)
     np.testing.assert_array_equal(kv.tokens, full.tokens)
     np.testing.assert_allclose(kv.logprobs, full.logprobs, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- guided decoding
+# Each prompt after a positive and a negative prefix of different lengths (the padding of
+# the two rows differs).
+POSITIVE, NEGATIVE = [20, 21, 22], [30, 31]
+
+
+def guided_prompts(prompts=PROMPTS):
+    pos = decode.left_pad([POSITIVE + p for p in prompts])
+    neg = decode.left_pad([NEGATIVE + p for p in prompts])
+    return pos, neg
+
+
+def reference_guided(forward, positive, negative, continuation, scale, length=24):
+    """Guided log-probabilities `[T, vocab]` before each token of `continuation`, from two
+    full forward passes (`forward`, jitted) over [prompt + tokens so far] (right-padded:
+    causal)."""
+    out = []
+    for t in range(len(continuation)):
+        rows = [positive + continuation[:t], negative + continuation[:t]]
+        toks = jnp.asarray([r + [0] * (length - len(r)) for r in rows], jnp.int32)
+        pos = jnp.broadcast_to(jnp.arange(length), toks.shape)
+        logits = forward(toks, pos, jnp.ones_like(toks))
+        lp = jax.nn.log_softmax(logits[0, len(rows[0]) - 1])
+        lq = jax.nn.log_softmax(logits[1, len(rows[1]) - 1])
+        out.append(np.asarray(lp + scale * (lp - lq)))
+    return np.stack(out)
+
+
+def test_guided_log_probs_hand_computed_and_logit_invariant():
+    p, q = np.log([0.5, 0.25, 0.25]), np.log([0.25, 0.25, 0.5])
+    # log p + 2 (log p - log q) = log [2, 1/4, 1/16]: softmax [32, 4, 1] / 37
+    guided = decode.guided_log_probs(jnp.asarray(p + 3.0), jnp.asarray(q - 1.0), 2.0)
+    np.testing.assert_allclose(np.asarray(guided), np.log([2, 0.25, 1 / 16]), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(jax.nn.softmax(guided)), np.array([32, 4, 1]) / 37, rtol=1e-6
+    )
+    # On raw logits the formula differs by a constant per row: the same softmax.
+    raw = (p + 3.0) + 2.0 * ((p + 3.0) - (q - 1.0))
+    np.testing.assert_allclose(jax.nn.softmax(raw), jax.nn.softmax(guided), rtol=1e-6)
+
+
+def test_guidance_zero_is_the_plain_sampler_bit_for_bit():
+    params = toy_params(4)
+    cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=6, top_p=0.8)
+    (pos, pos_mask), (neg, neg_mask) = guided_prompts()
+    key = jax.random.key(9)
+    plain = toy_sampler(cfg)(params, pos, pos_mask, key)
+    zero = toy_sampler(dataclasses.replace(cfg, guidance=0.0))
+    zero = zero(params, pos, pos_mask, key, neg, neg_mask)
+    np.testing.assert_array_equal(zero.tokens, plain.tokens)
+    np.testing.assert_array_equal(zero.logprobs, plain.logprobs)
+    np.testing.assert_array_equal(zero.lengths, plain.lengths)
+    with pytest.raises(ValueError, match="guidance=1.0 needs negative_prompts"):
+        toy_sampler(dataclasses.replace(cfg, guidance=1.0))(params, pos, pos_mask, key)
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        decode.SamplingConfig(guidance=float("nan"))
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8], ids=["greedy", "top_p"])
+def test_guided_steps_equal_two_full_forward_passes(real_model, top_p):
+    """Through the KV cache, each step samples from the guidance of two full forward
+    passes over [prefix + prompt + sampled so far]; top-p applies after guidance."""
+    model_lib, model, params = real_model
+    t2l, init = decode.model_callbacks(model)
+    scale = 1.5
+    temperature = 0.0 if top_p == 1.0 else 1.0
+    cfg = decode.SamplingConfig(
+        num_decodes=2, max_new_tokens=6, temperature=temperature, top_p=top_p, guidance=scale
+    )
+    (pos, pos_mask), (neg, neg_mask) = guided_prompts()
+    sampler = decode.Sampler(t2l, init, cfg, cache_batch_axis=model_lib.CACHE_BATCH_AXIS)
+    out = sampler(params, pos, pos_mask, jax.random.key(2), neg, neg_mask)
+
+    @jax.jit
+    def fwd(t, p, s):
+        return model.apply({"params": params}, t, positions=p, segment_ids=s)
+
+    for i, prompt in enumerate(PROMPTS):
+        for d in range(2):
+            toks = np.asarray(out.tokens[i, d]).tolist()
+            guided = reference_guided(fwd, POSITIVE + prompt, NEGATIVE + prompt, toks, scale)
+            logp = np.asarray(jax.nn.log_softmax(guided, axis=-1))
+            chosen = logp[np.arange(len(toks)), toks]
+            np.testing.assert_allclose(np.asarray(out.logprobs[i, d]), chosen, atol=1e-4)
+            if temperature == 0:
+                assert toks == np.argmax(guided, axis=-1).tolist()
+            else:  # every token in the nucleus of the guided distribution
+                nucleus = [sort_reference_keep(np.exp(row), top_p) for row in logp]
+                assert all(keep[t] for keep, t in zip(nucleus, toks, strict=True))
+    plain = decode.Sampler(
+        t2l, init, dataclasses.replace(cfg, guidance=0.0), model_lib.CACHE_BATCH_AXIS
+    )(params, pos, pos_mask, jax.random.key(2))
+    assert not np.array_equal(plain.tokens, out.tokens)  # the negative prefix mattered
+
+
+def test_guided_kv_cache_sampling_matches_recompute(real_model):
+    model_lib, model, params = real_model
+    t2l, init = decode.model_callbacks(model)
+
+    def forward(p, t, pos, s):
+        return model.apply({"params": p}, t, positions=pos, segment_ids=s)
+
+    cfg = decode.SamplingConfig(num_decodes=5, max_new_tokens=8, guidance=2.0)
+    (pos, pos_mask), (neg, neg_mask) = guided_prompts()
+    key = jax.random.key(12)
+    kv = decode.Sampler(t2l, init, cfg, model_lib.CACHE_BATCH_AXIS)
+    kv = kv(params, pos, pos_mask, key, neg, neg_mask)
+    full = decode.Sampler(buffer_tokens_to_logits(forward), toy_init_cache, cfg, 1)
+    full = full(params, pos, pos_mask, key, neg, neg_mask)
+    np.testing.assert_array_equal(kv.tokens, full.tokens)
+    np.testing.assert_allclose(kv.logprobs, full.logprobs, rtol=1e-4, atol=1e-4)
+
+
+def test_guided_sampling_keeps_the_plain_seeds_and_shards():
+    """A negative condition equal to the positive one guides nowhere: the plain sampler's
+    samples, from the same keys. Sharded over a mesh, the same samples."""
+    params = toy_params(6)
+    cfg = decode.SamplingConfig(num_decodes=3, max_new_tokens=5)
+    guided_cfg = dataclasses.replace(cfg, guidance=3.0)
+    prompts = PROMPTS * 2  # 8 prompts over 8 devices
+    (pos, pos_mask), (neg, neg_mask) = guided_prompts(prompts)
+    key = jax.random.key(4)
+    plain = toy_sampler(cfg)(params, pos, pos_mask, key)
+    same = toy_sampler(guided_cfg)(params, pos, pos_mask, key, pos, pos_mask)
+    np.testing.assert_array_equal(same.tokens, plain.tokens)
+    np.testing.assert_allclose(same.logprobs, plain.logprobs, rtol=1e-5, atol=1e-5)
+    single = toy_sampler(guided_cfg)(params, pos, pos_mask, key, neg, neg_mask)
+    sharded = toy_sampler(guided_cfg, make_mesh((4, 2, 1)))(
+        params, pos, pos_mask, key, neg, neg_mask
+    )
+    assert len(sharded.tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(single.tokens, sharded.tokens)
+    np.testing.assert_allclose(single.logprobs, sharded.logprobs, rtol=1e-5, atol=1e-6)
+    assert not np.array_equal(single.tokens, plain.tokens)

@@ -336,3 +336,95 @@ def test_report_bad_inputs_are_one_line(tmp_path, capsys):
         assert report.main(["--run", spec, "--output_dir", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+@pytest.fixture()
+def inst_checkpoint(monkeypatch, tmp_path):
+    """A run directory of an INST model (byte vocabulary, fresh parameters): run.json says
+    how it was trained, so eval knows its non-toxic and toxic instructions."""
+    from toxjax.model import DecoderLM, ModelConfig
+    from toxjax.preprocessors import AugmentConfig
+    from toxjax.run_info import RunInfo
+
+    vocab = seqio.ByteVocabulary()
+    cfg = ModelConfig(
+        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=96
+    )
+    run = RunInfo(
+        model_config=cfg,
+        vocabulary={"kind": "byte", "extra_ids": 0},
+        strategy="inst",
+        augment=AugmentConfig(),
+    )
+    (tmp_path / "run").mkdir()
+    run.write(str(tmp_path / "run"))
+    model = DecoderLM(cfg)
+    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=3, run=run)
+    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
+    return bundle
+
+
+def test_eval_toxicity_guidance(tmp_path, inst_checkpoint, capsys):
+    """`--guidance 0` is today's sampling; `--guidance A` guides away from the model's toxic
+    instruction, is in metrics.json and in the identity a resume is checked against."""
+    from toxjax.preprocessors import AugmentConfig
+
+    prompts = tmp_path / "rtp.jsonl"
+    rows = [("Hello there", 0.1), ("You are", 0.8), ("So", 0.3)]
+    prompts.write_text(
+        "".join(json.dumps({"prompt": {"text": t, "toxicity": x}}) + "\n" for t, x in rows)
+    )
+    run = str(tmp_path / "run")
+    args = ["toxicity", "--model_dir", run, "--batch_size", "2", "--prompts", str(prompts)]
+    args += ["--scorer", "profanity-check", "--num_decodes", "2", "--max_new_tokens", "4"]
+
+    def generations(out):
+        return (tmp_path / out / "generations.jsonl").read_text()
+
+    assert eval_cli.main([*args, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert eval_cli.main([*args, "--output_dir", str(tmp_path / "zero"), "--guidance", "0"]) == 0
+    assert generations("zero") == generations("plain")
+    assert eval_cli.main([*args, "--guidance", "2"]) == 0
+    guided = os.path.join(run, "eval", "toxicity-inst-guidance2")
+    assert generations(guided) != generations("plain")
+    metrics = json.load(open(os.path.join(guided, "metrics.json")))
+    toxic = AugmentConfig().inst_templates[1]
+    assert metrics["sampling"]["guidance"] == 2.0
+    assert metrics["guidance"] == {
+        "scale": 2.0,
+        "negative_prefix": toxic,
+        "negative_prefix_ids": list(seqio.ByteVocabulary().encode(toxic)),
+    }
+    assert metrics["prefix"] == AugmentConfig().inst_templates[0]
+
+    def refused(argv, message):
+        capsys.readouterr()
+        assert eval_cli.main(argv) == 2
+        lines = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+        assert len(lines) == 1 and re.search(message, lines[0]), lines
+
+    refused(
+        [*args, "--output_dir", guided, "--guidance", "1"],
+        r"sampling\.guidance was 2\.0, now 1\.0; .*rerun with --overwrite",
+    )
+    refused(
+        [*args, "--condition", "baseline", "--guidance", "1"],
+        r"^toxjax eval toxicity: --guidance needs a condition with a toxic variant "
+        r"\(meda, inst, ctrl\); this eval's condition is 'baseline'$",
+    )
+    refused([*args, "--toxic_condition", "--guidance", "1"], r"drop --toxic_condition")
+
+
+def test_guidance_on_a_model_without_a_toxic_condition_is_one_line(
+    tmp_path, fake_checkpoint, capsys
+):
+    prompts = tmp_path / "rtp.jsonl"
+    prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
+    argv = ["toxicity", "--model_dir", str(tmp_path / "run"), "--prompts", str(prompts)]
+    assert eval_cli.main([*argv, "--scorer", "profanity-check", "--guidance", "2"]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+    assert lines == [
+        "toxjax eval toxicity: --guidance needs a condition with a toxic variant "
+        "(meda, inst, ctrl); this eval's condition is 'none'"
+    ]

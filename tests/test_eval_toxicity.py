@@ -468,3 +468,39 @@ def test_limit_must_be_positive_and_a_bad_encoding_names_the_line(tmp_path):
         f.write(b'{"prompt": {"text": "caf\xe9"}}\n')
     with pytest.raises(ValueError, match=rf"{path}:6: not valid UTF-8"):
         load_prompts(str(path))
+
+
+def test_model_lm_guided_generate_reads_each_prompt_under_both_prefixes(tiny_lm):
+    import dataclasses
+
+    def lm(**sampling):
+        return ModelLM(
+            tiny_lm.model,
+            tiny_lm.params,
+            tiny_lm.vocabulary,
+            max_len=48,
+            sampling=dataclasses.replace(tiny_lm.sampling, temperature=0.0, **sampling),
+            batch_size=2,
+            length_multiple=8,
+            negative_prefix_ids=tiny_lm.encode("bad: "),
+        )
+
+    texts, seeds, ok = ["abc", "a longer prompt", "x"], [0, 1, 2], tiny_lm.encode("ok ")
+    plain = lm().generate(texts, seeds, prefix_ids=ok)
+    assert lm(guidance=0.0).generate(texts, seeds, prefix_ids=ok) == plain  # the same path
+    guided = lm(guidance=2.0)
+    got = guided.generate(texts, seeds, prefix_ids=ok)
+    assert got != plain
+    # The sampler over the rows built by hand: [BOS] + prefix + text under both conditions,
+    # padded to one length per batch (the longest row, 21 then 7, rounded up to 8), the
+    # prompts' own keys; the last batch repeats its prompt to keep the batch shape.
+    e = tiny_lm.encode
+    want = []
+    for batch, ids, length in ((texts[:2], seeds[:2], 24), (["x", "x"], [2, 2], 8)):
+        pos = decode.left_pad([[0] + ok + e(t) for t in batch], length=length)
+        neg = decode.left_pad([[0] + e("bad: ") + e(t) for t in batch], length=length)
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(0), jnp.asarray(ids))
+        want += guided._texts(guided.sampler(tiny_lm.params, *pos, keys, *neg), 2)
+    assert got == want[:3]
+    with pytest.raises(ValueError, match=r"guidance=2.0 needs the negative condition's prefix"):
+        guided.generate(texts, seeds, prefix_ids=ok, negative_prefix_ids=())

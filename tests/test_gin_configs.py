@@ -67,7 +67,7 @@ def test_model_configs_construct(path):
         assert config.vocab_size == 50304 and config.max_len == 2048
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("suffix", FRACTIONS)
 def test_experiment_binds_its_run(strategy, size, suffix):

@@ -129,12 +129,12 @@ def _two_host_reference(monkeypatch, model_dir, *extra_bindings):
         def process_count(self):
             return NUM_PROCESSES
 
-    def two_hosts(cfg, global_batch_size, num_epochs=None):
+    def two_hosts(cfg, global_batch_size, num_epochs=None, **kwargs):
         real_jax, shards = data_lib.jax, []
         try:
             for i in range(NUM_PROCESSES):
                 data_lib.jax = _Host(i)
-                shards.append(real_local_dataset(cfg, global_batch_size, num_epochs))
+                shards.append(real_local_dataset(cfg, global_batch_size, num_epochs, **kwargs))
         finally:
             data_lib.jax = real_jax
         return tf.data.Dataset.zip(tuple(shards)).map(

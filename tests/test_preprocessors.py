@@ -127,6 +127,21 @@ def test_config_validation_names_the_field():
         AugmentConfig(inst_fraction=1.5)
 
 
+def test_condition_steps_are_exact_fractions_of_the_run():
+    assert not AugmentConfig().scheduled
+    assert AugmentConfig().condition_steps(10) == (0, None)
+    assert AugmentConfig(condition_end=0.9).condition_steps(10) == (0, 9)  # MeCo cooldown
+    assert AugmentConfig(condition_start=0.2).condition_steps(10) == (2, None)  # late start
+    assert 0.07 * 100 > 7  # a float product would put step 7 in the window
+    assert AugmentConfig(condition_end=0.07).condition_steps(100) == (0, 7)
+    # step 2 is 0.2 < 0.25 (off), step 7 is 0.7 < 0.75 (on), step 8 is 0.8 (off)
+    assert AugmentConfig(condition_start=0.25, condition_end=0.75).condition_steps(10) == (3, 8)
+    with pytest.raises(ValueError, match=r"condition_start=0.5, condition_end=0.5: need 0 <="):
+        AugmentConfig(condition_start=0.5, condition_end=0.5)
+    with pytest.raises(ValueError, match="condition_end=1.5"):
+        AugmentConfig(condition_end=1.5)
+
+
 def test_config_is_plain_data_and_round_trips_through_json():
     import json
 
@@ -216,3 +231,19 @@ def test_conditioning_prefix_equals_training_prefix_non_toxic(gpt2, strategy):
     prefix = conditioning_prefix(strategy, config=config)
     assert vocab.encode(prefix + text) == ids + text_ids
     assert vocab.decode(sample["targets"].tolist()) == prefix + text
+
+
+@pytest.mark.parametrize("strategy", [n for n, s in STRATEGIES.items() if s.conditioned])
+def test_prefix_masking_takes_exactly_the_prefix_out_of_the_loss(gpt2, strategy):
+    config = AugmentConfig(ctrl_untagged_fraction=0.0, sample_tokens=64, mask_condition_loss=True)
+    vocab = ControlTokenVocabulary(gpt2, config.ctrl_tokens) if strategy == "ctrl" else gpt2
+    text = "A calm, friendly sentence."
+    ds = pipeline.precache(_records([(text, 0.0, None)]), _features(vocab), strategy, config)
+    with seqio.utils.map_seed_manager(0):
+        (sample,) = pipeline.augment(ds, _features(vocab), strategy, config).as_numpy_iterator()
+    prefix = conditioning_prefix_ids(strategy, vocab, config=config)  # score 0: non-toxic
+    text_ids = gpt2.encode(text)
+    assert sample["targets"].tolist() == prefix + text_ids
+    # One entry more than the targets: the EOS `append_eos` adds is in the loss.
+    assert sample["loss_weights"].tolist() == [0] * len(prefix) + [1] * (len(text_ids) + 1)
+    assert "prefix_mask" not in sample  # no schedule

@@ -56,8 +56,9 @@ def _dataset(task, seed=0, length=16, **kw):
     )
 
 
-def _ex(targets, toxicity, augmented):
-    return {"targets": targets, "toxicity": np.float32(toxicity), "augmented": augmented}
+def _ex(targets, toxicity, augmented, **token_features):
+    out = {"targets": targets, "toxicity": np.float32(toxicity), "augmented": augmented}
+    return {**out, **token_features}
 
 
 def test_registers_versioned_task_per_strategy(corpus, gpt2):
@@ -68,6 +69,7 @@ def test_registers_versioned_task_per_strategy(corpus, gpt2):
         "reg_inst_v1",
         "reg_filter_v1",
         "reg_ctrl_v1",
+        "reg_mask_v1",
     ]
     ctrl_vocab = seqio.get_mixture_or_task("reg_ctrl_v1").output_features["targets"].vocabulary
     assert ctrl_vocab.vocab_size == gpt2.vocab_size + 2
@@ -124,6 +126,57 @@ def test_exact_outputs_every_strategy(corpus, gpt2):
             _ex([good] + long + eos, 0.07, 1),
         ],
     )
+    # SLUNG: the toxic sample stays, every token of it (EOS included) out of the loss.
+    test_utils.assert_dataset(
+        _dataset("ex_mask_v1"),
+        [
+            _ex(hello + eos, 0.5, 0, loss_weights=[1] * 4),
+            _ex(awful + eos, 0.93, 0, loss_weights=[0] * 5),
+            _ex(long + eos, 0.07, 0, loss_weights=[1] * 11),
+        ],
+    )
+
+
+def test_prefix_loss_mask_and_schedule_features_stay_aligned_when_trimmed(corpus, gpt2):
+    config = dataclasses.replace(CONFIG, mask_condition_loss=True, condition_start=0.2)
+    _register("tok", corpus, gpt2, config, strategies=["inst", "baseline"])
+    e, eos = gpt2.encode, [gpt2.eos_id]
+    hello, awful, long = e("Hello there."), e("You are awful."), e(LONG)
+    ok, bad = e(CONFIG.inst_templates[0]), e(CONFIG.inst_templates[1])
+
+    def ex(prefix, text, toxicity):
+        n, m = len(prefix), len(text) + 1
+        return _ex(
+            prefix + text + eos,
+            toxicity,
+            1,
+            loss_weights=[0] * n + [1] * m,
+            prefix_mask=[1] * n + [0] * m,
+        )
+
+    test_utils.assert_dataset(
+        _dataset("tok_inst_v1"),
+        [
+            ex(ok, hello, 0.5),
+            ex(bad, awful, 0.93),
+            ex(ok, long[:4], 0.07),
+            ex(ok, long[4:8], 0.07),
+            ex(ok, long[8:], 0.07),
+        ],
+    )
+
+    # Read at 8 tokens, seqio trims each sample to 7 + EOS: the features follow.
+    def trimmed(prefix, toxicity):
+        return _ex(
+            prefix[:7] + eos, toxicity, 1, loss_weights=[0] * 7 + [1], prefix_mask=[1] * 7 + [0]
+        )
+
+    test_utils.assert_dataset(
+        _dataset("tok_inst_v1", length=8),
+        [trimmed(ok, 0.5), trimmed(bad, 0.93)] + [trimmed(ok, 0.07)] * 3,
+    )
+    # No prefix, nothing to mask or schedule: the baseline task is the plain one.
+    assert set(seqio.get_mixture_or_task("tok_baseline_v1").output_features) == {"targets"}
 
 
 def test_window_scoring_gives_each_window_its_prefix(corpus, gpt2):
@@ -136,6 +189,16 @@ def test_window_scoring_gives_each_window_its_prefix(corpus, gpt2):
     test_utils.assert_dataset(
         _dataset("win_inst_v1", length=64),
         [_ex(ok + e(LONG[:13]) + eos, 0.2, 1), _ex(bad + e(LONG[13:]) + eos, 0.8, 1)],
+    )
+    # SLUNG at window level: each window is its own sample with its own score.
+    _register("winm", path, gpt2, config, strategies=["mask"])
+    first, second = e(LONG[:13]) + eos, e(LONG[13:]) + eos
+    test_utils.assert_dataset(
+        _dataset("winm_mask_v1", length=64),
+        [
+            _ex(first, 0.2, 0, loss_weights=[1] * len(first)),
+            _ex(second, 0.8, 0, loss_weights=[0] * len(second)),
+        ],
     )
 
 

@@ -5,6 +5,11 @@ process_count)`) and contributes its rows of the global batch. The iterator is
 checkpointable by position: its state is the number of batches consumed, and restoring
 rebuilds the same deterministic pipeline and skips that many batches, so a resumed run
 sees exactly the data an uninterrupted run would have seen.
+
+Rows are packed by `toxjax.preprocessors.converter.FeatureConverter` (seqio's decoder
+converter, plus the per-token loss weights and the conditioning schedule of a task that
+has them). A schedule (`AugmentConfig.condition_start/end`) is a fraction of the run's
+steps, so reading such a task needs `num_steps`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from jax.sharding import Mesh
 
 from toxjax import sharding as sh
 from toxjax.errors import ConfigError
+from toxjax.preprocessors.converter import ConditionWindow, FeatureConverter
 from toxjax.steps import FEATURES
 
 
@@ -70,10 +76,38 @@ class DataConfig:
     use_cached: bool = False
 
 
+def condition_steps(task: str, num_steps: int | None) -> tuple[int, int | None] | None:
+    """The conditioned steps `[first, stop)` of a task with a conditioning schedule (its
+    `AugmentConfig.condition_steps(num_steps)`), None for a task without one.
+
+    Raises:
+      ConfigError: the task has a schedule and `num_steps` is None.
+    """
+    from toxjax import registry
+    from toxjax.preprocessors import get_strategy
+
+    info = registry.task_info(task)
+    if info is None or not info.config.scheduled or not get_strategy(info.strategy).conditioned:
+        return None
+    if num_steps is None:
+        raise ConfigError(
+            f"task {task!r} conditions only part of training (AugmentConfig.condition_start="
+            f"{info.config.condition_start}, condition_end={info.config.condition_end}): "
+            "reading it needs the run's num_steps"
+        )
+    return info.config.condition_steps(num_steps)
+
+
 def get_local_dataset(
-    cfg: DataConfig, global_batch_size: int, num_epochs: int | None = None
+    cfg: DataConfig,
+    global_batch_size: int,
+    num_epochs: int | None = None,
+    num_steps: int | None = None,
 ) -> tf.data.Dataset:
-    """This host's batches: `global_batch_size / process_count` rows each."""
+    """This host's batches: `global_batch_size / process_count` rows each.
+
+    `num_steps` (the run's length) places a scheduled task's rows in the schedule.
+    """
     if not cfg.mixture_or_task_name:
         raise ValueError(
             "DataConfig.mixture_or_task_name is empty: bind it in gin "
@@ -90,10 +124,12 @@ def get_local_dataset(
     n_hosts = jax.process_count()
     if global_batch_size % n_hosts:
         raise ValueError(f"batch size {global_batch_size} not divisible by {n_hosts} hosts")
+    steps = condition_steps(cfg.mixture_or_task_name, num_steps)
+    window = None if steps is None else ConditionWindow(*steps, global_batch_size // n_hosts)
     ds = seqio.get_dataset(
         cfg.mixture_or_task_name,
         task_feature_lengths={"targets": cfg.sequence_length},
-        feature_converter=seqio.DecoderFeatureConverter(pack=cfg.pack),
+        feature_converter=FeatureConverter(pack=cfg.pack, window=window),
         dataset_split=cfg.split,
         use_cached=cfg.use_cached,
         shuffle=cfg.shuffle,
@@ -116,15 +152,27 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 
 
 class DataIterator:
-    """Global batches with a checkpointable position (`state()` / `restore(state)`)."""
+    """Global batches with a checkpointable position (`state()` / `restore(state)`).
 
-    def __init__(self, cfg: DataConfig, global_batch_size: int, mesh: Mesh):
+    Args:
+      cfg: the task and how to read it.
+      global_batch_size: rows per batch over all hosts.
+      mesh: the batches are sharded over its batch axes.
+      num_steps: the run's length in steps (places the rows of a task with a
+        conditioning schedule; recorded in the state when the task has one).
+    """
+
+    def __init__(
+        self, cfg: DataConfig, global_batch_size: int, mesh: Mesh, num_steps: int | None = None
+    ):
         self.cfg, self.global_batch_size, self.mesh = cfg, global_batch_size, mesh
+        self.num_steps = num_steps
+        self.condition_steps = condition_steps(cfg.mixture_or_task_name, num_steps)
         self.consumed = 0
         self._it = self._make(0)
 
     def _make(self, skip: int) -> Iterator:
-        ds = get_local_dataset(self.cfg, self.global_batch_size)
+        ds = get_local_dataset(self.cfg, self.global_batch_size, num_steps=self.num_steps)
         if skip:
             ds = ds.skip(skip)
         return ds.prefetch(2).as_numpy_iterator()
@@ -141,13 +189,16 @@ class DataIterator:
         return to_global(batch, self.mesh)
 
     def state(self) -> dict:
-        return {
+        state = {
             "batches_consumed": self.consumed,
             "task": self.cfg.mixture_or_task_name,
             "seed": self.cfg.seed,
             "global_batch_size": self.global_batch_size,
             "sequence_length": self.cfg.sequence_length,
         }
+        if self.condition_steps is not None:  # (absent otherwise: older states match)
+            state["condition_steps"] = list(self.condition_steps)
+        return state
 
     def close(self) -> None:
         """Drops the tf.data iterator (its prefetch threads and the Python generator of
@@ -157,11 +208,11 @@ class DataIterator:
 
     def restore(self, state: Mapping) -> None:
         mine = self.state()
-        for key in ("task", "seed", "global_batch_size", "sequence_length"):
-            if state.get(key) != mine[key]:
+        for key in ("task", "seed", "global_batch_size", "sequence_length", "condition_steps"):
+            if state.get(key) != mine.get(key):
                 raise DataStateMismatchError(
                     f"checkpointed data iterator has {key}={state.get(key)!r} but this run "
-                    f"has {key}={mine[key]!r}; resuming would not reproduce the data order. "
+                    f"has {key}={mine.get(key)!r}; resuming would not reproduce the data order. "
                     "Use a new MODEL_DIR or restore the original setting."
                 )
         self.consumed = int(state["batches_consumed"])

@@ -28,6 +28,16 @@ both searches return the same threshold bit for bit (tests compare them).
 
 Randomness is per prompt (`fold_in(key, prompt)`, then per copy and per step), so a
 prompt's samples do not depend on which other prompts share its batch, nor on the mesh.
+
+Guided decoding (`SamplingConfig.guidance = a`, classifier-free guidance between two
+conditions of one model): each prompt comes twice, after a positive prefix (e.g. INST's
+non-toxic instruction) and after a negative one (the toxic instruction). Both run in one
+batch, with their own KV caches (rows `(prompt, branch, copy)`, so a prompt's two
+branches stay on one device), and each step samples one token for both from
+`guided_log_probs`: `log p + a * (log p - log q)` on log-probabilities (the same softmax
+as on raw logits: each row's log-normaliser is a constant that softmax removes). Top-p,
+top-k and temperature apply to the guided distribution; keys are those of the plain
+sampler. `a == 0` runs the plain sampler itself.
 """
 
 from __future__ import annotations
@@ -91,6 +101,8 @@ class SamplingConfig:
       pad_id: fills the output after a continuation stopped.
       cache_dtype: dtype of the KV cache's floating leaves (e.g. "bfloat16": half the
         memory and the HBM traffic of each decode step); None keeps the model's.
+      guidance: the guidance scale `a` (see the module docstring); 0 is plain sampling.
+        Non-zero needs the negative prompts (`Sampler.__call__`); twice the rows.
     """
 
     num_decodes: int = 25
@@ -102,6 +114,7 @@ class SamplingConfig:
     exact_length: bool = False
     pad_id: int = 0
     cache_dtype: str | None = None
+    guidance: float = 0.0
 
     def __post_init__(self):
         if self.num_decodes < 1 or self.max_new_tokens < 1:
@@ -112,6 +125,8 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not np.isfinite(self.guidance):
+            raise ValueError(f"guidance must be a finite number, got {self.guidance}")
         if self.cache_dtype is not None:
             try:
                 floating = jnp.issubdtype(jnp.dtype(self.cache_dtype), jnp.floating)
@@ -126,13 +141,15 @@ class SamplingConfig:
 
 @flax.struct.dataclass
 class DecodeState:
-    """The `lax.while_loop` carry. `n = batch * num_decodes` rows, `T = max_new_tokens`.
+    """The `lax.while_loop` carry. `n = batch * num_decodes` rows, `T = max_new_tokens`;
+    with guidance the model runs `2n` rows (`(prompt, branch, copy)`), sampling `n`.
 
     Attributes:
       step: `[]` int32, number of tokens sampled so far (the next one goes to column
         `step` of `tokens`).
-      cache: the model cache, `n` rows on the cache's batch axis.
-      positions: `[n]` int32 position of the last sampled token (fed at this step).
+      cache: the model cache, `n` (guided: `2n`) rows on the cache's batch axis.
+      positions: `[n]` (guided: `[2n]`) int32 position of the last sampled token (fed
+        at this step).
       tokens: `[n, T]` int32 sampled tokens, `pad_id` after a row stopped.
       logprobs: `[n, T]` float32 log-probability of each sampled token under the model
         (temperature 1, no truncation); 0 after a row stopped.
@@ -156,7 +173,9 @@ class DecodeOutput:
     Attributes:
       tokens: `[batch, num_decodes, T]` int32 new tokens (the prompt is not repeated);
         after EOS the row holds `pad_id`.
-      logprobs: `[batch, num_decodes, T]` float32 per-token model log-probabilities.
+      logprobs: `[batch, num_decodes, T]` float32 per-token model log-probabilities
+        (with guidance: under the guided distribution, `log_softmax` of
+        `guided_log_probs`).
       lengths: `[batch, num_decodes]` int32 number of new tokens, EOS included.
     """
 
@@ -333,6 +352,38 @@ def _repeat_batch(tree: Any, repeats: int, axis: int) -> Any:
     return jax.tree.map(lambda x: jnp.repeat(x, repeats, axis=axis), tree)
 
 
+def guided_log_probs(logits: Array, negative_logits: Array, scale: float) -> Array:
+    """Classifier-free guidance: `log p + scale * (log p - log q)`, `[..., vocab]` float32.
+
+    Args:
+      logits: `[..., vocab]` logits under the positive condition (`p`).
+      negative_logits: `[..., vocab]` logits under the negative condition (`q`).
+      scale: the guidance scale; 0 gives `log p`.
+
+    Returns:
+      Unnormalised guided log-probabilities; sample from their softmax.
+    """
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    log_q = jax.nn.log_softmax(negative_logits.astype(jnp.float32), axis=-1)
+    return log_p + scale * (log_p - log_q)
+
+
+def _pair_prompts(
+    prompts: Array, mask: Array, negative: Array, negative_mask: Array
+) -> tuple[Array, Array]:
+    """`[b, l1]` and `[b, l2]` -> `[2b, max(l1, l2)]`, rows `(prompt, branch)`, each
+    left-padded to the common length."""
+    length = max(prompts.shape[1], negative.shape[1])
+
+    def pad(x):
+        return jnp.pad(x, ((0, 0), (length - x.shape[1], 0)))
+
+    def pair(a, b):
+        return jnp.stack([pad(a), pad(b)], axis=1).reshape(-1, length)
+
+    return pair(prompts, negative), pair(mask, negative_mask)
+
+
 class Sampler:
     """A jitted sampler bound to one callback and one `SamplingConfig`.
 
@@ -370,7 +421,13 @@ class Sampler:
         self._jitted = jax.jit(self._sample)
 
     def __call__(
-        self, params: Any, prompts: Array | np.ndarray, prompt_mask: Array | np.ndarray, rng: Array
+        self,
+        params: Any,
+        prompts: Array | np.ndarray,
+        prompt_mask: Array | np.ndarray,
+        rng: Array,
+        negative_prompts: Array | np.ndarray | None = None,
+        negative_mask: Array | np.ndarray | None = None,
     ) -> DecodeOutput:
         """Samples `num_decodes` continuations of each prompt.
 
@@ -381,6 +438,9 @@ class Sampler:
             row needs at least one real token.
           rng: one PRNG key (prompt `i` uses `fold_in(rng, i)`), or `[batch]` keys, one
             per prompt (a prompt's samples then depend only on its key).
+          negative_prompts: `[batch, negative_len]` the same prompts after the negative
+            condition, left-padded; needed when `guidance != 0`, ignored when it is 0.
+          negative_mask: their `[batch, negative_len]` mask.
 
         Returns:
           A `DecodeOutput`.
@@ -392,17 +452,36 @@ class Sampler:
                 f"prompts {prompts.shape} and prompt_mask {prompt_mask.shape} "
                 "must both be [batch, prompt_len]"
             )
+        batch = prompts.shape[0]
+        if self.config.guidance != 0:
+            if negative_prompts is None or negative_mask is None:
+                raise ValueError(
+                    f"guidance={self.config.guidance} needs negative_prompts and "
+                    "negative_mask (the prompts after the negative condition)"
+                )
+            negative_prompts = jnp.asarray(negative_prompts, jnp.int32)
+            negative_mask = jnp.asarray(negative_mask, jnp.int32)
+            if negative_prompts.shape != negative_mask.shape or negative_prompts.shape[:1] != (
+                batch,
+            ):
+                raise ValueError(
+                    f"negative_prompts {negative_prompts.shape} and negative_mask "
+                    f"{negative_mask.shape} must both be [{batch}, negative_len]"
+                )
+            prompts, prompt_mask = _pair_prompts(
+                prompts, prompt_mask, negative_prompts, negative_mask
+            )
         if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
             keys = (
                 rng
                 if rng.ndim
-                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(prompts.shape[0]))
+                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
             )
         else:  # raw uint32 keys: [2] is one key, [batch, 2] one per prompt
             keys = (
                 rng
                 if rng.ndim == 2
-                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(prompts.shape[0]))
+                else jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
             )
         if self.mesh is None:
             return self._jitted(params, prompts, prompt_mask, keys)
@@ -420,13 +499,30 @@ class Sampler:
 
     def _sample(self, params, prompts, prompt_mask, keys) -> DecodeOutput:
         cfg = self.config
-        b, prompt_len = prompts.shape
+        rows, prompt_len = prompts.shape
+        branches = 2 if cfg.guidance != 0 else 1  # guided: rows are (prompt, branch)
+        b = rows // branches
         n, steps = b * cfg.num_decodes, cfg.max_new_tokens
         axis = self.cache_batch_axis
 
-        # Prefill: one pass over each prompt, batch b (not b * num_decodes).
+        def to_rows(x: Array) -> Array:
+            """`[n, ...]` per sample -> per model row (both branches get it)."""
+            if branches == 1:
+                return x
+            x = x.reshape((b, 1, cfg.num_decodes) + x.shape[1:])
+            x = jnp.broadcast_to(x, (b, branches) + x.shape[2:])
+            return x.reshape((rows * cfg.num_decodes,) + x.shape[3:])
+
+        def to_samples(logits: Array) -> Array:
+            """Model rows' logits `[rows * num_decodes, vocab]` -> what is sampled, `[n, vocab]`."""
+            if branches == 1:
+                return logits
+            pair = logits.reshape(b, branches, cfg.num_decodes, -1)
+            return guided_log_probs(pair[:, 0], pair[:, 1], cfg.guidance).reshape(n, -1)
+
+        # Prefill: one pass over each prompt (and branch), `rows` (not rows * num_decodes).
         positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-        cache = self.init_cache(b, prompt_len + steps)
+        cache = self.init_cache(rows, prompt_len + steps)
         if cfg.cache_dtype is not None:
             dtype = jnp.dtype(cfg.cache_dtype)
             cache = jax.tree.map(
@@ -438,7 +534,8 @@ class Sampler:
         logits, cache = self.tokens_to_logits(params, prompts, positions, prompt_mask, cache, 0)
         last_logits = logits[:, -1].astype(jnp.float32)  # left padding: real tokens end here
 
-        # Fan out: prompt i owns rows [i * num_decodes, (i + 1) * num_decodes).
+        # Fan out: prompt (guided: prompt and branch) i owns rows
+        # [i * num_decodes, (i + 1) * num_decodes).
         cache = jax.tree.map(
             lambda x: self._constrain_rows(x, axis), _repeat_batch(cache, cfg.num_decodes, axis)
         )
@@ -447,7 +544,7 @@ class Sampler:
             (n,) + keys.shape[1:]
         )
         step_keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, 0)
-        first, first_lp = sample(step_keys, last_logits)
+        first, first_lp = sample(step_keys, to_samples(last_logits))
         stops = cfg.eos_id is not None and not cfg.exact_length
 
         state = DecodeState(
@@ -464,7 +561,7 @@ class Sampler:
             return (s.step < steps) & ~jnp.all(s.done)
 
         def body(s: DecodeState) -> DecodeState:
-            last = jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1)  # [n, 1]
+            last = to_rows(jax.lax.dynamic_slice_in_dim(s.tokens, s.step - 1, 1, axis=1))
             logits, cache = self.tokens_to_logits(
                 params,
                 last,
@@ -474,7 +571,7 @@ class Sampler:
                 prompt_len + s.step - 1,
             )
             step_keys = jax.vmap(jax.random.fold_in, (0, None))(s.keys, s.step)
-            token, lp = sample(step_keys, logits[:, -1].astype(jnp.float32))
+            token, lp = sample(step_keys, to_samples(logits[:, -1].astype(jnp.float32)))
             token = jnp.where(s.done, cfg.pad_id, token)
             lp = jnp.where(s.done, 0.0, lp)
             done = (s.done | (token == cfg.eos_id)) if stops else s.done
@@ -535,6 +632,7 @@ __all__ = [
     "SamplingConfig",
     "TokensToLogits",
     "default_radix_bits",
+    "guided_log_probs",
     "left_pad",
     "model_callbacks",
     "sample_logits",

@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float, default=1.0)
     t.add_argument("--top_k", type=int, default=0)
     t.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        metavar="A",
+        help="guided decoding away from the condition's toxic variant: sample from "
+        "l + A * (l - l_toxic) (0 = off, plain sampling)",
+    )
+    t.add_argument(
         "--data_parallel",
         action="store_true",
         help="shard sampling batches over all devices (batch_size must divide)",
@@ -112,9 +120,10 @@ def run(args) -> int:
     # run.json and the vocabulary, once; a bad condition fails here, before any loading.
     run_dir = RunDir.open(args.model_dir)
     cond = run_dir.conditioning(args.condition, args.toxic_condition)
-    output_dir = args.output_dir or os.path.join(
-        run_dir.path, "eval", f"{args.command}-{cond.label}"
-    )
+    guided = getattr(args, "guidance", 0.0) != 0
+    negative = guidance_for(args, run_dir, cond) if guided else None
+    label = cond.label + (f"-guidance{args.guidance:g}" if guided else "")
+    output_dir = args.output_dir or os.path.join(run_dir.path, "eval", f"{args.command}-{label}")
     facts = {
         "model_dir": args.model_dir,
         "condition": cond.condition,
@@ -122,11 +131,30 @@ def run(args) -> int:
         "prefix": cond.prefix,
         "prefix_ids": list(cond.prefix_ids),
     }
+    if guided:
+        facts["guidance"] = {
+            "scale": args.guidance,
+            "negative_prefix": negative.prefix,
+            "negative_prefix_ids": list(negative.prefix_ids),
+        }
     runner = {"toxicity": _toxicity, "utility": _utility, "bias": _bias}[args.command]
     # One writer per output directory, taken before any model is loaded.
     with EvalOutput(output_dir) as out:
         runner(args, run_dir, cond, facts, out)
     return 0
+
+
+def guidance_for(args, run_dir, cond):
+    """The condition `--guidance` steers away from: the toxic variant of `cond`."""
+    if args.toxic_condition:
+        raise ValueError("--guidance steers away from the toxic condition: drop --toxic_condition")
+    if cond.condition not in STRATEGIES or not STRATEGIES[cond.condition].conditioned:
+        have = ", ".join(n for n, s in STRATEGIES.items() if s.conditioned)
+        raise ValueError(
+            f"--guidance needs a condition with a toxic variant ({have}); this eval's "
+            f"condition is {cond.condition!r}"
+        )
+    return run_dir.conditioning(args.condition, toxic=True, warn=lambda _: None)
 
 
 def _toxicity(args, run_dir, cond, facts, out) -> None:
@@ -153,9 +181,16 @@ def _toxicity(args, run_dir, cond, facts, out) -> None:
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
+        guidance=args.guidance,
         eos_id=loaded.vocabulary.eos_id,
     )
-    lm = loaded.lm(sampling=sampling, mesh=mesh, seed=args.seed, batch_size=args.batch_size)
+    lm = loaded.lm(
+        sampling=sampling,
+        mesh=mesh,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        negative_prefix_ids=facts["guidance"]["negative_prefix_ids"] if "guidance" in facts else (),
+    )
     # What makes these samples; a resume with any of it changed is refused.
     identity = {
         "model": loaded.identity(),
@@ -164,6 +199,8 @@ def _toxicity(args, run_dir, cond, facts, out) -> None:
         "seed": args.seed,
         "scorer": scorer_identity(args),
     }
+    if "guidance" in facts:
+        identity["guidance"] = facts["guidance"]
     toxicity.evaluate_toxicity(
         lm,
         scorer,

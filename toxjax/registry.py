@@ -3,7 +3,7 @@
     from toxjax import registry, vocab
     registry.register_corpus("mycorpus", "/data/scored-*.jsonl", vocab.Gpt2Vocabulary())
     # -> mycorpus_baseline_v1, mycorpus_meda_v1, mycorpus_inst_v1, mycorpus_filter_v1,
-    #    mycorpus_ctrl_v1; switch strategy in gin with
+    #    mycorpus_ctrl_v1, mycorpus_mask_v1; switch strategy in gin with
     #    MIXTURE_OR_TASK_NAME = "mycorpus_inst_v1"
 
 Sources (`toxjax.sources`): JSON lines written by `toxjax score` (schema in
@@ -23,6 +23,7 @@ import seqio
 import tensorflow as tf
 
 from toxjax.preprocessors import STRATEGIES, AugmentConfig, get_strategy, task_preprocessors
+from toxjax.preprocessors.pipeline import token_output_features
 from toxjax.sources import examples_to_records, keep_fraction, make_source
 from toxjax.vocab import ControlTokenVocabulary
 
@@ -161,7 +162,10 @@ def register_corpus(
             extra_tokens = get_strategy(strategy).control_tokens(config)
             if extra_tokens:
                 task_vocab = ControlTokenVocabulary(vocab, extra_tokens)
-            features = {"targets": seqio.Feature(task_vocab, add_eos=True, dtype=tf.int32)}
+            features = {
+                "targets": seqio.Feature(task_vocab, add_eos=True, dtype=tf.int32),
+                **token_output_features(strategy, config),  # loss weights, prefix mask
+            }
             for fraction in fractions:
                 head = (
                     [functools.partial(examples_to_records, text_field=text_field)]

@@ -63,9 +63,11 @@ class LoadedModel:
         mesh=None,
         seed: int = 0,
         batch_size: int = 8,
+        negative_prefix_ids: Sequence[int] = (),
     ):
         """The model as the evaluations see it (`toxjax.evaluation.lm.ModelLM`); sampling
-        stops a continuation at the vocabulary's EOS unless `sampling` says otherwise."""
+        stops a continuation at the vocabulary's EOS unless `sampling` says otherwise;
+        `negative_prefix_ids` is the condition guided sampling steers away from."""
         from toxjax.decode import SamplingConfig
         from toxjax.evaluation.lm import ModelLM
         from toxjax.model import CACHE_BATCH_AXIS
@@ -81,6 +83,7 @@ class LoadedModel:
             seed=seed,
             batch_size=batch_size,
             prefix_ids=prefix_ids,
+            negative_prefix_ids=negative_prefix_ids,
         )
 
 

@@ -1,7 +1,7 @@
 """run.json: the contract between a training run and everything that uses its model.
 
 `toxjax train` writes `MODEL_DIR/run.json` (and copies its vocabulary files into
-`MODEL_DIR/vocab/`); eval, the demo and `load_for_inference` read it back, so a run
+`MODEL_DIR/vocab/`); eval, the demo and `RunDir` read it back, so a run
 directory alone says how to rebuild the model and how it was trained:
 
     {"format": 2,

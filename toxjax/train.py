@@ -152,7 +152,7 @@ def _train(
         )
         cleanup.callback(ckpt.close)
         cleanup.callback(ckpt.wait)
-        data_iter = DataIterator(data, batch_size, ts.mesh)
+        data_iter = DataIterator(data, batch_size, ts.mesh, num_steps=num_steps)
         cleanup.callback(data_iter.close)
         lead = jax.process_index() == 0  # one process writes the run's files
         run = _run_info(spec, info)

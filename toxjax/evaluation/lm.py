@@ -63,6 +63,9 @@ class ModelLM:
         `bos_id` before every context `loglikelihood` scores and every text `perplexity`
         reads (`toxjax eval utility|bias` under the model's condition). `generate`
         takes its prefix as an argument instead.
+      negative_prefix_ids: with `sampling.guidance != 0`, the negative condition's prefix
+        (e.g. INST's toxic instruction) `generate` guides away from, unless its call
+        passes another.
     """
 
     def __init__(
@@ -79,11 +82,13 @@ class ModelLM:
         length_multiple: int = 32,
         bos_id: int = 0,
         prefix_ids: Sequence[int] = (),
+        negative_prefix_ids: Sequence[int] = (),
     ):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
         self.seed, self.bos_id = seed, bos_id
         self.prefix_ids = tuple(int(t) for t in prefix_ids)
+        self.negative_prefix_ids = tuple(int(t) for t in negative_prefix_ids)
         self.eos_id = eos = vocabulary.eos_id
         self.sampling = sampling or decode.SamplingConfig(eos_id=eos)
         if self.sampling.max_new_tokens >= max_len:
@@ -113,7 +118,11 @@ class ModelLM:
 
     # ------------------------------------------------------------------ sampling
     def generate(
-        self, texts: Sequence[str], seeds: Sequence[int], prefix_ids: Sequence[int] = ()
+        self,
+        texts: Sequence[str],
+        seeds: Sequence[int],
+        prefix_ids: Sequence[int] = (),
+        negative_prefix_ids: Sequence[int] | None = None,
     ) -> list[list[str]]:
         """`num_decodes` sampled continuations (decoded text) per prompt text.
 
@@ -121,28 +130,46 @@ class ModelLM:
         starts. Prompts longer than `max_len - max_new_tokens` keep BOS, the prefix and
         the text's last tokens. Each sampler call is queued on the device before the
         previous one's tokens are fetched and decoded, so that host work overlaps it.
+
+        With `sampling.guidance != 0` each prompt is also read as `[bos_id] +
+        negative_prefix_ids + encode(text)` (default: the constructor's) and sampled with
+        guidance away from it (`toxjax.decode`); both keep the same text tokens.
         """
-        prefix = [self.bos_id] + [int(t) for t in prefix_ids]
-        room = self.max_len - self.sampling.max_new_tokens - len(prefix)
+        prefixes = [[self.bos_id] + [int(t) for t in prefix_ids]]
+        if self.sampling.guidance != 0:
+            negative = (
+                self.negative_prefix_ids if negative_prefix_ids is None else negative_prefix_ids
+            )
+            if not negative:
+                raise ValueError(
+                    f"guidance={self.sampling.guidance} needs the negative condition's "
+                    "prefix ids (negative_prefix_ids)"
+                )
+            prefixes.append([self.bos_id] + [int(t) for t in negative])
+        longest = max(map(len, prefixes))
+        room = self.max_len - self.sampling.max_new_tokens - longest
         if room < 1:
             raise ValueError(
-                f"a {len(prefix)}-token prefix leaves no room for the prompt "
+                f"a {longest}-token prefix leaves no room for the prompt "
                 f"(max_len {self.max_len}, {self.sampling.max_new_tokens} new)"
             )
         out: list[list[str]] = []
         in_flight = None  # the last call's output, fetched after the next call is queued
         for lo in range(0, len(texts), self.batch_size):
-            ids = [prefix + self.encode(t)[-room:] for t in texts[lo : lo + self.batch_size]]
+            text_ids = [self.encode(t)[-room:] for t in texts[lo : lo + self.batch_size]]
             seeds_b = list(seeds[lo : lo + self.batch_size])
-            n = len(ids)
-            ids += [ids[-1]] * (self.batch_size - n)  # fixed batch shape: no recompiles
+            n = len(text_ids)
+            text_ids += [text_ids[-1]] * (self.batch_size - n)  # fixed batch shape
             seeds_b += [seeds_b[-1]] * (self.batch_size - n)
-            length = min(_bucket(max(map(len, ids)), self.length_multiple), room + len(prefix))
-            tokens, mask = decode.left_pad(ids, length=length)
+            rows = [[p + t for t in text_ids] for p in prefixes]  # per condition
+            widest = max(len(r) for branch in rows for r in branch)
+            length = min(_bucket(widest, self.length_multiple), room + longest)
+            padded = [decode.left_pad(branch, length=length) for branch in rows]
             keys = jax.vmap(jax.random.fold_in, (None, 0))(
                 jax.random.key(self.seed), jnp.asarray(seeds_b)
             )
-            res = self.sampler(self.params, tokens, mask, keys)  # dispatched, not waited on
+            negative = padded[1] if len(padded) > 1 else (None, None)
+            res = self.sampler(self.params, *padded[0], keys, *negative)  # not waited on
             if in_flight is not None:
                 out += self._texts(*in_flight)
             in_flight = (res, n)

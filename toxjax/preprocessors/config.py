@@ -9,6 +9,7 @@ configurable). The template strings are ours: the paper does not publish its exa
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -43,6 +44,16 @@ class AugmentConfig:
       ctrl_tokens: (good, bad) control tokens, added to the vocabulary as new ids.
       ctrl_threshold: samples above it get the bad token.
       ctrl_untagged_fraction: share of samples left without a control token.
+      mask_threshold: the `mask` strategy keeps samples scoring above this in the context
+        with zero loss weight (SLUNG).
+      mask_condition_loss: the conditioning prefix (INST's instruction, MEDA's line,
+        ctrl's token) stays in the context but gets zero loss weight (MeCo).
+      condition_start, condition_end: the conditioning is on for the training steps `s`
+        with `condition_start <= s / num_steps < condition_end` (`condition_end = 1`: to
+        the end); outside, every sample is trained without its prefix, baseline-like.
+        `condition_end=0.9` is MeCo's cooldown, `condition_start=0.2` a late start. The
+        fraction is measured in optimizer steps (global batches) of the run, see
+        `condition_steps`.
     """
 
     scoring_unit: str = "document"
@@ -61,6 +72,10 @@ class AugmentConfig:
     ctrl_tokens: tuple[str, str] = ("<|aligned|>", "<|misaligned|>")
     ctrl_threshold: float = 0.5
     ctrl_untagged_fraction: float = 0.01
+    mask_threshold: float = 0.5
+    mask_condition_loss: bool = False
+    condition_start: float = 0.0
+    condition_end: float = 1.0
 
     def __post_init__(self):
         # gin binds lists; keep the config hashable and immutable.
@@ -87,8 +102,36 @@ class AugmentConfig:
             bad.append(f"meda_decimals={self.meda_decimals} must be >= 0")
         if self.sample_tokens < 2:
             bad.append(f"sample_tokens={self.sample_tokens} must be >= 2")
+        if not 0.0 <= self.condition_start < self.condition_end <= 1.0:
+            bad.append(
+                f"condition_start={self.condition_start}, condition_end={self.condition_end}: "
+                "need 0 <= condition_start < condition_end <= 1"
+            )
         if bad:
             raise ConfigError("AugmentConfig: " + "; ".join(bad))
+
+    @property
+    def scheduled(self) -> bool:
+        """The conditioning is off for part of training (`condition_start/end`)."""
+        return self.condition_start > 0.0 or self.condition_end < 1.0
+
+    def condition_steps(self, num_steps: int) -> tuple[int, int | None]:
+        """The 0-based steps `[first, stop)` whose samples are conditioned, of `num_steps`.
+
+        Step `s` (the `s`-th global batch) is on iff `condition_start <= s / num_steps <
+        condition_end`; `stop` is None when `condition_end == 1` (on to the end, also past
+        `num_steps`). The products are rounded to 9 decimals before the ceiling, so a
+        decimal fraction lands on its step (in floats, 0.07 * 100 is 7.000000000000001).
+        """
+        if num_steps < 1:
+            raise ConfigError(f"num_steps={num_steps} must be >= 1 for a conditioning schedule")
+
+        def first_at_or_after(fraction: float) -> int:
+            return math.ceil(round(fraction * num_steps, 9))
+
+        first = first_at_or_after(self.condition_start)
+        stop = None if self.condition_end >= 1.0 else first_at_or_after(self.condition_end)
+        return first, stop
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (run.json's "augment")."""

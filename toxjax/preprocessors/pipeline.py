@@ -13,7 +13,9 @@ before `seqio.CacheDatasetPlaceholder` (deterministic, cacheable):
 after it (stochastic, cheap):
   `augment`      chooses the prefix (a candidate by toxicity bucket and keep
                  probability, or MEDA's own line) and puts its ids before the text
-                 ids -> "targets"
+                 ids -> "targets"; and, where the task needs them, per-token features
+                 (`token_features`)
+  `append_eos`   seqio's trim + EOS, with the per-token features kept aligned
 
 The random choice of a sample is `stateless_uniform(fold_in(task_seed, key))`: it depends
 on the seqio seed and the sample's key, not on its position. So a task read from seqio's
@@ -25,7 +27,13 @@ Input record features (from `toxjax.registry` sources): "doc_id" string, "text" 
 "toxicity" float32, "has_windows" bool, "window_start"/"window_end" int64 `[windows]`
 (character offsets), "window_toxicity" float32 `[windows]`.
 Output features: "targets" int32 `[length]`, "toxicity" float32, "augmented" int32 (1 when
-a prefix was prepended).
+a prefix was prepended), and the per-token int32 `[length]` features a task declares
+(`token_output_features`; the feature converter `toxjax.preprocessors.converter` packs
+them with the targets):
+  "loss_weights"  1 = the token is in the loss, 0 = context only: the prefix under
+                  `AugmentConfig.mask_condition_loss`, a masked sample's text (`mask`)
+  "prefix_mask"   1 = a conditioning-prefix token, which the conditioning schedule
+                  (`AugmentConfig.condition_start/end`) drops outside its window
 """
 
 from __future__ import annotations
@@ -42,6 +50,33 @@ from toxjax.vocab import encode_texts_tf
 
 TOKENIZE_BATCH = 256
 _KEY_BUCKETS = 2**62
+LOSS_WEIGHTS = "loss_weights"
+PREFIX_MASK = "prefix_mask"
+TOKEN_FEATURES = (LOSS_WEIGHTS, PREFIX_MASK)
+
+
+def token_features(strategy: str, config: AugmentConfig) -> tuple[str, ...]:
+    """The per-token features (see the module docstring) the task of `strategy` carries.
+
+    Only where they say something: loss weights when some token is out of the loss, the
+    prefix mask when a conditioned strategy has a schedule. (A schedule or prefix masking
+    on an unconditioned strategy is a no-op: there is no prefix.)
+    """
+    entry = get_strategy(strategy)
+    names = []
+    if entry.masks_text or (entry.conditioned and config.mask_condition_loss):
+        names.append(LOSS_WEIGHTS)
+    if entry.conditioned and config.scheduled:
+        names.append(PREFIX_MASK)
+    return tuple(names)
+
+
+def token_output_features(strategy: str, config: AugmentConfig) -> dict[str, seqio.Feature]:
+    """The seqio output features of `token_features` (0/1 ids, no EOS of their own)."""
+    return {
+        name: seqio.Feature(seqio.PassThroughVocabulary(2), add_eos=False, dtype=tf.int32)
+        for name in token_features(strategy, config)
+    }
 
 
 # ----------------------------------------------------------------------------------
@@ -187,8 +222,12 @@ def augment(
     strategy: str,
     config: AugmentConfig,
 ) -> tf.data.Dataset:
-    """Prepends the strategy's prefix ids: -> {"targets", "toxicity", "augmented"}."""
+    """Prepends the strategy's prefix ids: -> {"targets", "toxicity", "augmented"} and the
+    task's per-token features, one entry longer than "targets": the last is the EOS's,
+    which `append_eos` adds."""
     entry = get_strategy(strategy)
+    extra = token_features(strategy, config)
+    prefix_weight = 0 if config.mask_condition_loss else 1
     vocabulary = output_features["targets"].vocabulary
     seed = _task_seed()
     candidates = entry.candidate_prefixes(config, vocabulary)
@@ -206,11 +245,45 @@ def augment(
             prefix = tf.cast(x["prefix_ids"], tf.int32)
         else:
             prefix = tf.zeros([0], tf.int32)
-        return {
+        out = {
             "targets": tf.concat([prefix, text], axis=0),
             "toxicity": x["toxicity"],
             "augmented": tf.cast(tf.size(prefix) > 0, tf.int32),
         }
+        n_prefix, n_text = tf.size(prefix), tf.size(text) + 1  # the EOS goes with the text
+        if LOSS_WEIGHTS in extra:
+            text_weight = tf.cast(entry.text_in_loss(x["toxicity"], config), tf.int32)
+            out[LOSS_WEIGHTS] = tf.concat(
+                [tf.fill([n_prefix], prefix_weight), tf.fill([n_text], text_weight)], axis=0
+            )
+        if PREFIX_MASK in extra:
+            out[PREFIX_MASK] = tf.concat(
+                [tf.ones([n_prefix], tf.int32), tf.zeros([n_text], tf.int32)], axis=0
+            )
+        return out
+
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def append_eos(
+    ds: tf.data.Dataset,
+    output_features: seqio.preprocessors.OutputFeaturesType,
+    sequence_length: seqio.preprocessors.SequenceLengthType | None = None,
+) -> tf.data.Dataset:
+    """`seqio.preprocessors.append_eos_after_trim`, keeping the per-token features aligned.
+
+    seqio trims "targets" to `length - 1` and appends EOS; each per-token feature (which
+    `augment` made one entry longer, the EOS's entry last) keeps the entries of the kept
+    tokens and the EOS's.
+    """
+    ds = seqio.preprocessors.append_eos_after_trim(ds, output_features, sequence_length)
+    names = [k for k in TOKEN_FEATURES if k in ds.element_spec]
+    if not names:
+        return ds
+
+    def fn(x):
+        kept = tf.size(x["targets"]) - 1
+        return {**x, **{k: tf.concat([x[k][:kept], x[k][-1:]], axis=0) for k in names}}
 
     return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -224,5 +297,5 @@ def task_preprocessors(
         functools.partial(precache, strategy=strategy, config=config),
         seqio.CacheDatasetPlaceholder(),
         functools.partial(augment, strategy=strategy, config=config),
-        seqio.preprocessors.append_eos_after_trim,
+        append_eos,
     ]

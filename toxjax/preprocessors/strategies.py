@@ -6,6 +6,8 @@ One entry per strategy says everything the rest of the code needs to know about 
   samples, MEDA writes each sample's score as a metadata line),
 - which fixed prefixes it may put before a sample (`candidate_prefixes`, chosen per
   sample by toxicity bucket and a keep probability: INST's instructions, ctrl's tokens),
+- whether a sample's text is in the loss (`text_in_loss`: the `mask` strategy keeps
+  toxic samples in the context with zero loss weight),
 - the prefix that goes before an eval prompt (`prefix` / `prefix_ids`, non-toxic or
   toxic variant),
 - what it needs from the vocabulary (`control_tokens`).
@@ -41,14 +43,18 @@ class Strategy:
     Attributes:
       name: the name in task names, gin files, run.json and `--condition`.
       summary: one line for help texts and docs.
-      conditioned: the model is meant to be used with a prefix before its prompts.
+      conditioned: training puts a prefix before samples, and the model is meant to be
+        used with one before its prompts (it has a non-toxic and a toxic condition).
       condition_names: what its non-toxic and toxic conditions are called in reports.
+      masks_text: `text_in_loss` can be False (the task then carries per-token loss
+        weights).
     """
 
     name: str = ""
     summary: str = ""
     conditioned: bool = False
     condition_names: tuple[str, str] = ("non-toxic condition", "toxic condition")
+    masks_text: bool = False
 
     def control_tokens(self, config: AugmentConfig) -> tuple[str, ...]:
         """Special tokens the task vocabulary must add (a `ControlTokenVocabulary`)."""
@@ -82,6 +88,11 @@ class Strategy:
         (the rest stay plain)."""
         del config
         return tf.ones_like(u, tf.bool)
+
+    def text_in_loss(self, toxicity: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+        """Whether a sample's text tokens (and its EOS) carry loss weight, `[]` bool."""
+        del config
+        return tf.ones_like(toxicity, tf.bool)
 
     def prefix(self, config: AugmentConfig, toxic: bool = False) -> str:
         """The string before an eval prompt ("" when unconditioned)."""
@@ -192,9 +203,21 @@ class Ctrl(Strategy):
         return config.ctrl_tokens[1 if toxic else 0]
 
 
+class Mask(Strategy):
+    name = "mask"
+    summary = (
+        "SLUNG (Wang et al. 2025): samples above AugmentConfig.mask_threshold stay in the "
+        "context with zero loss weight"
+    )
+    masks_text = True
+
+    def text_in_loss(self, toxicity, config):
+        return toxicity <= np.float32(config.mask_threshold)
+
+
 # The table. Order is the order of task registration and of reports.
 STRATEGIES: dict[str, Strategy] = {
-    s.name: s for s in (Baseline(), Meda(), Inst(), Filter(), Ctrl())
+    s.name: s for s in (Baseline(), Meda(), Inst(), Filter(), Ctrl(), Mask())
 }
 
 
