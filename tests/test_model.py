@@ -112,6 +112,31 @@ def test_config_errors_name_the_field():
         ModelConfig(position="rotary", rotary_fraction=0.1)
 
 
+def test_model_config_of_an_older_run_json_loads_with_todays_behaviour():
+    """run.json files written before the GPT-NeoX / Llama fields lack them: the defaults
+    are the model those runs trained (the field list as of that format)."""
+    import dataclasses
+
+    old_fields = (
+        "vocab_size num_layers num_heads embed_dim head_dim mlp_dim max_len position "
+        "tied_embeddings dtype param_dtype remat scan_layers dropout_rate layer_norm_eps "
+        "init_std attention logits_chunk"
+    ).split()
+    old = {k: v for k, v in dataclasses.asdict(ModelConfig(position="rotary")).items()}
+    assert set(old) - set(old_fields)  # the new fields exist ...
+    loaded = ModelConfig(**{k: old[k] for k in old_fields})  # ... and default to the old model
+    assert loaded == ModelConfig(position="rotary")
+    bc = loaded.block_config()
+    assert (bc.kv_heads, bc.norm, bc.activation, bc.gated_mlp) == (
+        4,
+        "layernorm",
+        "gelu_tanh",
+        False,
+    )
+    assert (bc.attention_bias, bc.mlp_bias, bc.parallel_residual) == (True, True, False)
+    assert (bc.rotary_dims, bc.rotary_base) == (None, 10_000.0)
+
+
 # The other families' blocks (toxjax.interop converts them from transformers).
 FAMILIES = {
     "neox": dict(
