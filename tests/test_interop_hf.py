@@ -174,6 +174,8 @@ def test_conversion_is_exactly_invertible(saved):
     _, back2 = hf.params_to_hf(flat, unscanned)
     for key, value in back2.items():
         np.testing.assert_array_equal(value, tensors[key], err_msg=key)
+    relaid = hf.relayout(ck.params, ck.config, flat)
+    assert jax.tree.all(jax.tree.map(np.array_equal, relaid, unscanned))
     # And the config round-trips through transformers' config class.
     again = hf.config_from_hf(hf.config_to_hf(ck.config))
     assert again == ck.config
