@@ -138,6 +138,22 @@ def test_unsupported_input_falls_back_with_a_warning_naming_why(name, platform, 
     assert chosen != name
 
 
+@pytest.mark.parametrize("impl", ["xla", "pallas_gpu_interpret"])
+def test_grouped_query_attention_equals_repeated_keys(impl):
+    """Keys/values with fewer heads than the queries: query head i reads kv head
+    i // groups (the dense path groups them; a kernel gets them repeated)."""
+    seg = _segments(64, 16)
+    q, _, _, probe = _qkv((4, 64, 4, 16), jnp.float32)
+    _, k, v, _ = _qkv((4, 64, 2, 16), jnp.float32, seed=1)
+    out, grads = _value_and_grads(impl, q, k, v, seg, probe, 16)
+    rep = lambda x: jnp.repeat(x, 2, axis=2)  # noqa: E731
+    ref_out, ref_grads = _value_and_grads("xla", q, rep(k), rep(v), seg, probe, 16)
+    _assert_close(out, ref_out, jnp.float32, f"{impl} grouped output")
+    _assert_close(grads[0], ref_grads[0], jnp.float32, f"{impl} dq")
+    for g, r, name in zip(grads[1:], ref_grads[1:], "kv", strict=True):  # summed over a group
+        _assert_close(g, r.reshape(4, 64, 2, 2, 16).sum(3), jnp.float32, f"{impl} d{name}")
+
+
 def test_fallback_through_the_seam_gives_the_reference():
     seg = _segments(40, 8)
     q, k, v, _ = _qkv((4, 40, 2, 16), jnp.float32)

@@ -102,6 +102,85 @@ def test_config_errors_name_the_field():
         ModelConfig(position="alibi")
     with pytest.raises(ValueError, match="remat"):
         ModelConfig(remat="some")
+    with pytest.raises(ValueError, match="ModelConfig.norm must be one of"):
+        ModelConfig(norm="batchnorm")
+    with pytest.raises(ValueError, match="ModelConfig.activation must be one of"):
+        ModelConfig(activation="gelu_fast")
+    with pytest.raises(ValueError, match="num_kv_heads=3 must divide num_heads 4"):
+        ModelConfig(num_heads=4, num_kv_heads=3)
+    with pytest.raises(ValueError, match="rotary_fraction=0.1 rotates 1 of 16"):
+        ModelConfig(position="rotary", rotary_fraction=0.1)
+
+
+def test_model_config_of_an_older_run_json_loads_with_todays_behaviour():
+    """run.json files written before the GPT-NeoX / Llama fields lack them: the defaults
+    are the model those runs trained (the field list as of that format)."""
+    import dataclasses
+
+    old_fields = (
+        "vocab_size num_layers num_heads embed_dim head_dim mlp_dim max_len position "
+        "tied_embeddings dtype param_dtype remat scan_layers dropout_rate layer_norm_eps "
+        "init_std attention logits_chunk"
+    ).split()
+    old = {k: v for k, v in dataclasses.asdict(ModelConfig(position="rotary")).items()}
+    assert set(old) - set(old_fields)  # the new fields exist ...
+    loaded = ModelConfig(**{k: old[k] for k in old_fields})  # ... and default to the old model
+    assert loaded == ModelConfig(position="rotary")
+    bc = loaded.block_config()
+    assert (bc.kv_heads, bc.norm, bc.activation, bc.gated_mlp) == (
+        4,
+        "layernorm",
+        "gelu_tanh",
+        False,
+    )
+    assert (bc.attention_bias, bc.mlp_bias, bc.parallel_residual) == (True, True, False)
+    assert (bc.rotary_dims, bc.rotary_base) == (None, 10_000.0)
+
+
+# The other families' blocks (toxjax.interop converts them from transformers).
+FAMILIES = {
+    "neox": dict(
+        position="rotary", parallel_residual=True, rotary_fraction=0.25, activation="gelu"
+    ),
+    "llama-gqa": dict(
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        num_kv_heads=2,
+        rotary_base=500.0,
+    ),
+    "llama-mqa-biases": dict(
+        position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu", num_kv_heads=1
+    ),
+}
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_other_families_decode_with_the_cache_like_the_full_forward(scan, family):
+    cfg, model, params, tokens = _model(scan_layers=scan, **FAMILIES[family])
+    cache = init_cache(cfg, 3, 16)
+    assert cache["k"].shape == (2, 3, 16, cfg.resolved_kv_heads, 8)  # the cache holds kv heads
+    full = model.apply({"params": params}, tokens)
+    logits, cache = model.apply({"params": params}, tokens[:, :5], cache=cache, cache_index=0)
+    outs = [logits]
+    for i in range(5, 12):
+        pos = jnp.full((3, 1), i)
+        logits, cache = model.apply(
+            {"params": params}, tokens[:, i : i + 1], positions=pos, cache=cache, cache_index=i
+        )
+        outs.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_parameter_count_of_other_families(family):
+    cfg, _, params, _ = _model(tied_embeddings=False, **FAMILIES[family])
+    n_total = sum(x.size for x in jax.tree.leaves(params))
+    assert cfg.non_embedding_params() == n_total - VOCAB * 32
 
 
 def _grads(f, *args):

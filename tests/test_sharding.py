@@ -25,9 +25,15 @@ def _boxed_params(**kw):
     )
 
 
+LLAMA_GQA = dict(
+    position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu", num_kv_heads=2
+)
+
+
+@pytest.mark.parametrize("family", [{}, LLAMA_GQA], ids=["gpt2", "llama-gqa"])
 @pytest.mark.parametrize("scan", [True, False])
-def test_every_param_has_axes_with_rules_and_no_duplicate_mesh_axes(scan):
-    boxed = _boxed_params(scan_layers=scan, tied_embeddings=False)
+def test_every_param_has_axes_with_rules_and_no_duplicate_mesh_axes(scan, family):
+    boxed = _boxed_params(scan_layers=scan, tied_embeddings=False, **family)
     validate_param_axes(boxed)
     leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     for leaf in leaves:

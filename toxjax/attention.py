@@ -6,7 +6,8 @@ Every implementation computes the same function (the `xla` one is the reference)
 query `i` attends key `j` iff `kv_segments[j] != 0`, `q_segments[i] == kv_segments[j]`
 and `kv_pos[j] <= q_pos[i]` (causal); the rows of padding queries (`q_segments == 0`)
 are zero. Packed documents are runs of one segment id (seqio numbers them 1, 2, ...),
-so they never attend across a boundary.
+so they never attend across a boundary. Keys and values may have fewer heads than the
+queries (grouped-query attention): query head `i` reads key/value head `i // (h / k)`.
 
 `IMPLEMENTATIONS` is the one table of kernels; `AUTO` says which ones `"auto"` tries on
 each platform, first choice first. A kernel that cannot take an input (dtype, head dim,
@@ -114,15 +115,26 @@ def xla_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Array | None = None,
 ) -> Array:
-    """Dense attention, `[b, l, h, d] x [b, s, h, d] -> [b, l, h, d]`: float32 `[b, h, l, s]`
-    scores, any query/key layout (KV cache), dropout on the probabilities."""
+    """Dense attention, `[b, l, h, d] x [b, s, k, d] -> [b, l, h, d]`: float32 `[b, h, l, s]`
+    scores, any query/key layout (KV cache), dropout on the probabilities, `k` key/value
+    heads dividing the `h` query heads (grouped without repeating the keys)."""
     mask = attention_mask(q_segments, kv_segments, q_pos, kv_pos)
-    logits = jnp.einsum("blhd,bshd->bhls", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    b, length, heads, d = q.shape
+    groups = heads // k.shape[2]
+    if groups > 1:  # [b, l, k, g, d]: the g query heads of each key/value head
+        q = q.reshape(b, length, k.shape[2], groups, d)
+        logits = jnp.einsum("blkgd,bskd->bkgls", q, k).reshape(b, heads, length, k.shape[1])
+    else:
+        logits = jnp.einsum("blhd,bshd->bhls", q, k)
+    logits = logits.astype(jnp.float32) * (d**-0.5)
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
     if dropout_rate > 0 and dropout_rng is not None:
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
+    if groups > 1:
+        probs = probs.reshape(b, k.shape[2], groups, length, k.shape[1])
+        return jnp.einsum("bkgls,bskd->blkgd", probs, v).reshape(b, length, heads, d)
     return jnp.einsum("bhls,bshd->blhd", probs, v)
 
 
@@ -410,7 +422,8 @@ def attention(
 
     Args:
       q: `[b, l, h, d]` queries (not scaled: the seam applies `d ** -0.5`).
-      k, v: `[b, s, h, d]` keys and values.
+      k, v: `[b, s, k, d]` keys and values; `k` divides `h` (grouped-query attention:
+        the dense path groups, the fused kernels get them repeated to `h` heads).
       q_segments: `[b, l]` int segment id of each query (0 = padding).
       kv_segments: `[b, s]` int segment id of each key (0 = padding / empty slot).
       q_pos, kv_pos: `[b, l]` (or `[l]`) and `[s]` causal indices; both None for
@@ -448,6 +461,8 @@ def attention(
             q, k, v, q_segments, kv_segments, q_pos, kv_pos, dropout_rate, dropout_rng
         )
     else:
+        if k.shape[2] != heads:  # the kernels take as many key/value heads as queries
+            k, v = (jnp.repeat(x, heads // k.shape[2], axis=2) for x in (k, v))
         kernel = functools.partial(IMPLEMENTATIONS[name].kernel, block=block)
         if mesh is not None and mesh.size > 1:
             qkv = PartitionSpec(batch_axes or None, None, head_axes or None, None)

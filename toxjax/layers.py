@@ -1,7 +1,11 @@
 """Transformer building blocks; every parameter is created with logical axis names.
 
 Shapes use b = batch, l = query length, s = key length (or cache slots),
-h = heads, d = head dim, e = embed, m = mlp.
+h = heads, k = key/value heads (GQA; k == h without it), d = head dim, e = embed, m = mlp.
+
+The defaults are GPT-2's block (LayerNorm, GELU-tanh MLP, biases, sequential residual);
+the other settings express GPT-NeoX / Pythia (parallel residual, partial rotary) and
+Llama (RMSNorm, SwiGLU, no biases, grouped-query attention) exactly.
 """
 
 from __future__ import annotations
@@ -36,6 +40,28 @@ class BlockConfig:
     dtype: Any
     param_dtype: Any
     attention: str = "auto"
+    num_kv_heads: int | None = None  # None: num_heads (no grouping)
+    norm: str = "layernorm"  # a key of NORMS
+    activation: str = "gelu_tanh"  # a key of ACTIVATIONS
+    gated_mlp: bool = False
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    parallel_residual: bool = False
+    rotary_dims: int | None = None  # leading dims of each head that rotate; None: all
+    rotary_base: float = 10_000.0
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+
+# MLP activations by name (HF: gelu_new / gelu_pytorch_tanh = gelu_tanh, gelu = exact erf).
+ACTIVATIONS = {
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
 
 
 def _param(module: nn.Module, name: str, init, shape, axes, dtype):
@@ -94,6 +120,31 @@ class LayerNorm(nn.Module):
         return layer_norm(x.astype(self.dtype), scale, bias, self.eps)
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm (Llama): `x * rsqrt(mean(x^2) + eps) * scale`, statistics in float32."""
+
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(
+            self, "scale", nn.initializers.ones, (x.shape[-1],), (sh.NORM,), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm}
+
+
+def make_norm(cfg: BlockConfig, name: str) -> nn.Module:
+    """The block's normalisation (`cfg.norm`) as a submodule called `name`."""
+    return NORMS[cfg.norm](cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+
+
 def rotary(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Array:
     """Rotary position embedding (half-split convention) of `x [b, l, h, d]`."""
     d = x.shape[-1]
@@ -103,6 +154,14 @@ def rotary(x: Array, positions: Array, max_wavelength: float = 10_000.0) -> Arra
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def partial_rotary(x: Array, positions: Array, dims: int | None, base: float) -> Array:
+    """Rotary on the first `dims` features of each head (GPT-NeoX `rotary_pct`), the rest
+    passed through; `dims` None (or the head dim) rotates all of them."""
+    if dims is None or dims == x.shape[-1]:
+        return rotary(x, positions, base)
+    return jnp.concatenate([rotary(x[..., :dims], positions, base), x[..., dims:]], axis=-1)
 
 
 class Attention(nn.Module):
@@ -127,38 +186,28 @@ class Attention(nn.Module):
         deterministic: bool,
     ) -> tuple[Array, dict[str, Array] | None]:
         cfg = self.cfg
-        e, h, d = cfg.embed_dim, cfg.num_heads, cfg.head_dim
-        normal = nn.initializers.normal(cfg.init_std)
-        w_qkv = _param(
-            self,
-            "qkv_kernel",
-            normal,
-            (e, 3, h, d),
-            (sh.EMBED, sh.QKV, sh.HEADS, sh.KV),
-            cfg.param_dtype,
-        )
-        b_qkv = _param(
-            self,
-            "qkv_bias",
-            nn.initializers.zeros,
-            (3, h, d),
-            (sh.QKV, sh.HEADS, sh.KV),
-            cfg.param_dtype,
-        )
+        q, k, v = self._qkv(x)  # [b, l, h, d], [b, l, k, d] x 2
         w_out = _param(
             self,
             "out_kernel",
             nn.initializers.normal(cfg.residual_init_std),
-            (h, d, e),
+            (cfg.num_heads, cfg.head_dim, cfg.embed_dim),
             (sh.HEADS, sh.KV, sh.EMBED),
             cfg.param_dtype,
         )
-        b_out = _param(self, "out_bias", nn.initializers.zeros, (e,), (sh.NORM,), cfg.param_dtype)
-
-        qkv = jnp.einsum("ble,ethd->blthd", x, w_qkv.astype(cfg.dtype)) + b_qkv.astype(cfg.dtype)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [b, l, h, d]
+        b_out = None
+        if cfg.attention_bias:
+            b_out = _param(
+                self,
+                "out_bias",
+                nn.initializers.zeros,
+                (cfg.embed_dim,),
+                (sh.NORM,),
+                cfg.param_dtype,
+            )
         if cfg.rotary:
-            q, k = rotary(q, positions), rotary(k, positions)
+            q = partial_rotary(q, positions, cfg.rotary_dims, cfg.rotary_base)
+            k = partial_rotary(k, positions, cfg.rotary_dims, cfg.rotary_base)
         q = sh.constrain(q, (sh.BATCH, sh.LENGTH, sh.ACT_HEADS, None))
 
         length = x.shape[1]
@@ -205,51 +254,94 @@ class Attention(nn.Module):
         )
         return self._project(out, w_out, b_out), new_cache
 
-    def _project(self, out: Array, w_out: Array, b_out: Array) -> Array:
+    def _qkv(self, x: Array) -> tuple[Array, Array, Array]:
+        """Query, key and value projections of `x [b, l, e]`.
+
+        Without grouping one fused `qkv_kernel [e, 3, h, d]`; with `k < h` key/value
+        heads, `q_kernel [e, h, d]` and `kv_kernel [e, 2, k, d]` (query head `i` reads
+        key/value head `i // (h / k)`, as in transformers' `repeat_kv`).
+        """
         cfg = self.cfg
-        return jnp.einsum("blhd,hde->ble", out, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
+        e, h, kh, d = cfg.embed_dim, cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        normal = nn.initializers.normal(cfg.init_std)
+        zeros = nn.initializers.zeros
+
+        def project(name, shape, axes, spec):
+            w = _param(
+                self, f"{name}_kernel", normal, (e, *shape), (sh.EMBED, *axes), cfg.param_dtype
+            )
+            y = jnp.einsum(spec, x, w.astype(cfg.dtype))
+            if cfg.attention_bias:
+                y = y + _param(self, f"{name}_bias", zeros, shape, axes, cfg.param_dtype).astype(
+                    cfg.dtype
+                )
+            return y
+
+        if kh == h:
+            qkv = project("qkv", (3, h, d), (sh.QKV, sh.HEADS, sh.KV), "ble,ethd->blthd")
+            return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q = project("q", (h, d), (sh.HEADS, sh.KV), "ble,ehd->blhd")
+        kv = project("kv", (2, kh, d), (sh.QKV, sh.KV_HEADS, sh.KV), "ble,ethd->blthd")
+        return q, kv[:, :, 0], kv[:, :, 1]
+
+    def _project(self, out: Array, w_out: Array, b_out: Array | None) -> Array:
+        cfg = self.cfg
+        y = jnp.einsum("blhd,hde->ble", out, w_out.astype(cfg.dtype))
+        return y if b_out is None else y + b_out.astype(cfg.dtype)
 
 
 class Mlp(nn.Module):
-    """GELU feed-forward block `e -> m -> e`."""
+    """Feed-forward block `e -> m -> e`: `act(x W_in + b_in) W_out + b_out` (GPT-2, GPT-NeoX),
+    or gated, `(act(x W_gate) * x W_in) W_out` (SwiGLU: Llama's gate / up / down)."""
 
     cfg: BlockConfig
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
         cfg = self.cfg
-        w_in = _param(
-            self,
-            "in_kernel",
-            nn.initializers.normal(cfg.init_std),
-            (cfg.embed_dim, cfg.mlp_dim),
-            (sh.EMBED, sh.MLP),
-            cfg.param_dtype,
-        )
-        b_in = _param(
-            self, "in_bias", nn.initializers.zeros, (cfg.mlp_dim,), (sh.MLP,), cfg.param_dtype
-        )
+        e, m = cfg.embed_dim, cfg.mlp_dim
+
+        def dense_in(name: str) -> Array:
+            w = _param(
+                self,
+                f"{name}_kernel",
+                nn.initializers.normal(cfg.init_std),
+                (e, m),
+                (sh.EMBED, sh.MLP),
+                cfg.param_dtype,
+            )
+            y = jnp.dot(x, w.astype(cfg.dtype))
+            if cfg.mlp_bias:
+                b = _param(
+                    self, f"{name}_bias", nn.initializers.zeros, (m,), (sh.MLP,), cfg.param_dtype
+                )
+                y = y + b.astype(cfg.dtype)
+            return y
+
+        act = ACTIVATIONS[cfg.activation]
+        y = dense_in("in")
+        y = act(dense_in("gate")) * y if cfg.gated_mlp else act(y)
         w_out = _param(
             self,
             "out_kernel",
             nn.initializers.normal(cfg.residual_init_std),
-            (cfg.mlp_dim, cfg.embed_dim),
+            (m, e),
             (sh.MLP, sh.EMBED),
             cfg.param_dtype,
         )
-        b_out = _param(
-            self, "out_bias", nn.initializers.zeros, (cfg.embed_dim,), (sh.NORM,), cfg.param_dtype
-        )
-        y = jnp.dot(x, w_in.astype(cfg.dtype)) + b_in.astype(cfg.dtype)
-        y = jax.nn.gelu(y, approximate=True)
         y = sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_MLP))
         if cfg.dropout_rate > 0 and not deterministic:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
-        return jnp.dot(y, w_out.astype(cfg.dtype)) + b_out.astype(cfg.dtype)
+        y = jnp.dot(y, w_out.astype(cfg.dtype))
+        if cfg.mlp_bias:
+            b = _param(self, "out_bias", nn.initializers.zeros, (e,), (sh.NORM,), cfg.param_dtype)
+            y = y + b.astype(cfg.dtype)
+        return y
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block.
+    """Pre-norm transformer block: `x + attn(norm1(x))`, then `+ mlp(norm2(.))`; with
+    `parallel_residual` both branches read `x`: `x + attn(norm1(x)) + mlp(norm2(x))`.
 
     Its signature fits `nn.scan`: the carry is `(x, cache)` (the cache of every layer,
     updated in place at index `layer`), the scanned input is the layer index.
@@ -262,9 +354,9 @@ class Block(nn.Module):
     def __call__(self, carry, positions, segment_ids, layer, cache_index):
         x, cache = carry
         cfg = self.cfg
-        norm = lambda name: LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name=name)  # noqa: E731
+        dropout = cfg.dropout_rate > 0 and not self.deterministic
         y, cache = Attention(cfg, name="attention")(
-            norm("ln_attention")(x),
+            make_norm(cfg, "ln_attention")(x),
             positions,
             segment_ids,
             cache,
@@ -272,11 +364,17 @@ class Block(nn.Module):
             cache_index,
             self.deterministic,
         )
-        if cfg.dropout_rate > 0 and not self.deterministic:
+        if dropout:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
+        if cfg.parallel_residual:
+            z = Mlp(cfg, name="mlp")(make_norm(cfg, "ln_mlp")(x), self.deterministic)
+            if dropout:
+                z = nn.Dropout(cfg.dropout_rate)(z, deterministic=False)
+            x = sh.constrain(x + y + z, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+            return (x, cache), None
         x = x + y
-        y = Mlp(cfg, name="mlp")(norm("ln_mlp")(x), self.deterministic)
-        if cfg.dropout_rate > 0 and not self.deterministic:
+        y = Mlp(cfg, name="mlp")(make_norm(cfg, "ln_mlp")(x), self.deterministic)
+        if dropout:
             y = nn.Dropout(cfg.dropout_rate)(y, deterministic=False)
         x = sh.constrain(x + y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
         return (x, cache), None

@@ -2,7 +2,8 @@
 
 Pre-LayerNorm blocks, learned or rotary positions, tied or untied embeddings, optional
 scan over layers and rematerialisation. Every parameter carries logical axis names
-(see `toxjax.sharding`).
+(see `toxjax.sharding`). The defaults are GPT-2's architecture; a few settings express
+GPT-NeoX / Pythia and the Llama family exactly (`toxjax.interop.hf` converts them).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from flax import linen as nn
 from toxjax import attention as attn
 from toxjax import sharding as sh
 from toxjax.errors import ConfigError
-from toxjax.layers import Block, BlockConfig, LayerNorm
+from toxjax.layers import ACTIVATIONS, NORMS, Block, BlockConfig
 
 Array = jax.Array
 
@@ -56,6 +57,18 @@ class ModelConfig:
       logits_chunk: None computes the `[batch, length, vocab]` float32 logits whole for
         the loss; N > 0 runs the LM head and the loss over N positions at a time
         (`losses.head_cross_entropy`), same loss and gradients, less memory.
+      num_kv_heads: key/value heads of grouped-query attention (a divisor of num_heads);
+        None means num_heads (no grouping). The KV cache holds this many heads.
+      norm: "layernorm" (with bias) or "rmsnorm" (scale only, Llama);
+        `layer_norm_eps` is its epsilon.
+      activation: MLP activation, "gelu_tanh" (GPT-2's gelu_new), "gelu" (exact erf,
+        GPT-NeoX), "silu", "relu".
+      gated_mlp: `(act(x W_gate) * x W_in) W_out` (SwiGLU with "silu", Llama).
+      attention_bias, mlp_bias: biases on the attention / MLP projections.
+      parallel_residual: `x + attn(norm1(x)) + mlp(norm2(x))` (GPT-NeoX / Pythia).
+      rotary_fraction: share of each head's features that rotate (Pythia: 0.25); the
+        first `int(head_dim * rotary_fraction)` ones, half-split convention.
+      rotary_base: the rotary maximum wavelength (transformers' `rope_theta`).
     """
 
     vocab_size: int | None = 50257
@@ -76,6 +89,17 @@ class ModelConfig:
     init_std: float = 0.02
     attention: str = "auto"
     logits_chunk: int | None = None
+    # Added for other families (toxjax.interop); the defaults are the model above, so
+    # run.json files written before these fields existed load unchanged.
+    num_kv_heads: int | None = None
+    norm: str = "layernorm"
+    activation: str = "gelu_tanh"
+    gated_mlp: bool = False
+    attention_bias: bool = True
+    mlp_bias: bool = True
+    parallel_residual: bool = False
+    rotary_fraction: float = 1.0
+    rotary_base: float = 10_000.0
 
     def __post_init__(self):
         if self.position not in ("learned", "rotary"):
@@ -99,6 +123,28 @@ class ModelConfig:
             raise ConfigError(
                 f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
             )
+        for name, table in (("norm", NORMS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in table:
+                raise ConfigError(
+                    f"ModelConfig.{name} must be one of {sorted(table)}, got {getattr(self, name)!r}"
+                )
+        if self.num_kv_heads is not None and (
+            self.num_kv_heads < 1 or self.num_heads % self.num_kv_heads
+        ):
+            raise ConfigError(
+                f"ModelConfig.num_kv_heads={self.num_kv_heads} must divide num_heads "
+                f"{self.num_heads} (or be None)"
+            )
+        if self.position == "rotary":
+            dims = self.rotary_dims
+            if not 0 < self.rotary_fraction <= 1 or dims < 2 or dims % 2:
+                raise ConfigError(
+                    f"ModelConfig.rotary_fraction={self.rotary_fraction} rotates {dims} of "
+                    f"{self.resolved_head_dim} head features; it must be in (0, 1] and rotate "
+                    "an even number of them"
+                )
+            if self.rotary_base <= 0:
+                raise ConfigError(f"ModelConfig.rotary_base must be > 0, got {self.rotary_base}")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -107,6 +153,15 @@ class ModelConfig:
     @property
     def resolved_mlp_dim(self) -> int:
         return self.mlp_dim or 4 * self.embed_dim
+
+    @property
+    def resolved_kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    @property
+    def rotary_dims(self) -> int:
+        """Features of each head that rotate (transformers: `int(head_dim * pct)`)."""
+        return int(self.resolved_head_dim * self.rotary_fraction)
 
     def block_config(self) -> BlockConfig:
         return BlockConfig(
@@ -122,14 +177,27 @@ class ModelConfig:
             dtype=DTYPES[self.dtype],
             param_dtype=DTYPES[self.param_dtype],
             attention=self.attention,
+            num_kv_heads=self.resolved_kv_heads,
+            norm=self.norm,
+            activation=self.activation,
+            gated_mlp=self.gated_mlp,
+            attention_bias=self.attention_bias,
+            mlp_bias=self.mlp_bias,
+            parallel_residual=self.parallel_residual,
+            rotary_dims=self.rotary_dims if self.rotary_fraction < 1 else None,
+            rotary_base=self.rotary_base,
         )
 
     def non_embedding_params(self) -> int:
         """N in the 6N FLOPs formula: all parameters but the token / position tables."""
         e, h, d, m = self.embed_dim, self.num_heads, self.resolved_head_dim, self.resolved_mlp_dim
-        per_layer = e * 3 * h * d + 3 * h * d + h * d * e + e + e * m + m + m * e + e + 4 * e
+        qkv = (h + 2 * self.resolved_kv_heads) * d
+        attn = e * qkv + h * d * e + (qkv + e if self.attention_bias else 0)
+        ins = 2 if self.gated_mlp else 1
+        mlp = ins * e * m + m * e + (ins * m + e if self.mlp_bias else 0)
+        norm = 2 * e if self.norm == "layernorm" else e  # scale (+ bias)
         head = 0 if self.tied_embeddings else e * self.vocab_size
-        return self.num_layers * per_layer + 2 * e + head
+        return self.num_layers * (attn + mlp + 2 * norm) + norm + head
 
     def train_flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: 6N + 12 * L * H * Q * T.
@@ -218,7 +286,7 @@ class DecoderLM(nn.Module):
             self.blocks = [
                 block(bcfg, self.deterministic, name=f"block_{i}") for i in range(cfg.num_layers)
             ]
-        self.final_norm = LayerNorm(
+        self.final_norm = NORMS[cfg.norm](
             cfg.layer_norm_eps, DTYPES[cfg.dtype], pdtype, name="final_norm"
         )
 
@@ -304,7 +372,7 @@ class DecoderLM(nn.Module):
         return self.final_norm(x), new_cache
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> dict[str, Array]:
-        """An empty KV cache: k, v `[layers, batch, max_length, heads, head_dim]`, valid
+        """An empty KV cache: k, v `[layers, batch, max_length, kv_heads, head_dim]`, valid
         `[layers, batch, max_length]`. Callable without binding: `DecoderLM(cfg).init_cache(...)`."""
         return init_cache(self.config, batch, max_length, dtype)
 
@@ -314,7 +382,13 @@ def init_cache(config: ModelConfig, batch: int, max_length: int, dtype: Any = No
     if config.position == "learned" and max_length > config.max_len:
         raise ValueError(f"cache length {max_length} exceeds the model's max_len {config.max_len}")
     dtype = dtype or DTYPES[config.dtype]
-    shape = (config.num_layers, batch, max_length, config.num_heads, config.resolved_head_dim)
+    shape = (
+        config.num_layers,
+        batch,
+        max_length,
+        config.resolved_kv_heads,
+        config.resolved_head_dim,
+    )
     return {
         "k": jnp.zeros(shape, dtype),
         "v": jnp.zeros(shape, dtype),

@@ -34,6 +34,7 @@ LAYERS = "layers"  # stacked (scanned) layer axis
 POSITION = "position"  # learned position table rows
 NORM = "norm"  # LayerNorm scale / bias, output biases
 QKV = "qkv"  # the 3-way q/k/v axis of the fused attention projection
+KV_HEADS = "kv_heads"  # key/value heads of grouped-query attention (fewer than HEADS)
 # Logical axes: activations.
 BATCH = "activation_batch"
 LENGTH = "activation_length"
@@ -63,6 +64,9 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     (POSITION, None),
     (NORM, None),
     (QKV, None),
+    # GQA models have few key/value heads (1-8), often fewer than 'tensor' shards, and
+    # their kernels are small: replicated over 'tensor' (still 'fsdp' on embed).
+    (KV_HEADS, None),
 )
 
 
