@@ -11,9 +11,11 @@ import argparse
 import dataclasses
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from toxjax.argtypes import non_negative_int, positive_int
 from toxjax.toxicity.base import ScoreResult
 
 FORMATS = ("jsonl", "text", "fortune", "tfrecord", "tfds")
@@ -25,10 +27,14 @@ def add_record_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p = parser
     p.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
     p.add_argument("--text_field", default="text", help="text field; dotted for nested")
-    p.add_argument("--batch_size", type=int, default=256, help="records per scored batch")
-    p.add_argument("--window_tokens", type=int, default=0, help="also score N-token samples")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="records per scored batch")
+    p.add_argument(
+        "--window_tokens", type=non_negative_int, default=0, help="also score N-token samples"
+    )
     p.add_argument("--window_vocab", default="gpt2", help="'gpt2' or a SentencePiece .model")
-    p.add_argument("--max_chars", type=int, default=0, help="fail longer texts (0: no limit)")
+    p.add_argument(
+        "--max_chars", type=non_negative_int, default=0, help="fail longer texts (0: no limit)"
+    )
     return parser
 
 
@@ -316,6 +322,25 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def file_kind(path: str) -> str | None:
+    """What `path` is when it exists and is not a regular file ("a pipe", "a directory",
+    ...; links followed), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
 def check_input(path: str) -> str | None:
     """Why `path` cannot be read as an input file (None when it can); TFDS names pass."""
     if path.startswith(TFDS_PREFIX):
@@ -326,6 +351,13 @@ def check_input(path: str) -> str | None:
         return (
             f"--input {path!r} is a directory, not a file; give one file, or score many "
             f"files with --beam --input '{os.path.join(path, '*.jsonl')}'"
+        )
+    # Before any open: opening a FIFO waits for a writer. A pipe (a FIFO, `<(...)`,
+    # /dev/stdin) cannot be read twice (hashed, then scored) nor seeked on resume.
+    if kind := file_kind(path):
+        return (
+            f"--input {path!r} is {kind}, not a regular file: toxjax score reads its input twice (to identify it, then to score "
+            "it) and seeks in it to resume; write it to a file first (e.g. `... > corpus.jsonl`)"
         )
     try:
         with open(path, "rb"):
