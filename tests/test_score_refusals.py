@@ -10,7 +10,6 @@ while scoring, numeric flags out of range, and the documented exit codes
 import errno
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -164,11 +163,14 @@ def test_a_corrupt_or_foreign_progress_marker_is_one_line(tmp_path, capsys, mark
     assert len(out.read_text().splitlines()) == 6
 
 
-_FILE_SIZE_LIMIT = 4096
-
-
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_SIZE_LIMIT, _FILE_SIZE_LIMIT))
+# `toxjax score` in a process that may not write files over 4 KiB (RLIMIT_FSIZE, set in
+# the child itself: a preexec_fn would fork this multithreaded process).
+_SCORE_UNDER_4K = (
+    "import resource, runpy, sys; "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+    "sys.argv = ['toxjax', *sys.argv[1:]]; "
+    "runpy.run_module('toxjax.cli', run_name='__main__')"
+)
 
 
 def test_file_too_large_stops_with_one_line_and_the_rerun_resumes(tmp_path):
@@ -178,7 +180,9 @@ def test_file_too_large_stops_with_one_line_and_the_rerun_resumes(tmp_path):
     ref = tmp_path / "ref.jsonl"
     assert _score("--input", src, "--output", ref) == 0
     out = tmp_path / "out.jsonl"
-    r = _cli("--input", src, "--output", out, "--batch_size", 10, preexec_fn=_limit_file_size)
+    argv = ["score", "--input", str(src), "--output", str(out), "--batch_size", "10"]
+    cmd = [sys.executable, "-c", _SCORE_UNDER_4K, *argv]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     (line,) = _our_lines(r.stderr)

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from tqdm.auto import tqdm
 
 from toxjax import fileio
-from toxjax.locking import LockHeldError, WriterLock
+from toxjax.locking import LockHeldError, UnsafeLockError, WriterLock
 from toxjax.toxicity import options
 from toxjax.toxicity.progress import Progress, ResumeRefused, open_progress
 from toxjax.toxicity.records import (
@@ -53,7 +53,6 @@ from toxjax.toxicity.records import (
     detect_format,
     dumps,
     failed_record,
-    file_kind,
     read_lines,
     read_tfds,
     read_tfrecord,
@@ -137,7 +136,7 @@ def _check_paths(input_path: str, paths: dict[str, str]) -> str | None:
     non-regular file there, or the input itself under another name (a symlink, a hard
     link, `./x`): `--overwrite` would delete it, a resume would truncate it."""
     for key in ("output", "failed", "progress"):
-        kind = file_kind(paths[key])
+        kind = fileio.file_kind(paths[key])
         if kind == "a directory" and key == "output":
             return (
                 f"--output {paths[key]!r} is a directory; give the path of the scored .jsonl "
@@ -166,6 +165,8 @@ def _lock(output: str) -> WriterLock:
     lock = WriterLock(_paths(output)["lock"], f"the scored output {output}")
     try:
         lock.acquire()
+    except UnsafeLockError as e:  # not a lock file of ours at that path: refused
+        raise ScoreExit(f"{PROG}: {e}") from None
     except LockHeldError as e:
         raise ScoreExit(f"{PROG}: {e}", EXIT_LOCKED) from None
     except OSError as e:  # a read-only or uncreatable output folder

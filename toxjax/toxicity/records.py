@@ -11,10 +11,10 @@ import argparse
 import dataclasses
 import json
 import os
-import stat
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from toxjax import fileio
 from toxjax.argtypes import non_negative_int, positive_int
 from toxjax.toxicity.base import ScoreResult
 
@@ -322,25 +322,6 @@ def dumps(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a pipe",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
-
-
-def file_kind(path: str) -> str | None:
-    """What `path` is when it exists and is not a regular file ("a pipe", "a directory",
-    ...; links followed), else None."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "a special file")
-
-
 def check_input(path: str) -> str | None:
     """Why `path` cannot be read as an input file (None when it can); TFDS names pass."""
     if path.startswith(TFDS_PREFIX):
@@ -354,7 +335,7 @@ def check_input(path: str) -> str | None:
         )
     # Before any open: opening a FIFO waits for a writer. A pipe (a FIFO, `<(...)`,
     # /dev/stdin) cannot be read twice (hashed, then scored) nor seeked on resume.
-    if kind := file_kind(path):
+    if kind := fileio.file_kind(path):
         return (
             f"--input {path!r} is {kind}, not a regular file: toxjax score reads its input twice (to identify it, then to score "
             "it) and seeks in it to resume; write it to a file first (e.g. `... > corpus.jsonl`)"
