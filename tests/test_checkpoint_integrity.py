@@ -211,6 +211,7 @@ def _train_cli(run, *extra):
     )
 
 
+@pytest.mark.slow
 def test_a_step_whose_checksums_were_deleted_is_damage_not_an_old_checkpoint(
     short_run, tmp_path, capfd
 ):
@@ -244,6 +245,7 @@ def _as_old_format(step_dir) -> None:
     (step_dir / _METADATA).write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_checksums_is_refused_unless_allowed(
     short_run, tmp_path, capfd, monkeypatch
 ):
@@ -301,6 +303,7 @@ def _put_nan(step_dir, name: str) -> None:
     ocp.JsonCheckpointHandler().save(step_dir / "checksums", args=ocp.args.JsonSave(recorded))
 
 
+@pytest.mark.slow
 def test_non_finite_parameters_are_refused_for_inference(short_run, tmp_path, capsys):
     from toxjax import cli
 

@@ -189,8 +189,26 @@ class Gpt2Vocabulary(seqio.Vocabulary):
 
 
 def encode_texts_tf(vocab: seqio.Vocabulary, texts: tf.Tensor) -> tf.RaggedTensor:
-    """Tokenizes a `[n]` string batch to ragged `[n, None]` int32 with any vocabulary."""
-    ids = vocab.encode_tf(texts)
+    """Tokenizes a `[n]` string batch to ragged `[n, None]` int32 with any vocabulary.
+
+    seqio promises `encode_tf` for a scalar string only. Ours (`Gpt2Vocabulary`,
+    `ControlTokenVocabulary`) and SentencePiece's TF op take a batch; `seqio.ByteVocabulary`
+    does not (`tf.io.decode_raw` needs equal lengths) and is encoded here, vectorised;
+    any other vocabulary one text at a time.
+    """
+    if isinstance(vocab, seqio.ByteVocabulary):
+        chars = tf.strings.bytes_split(texts)  # [n, None] one-byte strings
+        values = tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1])
+        first = vocab.encode("\0")[0]  # the id of byte 0 (after pad, EOS, UNK)
+        ids = chars.with_flat_values(tf.cast(values, tf.int32) + first)
+    elif isinstance(vocab, (Gpt2Vocabulary, ControlTokenVocabulary, seqio.SentencePieceVocabulary)):
+        ids = vocab.encode_tf(texts)
+    else:
+        ids = tf.map_fn(
+            lambda t: tf.cast(vocab.encode_tf(t), tf.int32),
+            texts,
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32),
+        )
     if not isinstance(ids, tf.RaggedTensor):  # e.g. a scalar-only implementation
         ids = tf.RaggedTensor.from_tensor(ids)
     return tf.cast(ids, tf.int32)
