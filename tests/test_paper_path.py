@@ -22,7 +22,8 @@ from toxjax import compile_check as cc
 from toxjax import train as train_lib
 from toxjax.preprocessors import STRATEGIES, AugmentConfig, conditioning_prefix_ids
 from toxjax.run_info import RunInfo
-from toxjax.vocab import Gpt2Vocabulary, train_sentencepiece, vocab_from_spec
+from toxjax.vocab import Gpt2Vocabulary, vocab_from_spec
+from toxjax.vocab_train import train_sentencepiece
 
 CONFIGS = train_lib.REPO_CONFIGS
 EXPERIMENTS = sorted(

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from toxjax import vocab as vocab_lib
 from toxjax.vocab import ControlTokenVocabulary, Gpt2Vocabulary, init_new_embeddings
+from toxjax.vocab_train import train_sentencepiece
 
 TEXTS = [
     "Hello world!",
@@ -124,41 +125,10 @@ def _small_corpus(path):
     return str(path)
 
 
-def test_sentencepiece_train_deterministic_and_exact(tmp_path):
-    text = _small_corpus(tmp_path / "corpus.txt")
-    a = vocab_lib.train_sentencepiece([text], str(tmp_path / "a" / "sp"), vocab_size=400)
-    b = vocab_lib.train_sentencepiece([text], str(tmp_path / "b" / "sp.model"), vocab_size=400)
-    assert open(a, "rb").read() == open(b, "rb").read()
-    v = vocab_lib.sentencepiece_vocabulary(a)
-    assert (v.vocab_size, v.pad_id, v.eos_id, v.unk_id) == (400, 0, 1, 2)
-    for s in TEXTS + ["the cat sat on the mat."]:
-        ids = v.encode(s)
-        assert v.decode(ids) == s, s
-        assert v.encode_tf(tf.constant(s)).numpy().tolist() == ids
-    assert len(v.encode("the cat sat on the mat.")) < len("the cat sat on the mat.")
-
-
-def test_vocab_cli_trains_from_jsonl(tmp_path, capsys):
-    text = open(_small_corpus(tmp_path / "c.txt"), encoding="utf-8").read()
-    rows = [json.dumps({"text": doc}) for doc in text.split("\n%\n")]
-    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
-    out = tmp_path / "vocab" / "sp"
-    argv = ["train", "--input", str(tmp_path / "c.jsonl"), "--output", str(out)]
-    assert vocab_lib.main(argv + ["--vocab_size", "400"]) == 0
-    assert "vocab_size=400" in capsys.readouterr().err
-    assert vocab_lib.sentencepiece_vocabulary(str(out) + ".model").vocab_size == 400
-
-
-def test_vocab_cli_bad_jsonl_names_line(tmp_path):
-    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
-    with pytest.raises(ValueError, match=r"c.jsonl:2"):
-        vocab_lib.train_sentencepiece([str(tmp_path / "c.jsonl")], str(tmp_path / "sp"))
-
-
 def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
     import seqio
 
-    spm_path = vocab_lib.train_sentencepiece(
+    spm_path = train_sentencepiece(
         [_small_corpus(tmp_path / "c.txt")], str(tmp_path / "src" / "sp"), vocab_size=400
     )
     spm = vocab_lib.sentencepiece_vocabulary(spm_path)
@@ -202,7 +172,7 @@ def test_batched_encoding_equals_encode_for_every_vocabulary(tmp_path, gpt2):
     import seqio
 
     spm = vocab_lib.sentencepiece_vocabulary(
-        vocab_lib.train_sentencepiece(
+        train_sentencepiece(
             [_small_corpus(tmp_path / "c.txt")], str(tmp_path / "sp"), vocab_size=400
         )
     )
