@@ -7,7 +7,7 @@ The experiment configs (gin_configs/experiments/) bind
     scored_corpus_task.files = %CORPUS_FILES     # `toxjax score` output (glob; gs:// works)
     scored_corpus_task.strategy = %STRATEGY
     scored_corpus_task.fraction = %DATA_FRACTION
-    scored_corpus_task.vocabulary = %VOCABULARY    # 'gpt2' or a SentencePiece .model
+    scored_corpus_task.vocabulary = %VOCABULARY    # 'gpt2', 'byte' or a SentencePiece .model
     scored_corpus_task.augment = @AugmentConfig()  # so AugmentConfig.* bindings apply
 
 so a run needs only `--gin.CORPUS_FILES=...`. Gin calls `scored_corpus_task` when the run
@@ -46,8 +46,9 @@ def scored_corpus_task(
       fraction: share of the documents kept (nested hash subsets, see the registry).
       version: the `_v{version}` suffix.
       augment: the augmentation config (default `AugmentConfig()`).
-      vocabulary: "gpt2" (GPT-2 BPE), or the path of a SentencePiece model (then bind
-        `ModelConfig.vocab_size = None` to size the model from it).
+      vocabulary: "gpt2" (GPT-2 BPE), "byte" (`seqio.ByteVocabulary`, UTF-8 bytes), or
+        the path of a SentencePiece model (for the last two bind
+        `ModelConfig.vocab_size = None` to size the model from the vocabulary).
 
     Returns:
       The task name, `toxjax.registry.task_name(corpus, strategy, fraction=fraction)`.
@@ -77,6 +78,10 @@ def scored_corpus_task(
 
     if vocabulary == "gpt2":
         vocab = vocab_lib.Gpt2Vocabulary()
+    elif vocabulary == "byte":
+        import seqio
+
+        vocab = seqio.ByteVocabulary()
     else:
         vocab = vocab_lib.sentencepiece_vocabulary(vocabulary)
     # The gin config is the truth for this run: (re-)register the task with it.

@@ -6,6 +6,7 @@ bit, with a warning naming the damaged step. A step asked for by number is refus
 a run directory with no intact step stops with one line and a distinct exit code.
 """
 
+import json
 import os
 import shutil
 
@@ -171,3 +172,160 @@ def test_damaged_checkpoints_are_named_skipped_and_never_trained_from(tmp_path, 
     assert len(ours) == 1 and ours[0].startswith(f"toxjax train: no intact checkpoint in {run}: ")
     assert "checkpoint step 6" in ours[0] and "checkpoint step 3" in ours[0]
     assert _steps(run) == [3, 6]
+
+
+# ----------------------------------------------------------------------------- issue 24 item 14
+SHORT = ("NUM_STEPS = 4", "train.checkpoint_every = 2")
+_METADATA = "_CHECKPOINT_METADATA"  # Orbax's per-step metadata (item handlers, our marker)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A 4-step run with checkpoints at 2 and 4, trained once; tests work on copies."""
+    run = tmp_path_factory.mktemp("short") / "run"
+    straight = gin_train(run, *SHORT)
+    assert _steps(run) == [2, 4]
+    return run, straight.losses
+
+
+def _copy(short_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(short_run[0], run)
+    return run
+
+
+def _train_cli(run, *extra):
+    gin.clear_config()
+    return train_lib.main(
+        [
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=models/test.gin",
+            f"--gin.MODEL_DIR={run}",
+            "--gin.TASK='test_fortunes_bytes_v1'",
+            "--gin.SEQUENCE_LENGTH=64",
+            "--gin.BATCH_SIZE=8",
+            "--gin.WARMUP_STEPS=2",
+            "--gin.train.checkpoint_every=2",
+            "--gin.train.module_imports=['task_fixtures']",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_a_step_whose_checksums_were_deleted_is_damage_not_an_old_checkpoint(
+    short_run, tmp_path, capfd
+):
+    """The step's metadata says it was saved with checksums: a missing `checksums` item
+    is damage (deleted or lost), named as such; training falls back as for any damage."""
+    run = _copy(short_run, tmp_path)
+    marker = json.loads((run / "4" / _METADATA).read_text())["custom_metadata"]
+    assert marker == {ckpt_lib.CHECKSUMS_MARKER: 1}  # written by every save
+    shutil.rmtree(run / "4" / "checksums")
+    with pytest.raises(ckpt_lib.CorruptCheckpointError) as e:
+        RunDir.open(str(run)).load(step=4)
+    assert str(e.value) == (
+        f"checkpoint step 4 ({run}/4) is corrupt: its checksums item is missing, though the "
+        "step was saved with one (deleted or lost), so its arrays cannot be verified"
+    )
+    warnings = []
+    assert RunDir.open(str(run)).load(warn=warnings.append).step == 2
+    assert warnings == [f"{e.value}; skipped it; using step 2"]
+    capfd.readouterr()
+    resumed = gin_train(run, *SHORT)
+    assert f"{e.value}; moved it to {run}/4.corrupt; using step 2" in capfd.readouterr().err
+    assert resumed.losses == short_run[1][2:]  # retrained exactly
+
+
+def _as_old_format(step_dir) -> None:
+    """What a toxjax from before checksums wrote: no `checksums` item, no marker."""
+    shutil.rmtree(step_dir / "checksums")
+    meta = json.loads((step_dir / _METADATA).read_text())
+    meta["item_handlers"].pop("checksums")
+    meta["custom_metadata"] = {}
+    (step_dir / _METADATA).write_text(json.dumps(meta))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_checksums_is_refused_unless_allowed(
+    short_run, tmp_path, capfd, monkeypatch
+):
+    run = _copy(short_run, tmp_path)
+    for step in (2, 4):
+        _as_old_format(run / str(step))
+    want = (
+        f"checkpoint step 4 ({run}/4) has no checksums: it was saved by a toxjax that did "
+        "not record them, so damage to it cannot be detected; set TOXJAX_ALLOW_UNVERIFIED=1 "
+        "to use it unverified, or start a fresh MODEL_DIR"
+    )
+    with pytest.raises(ckpt_lib.UnverifiedCheckpointError) as e:
+        RunDir.open(str(run)).load()
+    assert str(e.value) == want
+    capfd.readouterr()
+    assert _train_cli(run, "--gin.NUM_STEPS=6") == train_lib.EXIT_MISMATCH
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("toxjax")] == [
+        f"toxjax train: {want}"
+    ]
+    assert "Traceback" not in err and _steps(run) == [2, 4]  # nothing moved or trained
+    # Opted in: restored, with a warning that says why it is unverified.
+    monkeypatch.setenv("TOXJAX_ALLOW_UNVERIFIED", "1")
+    warnings = []
+    assert RunDir.open(str(run)).load(warn=warnings.append).step == 4
+    assert warnings == [
+        f"checkpoint step 4 ({run}/4) has no checksums (saved by a toxjax that did not record "
+        "them); restored without verification (TOXJAX_ALLOW_UNVERIFIED=1)"
+    ]
+    resumed = gin_train(run, "NUM_STEPS = 6", "train.checkpoint_every = 2")
+    assert resumed.steps == [5, 6]
+
+
+def _put_nan(step_dir, name: str) -> None:
+    """One element of array `name` set to NaN, the step's checksums recorded anew (as a
+    save of that state would): only a finiteness check can tell."""
+    state = ocp.StandardCheckpointHandler().restore(step_dir / "state")
+    host = np.array(checksums.named_arrays(state)[name])
+    host.ravel()[5] = np.nan
+    nan_state = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            jax.device_put(host, x.sharding) if checksums.leaf_name(path) == name else x
+        ),
+        state,
+    )
+    rewritten = step_dir.parent / "rewritten"
+    with ocp.StandardCheckpointer() as writer:
+        writer.save(rewritten, nan_state)
+    shutil.rmtree(step_dir / "state")
+    os.rename(rewritten, step_dir / "state")
+    data = ocp.JsonCheckpointHandler().restore(step_dir / "data")
+    recorded = checksums.resolve(checksums.manifest(nan_state, {"data": data}))
+    shutil.rmtree(step_dir / "checksums")
+    (step_dir / "checksums").mkdir()
+    ocp.JsonCheckpointHandler().save(step_dir / "checksums", args=ocp.args.JsonSave(recorded))
+
+
+@pytest.mark.slow
+def test_non_finite_parameters_are_refused_for_inference(short_run, tmp_path, capsys):
+    from toxjax import cli
+
+    run = _copy(short_run, tmp_path)
+    _put_nan(run / "4", PARAM)
+    want = (
+        f"checkpoint step 4 ({run}/4) has non-finite parameters: "
+        f"{PARAM.removeprefix('params/')} (1 NaN); it cannot be used for inference: choose "
+        "another step"
+    )
+    with pytest.raises(ckpt_lib.NonFiniteCheckpointError) as e:
+        RunDir.open(str(run)).load()
+    assert str(e.value) == want
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": {"text": "Hello", "toxicity": 0.1}}) + "\n")
+    gin.clear_config()
+    argv = ["eval", "toxicity", "--model_dir", str(run), "--prompts", str(prompts)]
+    argv += ["--output_dir", str(tmp_path / "eval"), "--scorer", "profanity-check"]
+    assert cli.main([*argv, "--step", "4"]) == 2
+    err = capsys.readouterr().err  # (a warning first: the test task has no strategy)
+    assert [line for line in err.splitlines() if line.startswith("toxjax")] == [
+        f"toxjax eval toxicity: {want}"
+    ]
+    assert RunDir.open(str(run)).load(step=2).step == 2  # the finite step loads

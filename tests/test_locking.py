@@ -103,3 +103,104 @@ def test_remote_lease_refuses_a_live_holder_and_takes_over_an_expired_one(monkey
         second.check()
     second.release()
     assert tf.io.gfile.exists(url)  # the thief's lock is not removed
+
+
+# ----------------------------------------------------------------------------- issue 24 item 6
+def _victim(tmp_path, text="precious data\n"):
+    victim = tmp_path / "victim.txt"
+    victim.write_text(text)
+    return victim
+
+
+@pytest.mark.parametrize("plant", ["symlink", "hardlink", "directory", "fifo", "foreign file"])
+def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(tmp_path, plant):
+    """A lock file toxjax did not create is never truncated or written: a symlink (to any
+    file), a hard link, a directory, a FIFO (no hang) or another program's file there is
+    refused with one line naming it; what it points to is unchanged."""
+    victim = _victim(tmp_path)
+    path = tmp_path / "out.jsonl.lock"
+    if plant == "symlink":
+        os.symlink(victim, path)
+    elif plant == "hardlink":
+        os.link(victim, path)
+    elif plant == "directory":
+        path.mkdir()
+    elif plant == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_text("precious data\n")
+    with pytest.raises(locking.UnsafeLockError) as e:
+        locking.WriterLock(str(path), "the test output").acquire()
+    msg = str(e.value)
+    assert msg.startswith(f"{path} ") and "\n" not in msg
+    want = {
+        "symlink": f"is a symbolic link (to {victim})",
+        "hardlink": "is not a toxjax lock file",
+        "directory": "is a directory, not a lock file",
+        "fifo": "is a pipe, not a lock file",
+        "foreign file": "is not a toxjax lock file",
+    }[plant]
+    assert want in msg, msg
+    assert victim.read_text() == "precious data\n"
+    assert os.path.lexists(path)  # refused, not removed: it is not ours
+
+
+def test_a_stale_lock_is_replaced_by_a_new_file_never_rewritten_in_place(tmp_path):
+    """Taking over a dead writer's lock makes a new file (a new inode): a hard link to the
+    old lock keeps the old content, so nothing outside the lock file is ever truncated."""
+    path = tmp_path / "LOCK"
+    child = _hold_in_child(path)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    os.link(path, tmp_path / "old-lock")
+    stale = (tmp_path / "old-lock").read_text()
+    with locking.WriterLock(str(path), "the run") as lock:
+        assert f"pid {child.pid}" in lock.note
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        assert (tmp_path / "old-lock").read_text() == stale
+    assert not path.exists()
+
+
+def test_planted_lock_symlinks_are_refused_by_score_and_train(tmp_path, capsys):
+    """Through the CLI: `<output>.lock` and `MODEL_DIR/LOCK` symlinks to a file."""
+    from toxjax import cli
+
+    victim = _victim(tmp_path)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    out = tmp_path / "out.jsonl"
+    os.symlink(victim, str(out) + ".lock")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["score", "--input", str(src), "--output", str(out)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (
+        f"toxjax score: {out}.lock is a symbolic link (to {victim}); toxjax writes its lock "
+        "files itself and never through a link: remove it (no toxjax process uses it) and "
+        "rerun\n"
+    )
+    assert victim.read_text() == "precious data\n" and not out.exists()
+
+    import gin
+
+    run = tmp_path / "run"
+    run.mkdir()
+    os.symlink(victim, run / "LOCK")
+    gin.clear_config()
+    rc = cli.main(
+        [
+            "train",
+            "--gin_file=runs/pretrain.gin",
+            "--gin_file=models/test.gin",
+            f"--gin.MODEL_DIR={run}",
+            "--gin.TASK='test_fortunes_bytes_v1'",
+            "--gin.SEQUENCE_LENGTH=64",
+            "--gin.BATCH_SIZE=8",
+            "--gin.NUM_STEPS=2",
+            "--gin.train.module_imports=['task_fixtures']",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and "Traceback" not in err
+    assert f"toxjax train: {run}/LOCK is a symbolic link (to {victim})" in err
+    assert victim.read_text() == "precious data\n"
+    assert sorted(os.listdir(run)) == ["LOCK"]  # refused before anything was written

@@ -22,7 +22,8 @@ from toxjax import compile_check as cc
 from toxjax import train as train_lib
 from toxjax.preprocessors import STRATEGIES, AugmentConfig, conditioning_prefix_ids
 from toxjax.run_info import RunInfo
-from toxjax.vocab import Gpt2Vocabulary, train_sentencepiece, vocab_from_spec
+from toxjax.vocab import Gpt2Vocabulary, vocab_from_spec
+from toxjax.vocab_train import train_sentencepiece
 
 CONFIGS = gin_utils.REPO_CONFIGS
 EXPERIMENTS = sorted(
@@ -109,7 +110,7 @@ def _eval(model_dir, prompts, *extra):
     assert cli.main([*argv, *extra]) == 0
 
 
-@pytest.mark.parametrize("vocab", ["gpt2", "spm"])
+@pytest.mark.parametrize("vocab", ["gpt2", "spm", pytest.param("byte", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_train_then_eval_with_the_prefix_from_run_json(
     tmp_path, strategy, vocab, scored, spm, prompts, capsys
@@ -118,6 +119,8 @@ def test_train_then_eval_with_the_prefix_from_run_json(
     extra = [f"--gin.CORPUS={corpus_name}"]
     if vocab == "spm":
         extra += [f"--gin.VOCABULARY={spm}", "--gin.ModelConfig.vocab_size=None"]
+    if vocab == "byte":  # seqio.ByteVocabulary (issue 24 item 11: crashed at the first batch)
+        extra += ["--gin.VOCABULARY='byte'", "--gin.ModelConfig.vocab_size=None"]
     run = _train(tmp_path / "run", strategy, scored, *extra)
     assert (run.strategy, run.augment, run.task) == (
         strategy,
@@ -125,7 +128,8 @@ def test_train_then_eval_with_the_prefix_from_run_json(
         f"{corpus_name}_{strategy}_v1",
     )
     assert run.corpus["scorer"] == "profanity-check" and run.corpus["source"] == scored
-    assert run.vocabulary["kind"] == {"gpt2": "gpt2", "spm": "sentencepiece"}.get(vocab) or (
+    kinds = {"gpt2": "gpt2", "spm": "sentencepiece", "byte": "byte"}
+    assert run.vocabulary["kind"] == kinds[vocab] or (
         strategy == "ctrl" and run.vocabulary["kind"] == "control_tokens"
     )
     # The run directory alone rebuilds the vocabulary (its files were copied into it).

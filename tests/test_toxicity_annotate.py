@@ -298,7 +298,7 @@ def test_second_writer_is_refused_and_the_first_finishes_exactly(tmp_path):
         first.send_signal(signal.SIGSTOP)  # hold it mid-run, its lock held
         before = out.read_bytes()
         second = subprocess.run(_score_cmd(src, out), env=env, capture_output=True, text=True)
-        assert second.returncode != 0
+        assert second.returncode == 5  # annotate.EXIT_LOCKED
         assert second.stderr.splitlines() == [second.stderr.strip()]  # one line
         assert second.stderr.startswith(
             f"toxjax score: the scored output {out} is being written by another process: "
@@ -309,7 +309,7 @@ def test_second_writer_is_refused_and_the_first_finishes_exactly(tmp_path):
         third = subprocess.run(
             _score_cmd(src, out, "--overwrite"), env=env, capture_output=True, text=True
         )
-        assert third.returncode != 0 and f"pid {first.pid}" in third.stderr
+        assert third.returncode == 5 and f"pid {first.pid}" in third.stderr
     finally:
         first.send_signal(signal.SIGCONT)
     stdout, _ = first.communicate(timeout=120)
@@ -452,14 +452,14 @@ def test_bad_paths_are_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing was written for any of them
     # A missing output folder is created.
     assert score("--input", src, "--output", tmp_path / "new" / "dir" / "out.jsonl") == 0
-    # Through the console entry point: exit code 1 and the one line, no traceback.
+    # Through the console entry point: exit code 2 (refused) and the one line, no traceback.
     r = subprocess.run(
         _score_cmd(tmp_path, tmp_path / "x.jsonl"),
         env={**os.environ, "PYTHONPATH": REPO},
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.splitlines() == [
         f"toxjax score: --input {str(tmp_path)!r} is a directory, not a file; give one file, "
         f"or score many files with --beam --input '{tmp_path}/*.jsonl'"

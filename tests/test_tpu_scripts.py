@@ -316,3 +316,30 @@ def test_a_second_launch_of_a_running_run_is_refused_before_it_touches_the_log(e
         assert "pgrep" in _remote(other) and "runs/other( |$)" in _remote(other)
     finally:
         os.kill(pid, 9)
+
+
+def test_sweep_refuses_run_names_that_would_inject_into_the_remote_command(env, tmp_path):
+    """Issue 24 item 13: a gin file named `a;touch pwned.gin` named the run `a;touch
+    pwned`, which went unquoted into the remote script (`> logs/a;touch pwned.log`).
+    sweep.sh validates run names as train.sh does (one check, in common.sh)."""
+    evil = tmp_path / "gin" / "a;touch pwned.gin"
+    evil.parent.mkdir()
+    evil.write_text("include 'experiments/inst_125m.gin'\n")
+    # experiment_path accepts any path below a gin_configs/ folder, `..` included.
+    spelled = "gin_configs/" + "../" * 40 + str(evil).lstrip("/")
+    good = os.path.join(REPO, "gin_configs/experiments/inst_125m.gin")
+    for args, extra in (([good, spelled], {}), ([good], {"SWEEP_NAME": "s;touch pwned"})):
+        p = _run(env, "sweep.sh", *args, check=False, **extra)
+        assert p.returncode == 2 and p.stdout == "", p.stderr
+        name = "a;touch pwned" if not extra else "s;touch pwned"
+        what = "run name" if not extra else "SWEEP_NAME"
+        assert p.stderr == (
+            f"sweep.sh: {what} '{name}': use letters, digits, '.', '_' and '-' (it names "
+            f"{'MODEL_DIR and the log' if not extra else 'the sweep script and its log'})\n"
+        )
+    # train.sh gives the same message (the shared check).
+    p = _run(env, "train.sh", "inst_125m", "a;b", check=False)
+    assert p.returncode == 2 and p.stderr == (
+        "train.sh: run name 'a;b': use letters, digits, '.', '_' and '-' (it names MODEL_DIR "
+        "and the log)\n"
+    )

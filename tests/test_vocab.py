@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from toxjax import vocab as vocab_lib
 from toxjax.vocab import ControlTokenVocabulary, Gpt2Vocabulary, init_new_embeddings
+from toxjax.vocab_train import train_sentencepiece
 
 TEXTS = [
     "Hello world!",
@@ -124,41 +125,10 @@ def _small_corpus(path):
     return str(path)
 
 
-def test_sentencepiece_train_deterministic_and_exact(tmp_path):
-    text = _small_corpus(tmp_path / "corpus.txt")
-    a = vocab_lib.train_sentencepiece([text], str(tmp_path / "a" / "sp"), vocab_size=400)
-    b = vocab_lib.train_sentencepiece([text], str(tmp_path / "b" / "sp.model"), vocab_size=400)
-    assert open(a, "rb").read() == open(b, "rb").read()
-    v = vocab_lib.sentencepiece_vocabulary(a)
-    assert (v.vocab_size, v.pad_id, v.eos_id, v.unk_id) == (400, 0, 1, 2)
-    for s in TEXTS + ["the cat sat on the mat."]:
-        ids = v.encode(s)
-        assert v.decode(ids) == s, s
-        assert v.encode_tf(tf.constant(s)).numpy().tolist() == ids
-    assert len(v.encode("the cat sat on the mat.")) < len("the cat sat on the mat.")
-
-
-def test_vocab_cli_trains_from_jsonl(tmp_path, capsys):
-    text = open(_small_corpus(tmp_path / "c.txt"), encoding="utf-8").read()
-    rows = [json.dumps({"text": doc}) for doc in text.split("\n%\n")]
-    (tmp_path / "c.jsonl").write_text("\n".join(rows) + "\n")
-    out = tmp_path / "vocab" / "sp"
-    argv = ["train", "--input", str(tmp_path / "c.jsonl"), "--output", str(out)]
-    assert vocab_lib.main(argv + ["--vocab_size", "400"]) == 0
-    assert "vocab_size=400" in capsys.readouterr().err
-    assert vocab_lib.sentencepiece_vocabulary(str(out) + ".model").vocab_size == 400
-
-
-def test_vocab_cli_bad_jsonl_names_line(tmp_path):
-    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"body": "x"}\n')
-    with pytest.raises(ValueError, match=r"c.jsonl:2"):
-        vocab_lib.train_sentencepiece([str(tmp_path / "c.jsonl")], str(tmp_path / "sp"))
-
-
 def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
     import seqio
 
-    spm_path = vocab_lib.train_sentencepiece(
+    spm_path = train_sentencepiece(
         [_small_corpus(tmp_path / "c.txt")], str(tmp_path / "src" / "sp"), vocab_size=400
     )
     spm = vocab_lib.sentencepiece_vocabulary(spm_path)
@@ -192,3 +162,55 @@ def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
         vocab_lib.vocab_from_spec(specs["sentencepiece"], str(moved))
     with pytest.raises(ValueError, match="unknown vocabulary kind 'wordpiece'"):
         vocab_lib.vocab_from_spec({"kind": "wordpiece"})
+
+
+def test_batched_encoding_equals_encode_for_every_vocabulary(tmp_path, gpt2):
+    """`encode_texts_tf` (the pipeline's batched tokenizer) gives each text's `encode`
+    ids for every vocabulary run.json supports. seqio.ByteVocabulary only encodes a
+    scalar (`tf.io.decode_raw` needs equal lengths): a batch of texts of different
+    lengths crashed the first batch of a byte task (issue 24 item 11)."""
+    import seqio
+
+    spm = vocab_lib.sentencepiece_vocabulary(
+        train_sentencepiece(
+            [_small_corpus(tmp_path / "c.txt")], str(tmp_path / "sp"), vocab_size=400
+        )
+    )
+
+    class ScalarOnly(seqio.Vocabulary):
+        """A vocabulary that keeps seqio's contract only: `encode_tf` of one string."""
+
+        eos_id, unk_id, _base_vocab_size = 1, 2, 259
+
+        def _encode(self, s):
+            return [b + 3 for b in s.encode("utf-8")]
+
+        def _decode(self, ids):
+            return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", "ignore")
+
+        def _encode_tf(self, s):
+            return tf.cast(tf.io.decode_raw(s, tf.uint8), tf.int32) + 3
+
+        def _decode_tf(self, ids):
+            raise NotImplementedError
+
+    texts = TEXTS + ["x" * 300, "<|a|>x<|b|> y"]
+    for v in (
+        ScalarOnly(),
+        seqio.ByteVocabulary(),
+        seqio.ByteVocabulary(extra_ids=5),
+        gpt2,
+        spm,
+        ControlTokenVocabulary(seqio.ByteVocabulary(), ("<|a|>", "<|b|>")),
+        ControlTokenVocabulary(spm, ("<|a|>", "<|b|>")),
+    ):
+        ids = vocab_lib.encode_texts_tf(v, tf.constant(texts))
+        assert ids.dtype == tf.int32 and ids.to_list() == [v.encode(t) for t in texts], v
+        one = vocab_lib.encode_texts_tf(v, tf.constant(texts[:1]))
+        assert one.to_list() == [v.encode(texts[0])], v
+        # Inside tf.data, as the pipeline calls it (a batch of a traced string tensor).
+        ds = tf.data.Dataset.from_tensor_slices(texts).batch(4)
+        got = [
+            r for b in ds.map(lambda b, v=v: vocab_lib.encode_texts_tf(v, b)) for r in b.to_list()
+        ]
+        assert got == [v.encode(t) for t in texts], v

@@ -17,6 +17,13 @@ read (a truncated file), raises `CorruptCheckpointError` naming the step and the
 explicit step then fall back to the newest intact step with a warning; the trainer moves the
 corrupt step aside to `<step>.corrupt` before it trains on. A corrupt step is never
 trained from, and a step asked for by number is never silently replaced.
+
+A step without a `checksums` item is told apart by its Orbax metadata, where every save
+also puts a format marker (`CHECKSUMS_MARKER`): a step saved with checksums that lost
+them (deleted, a partial copy) is damage like any other; a step from a toxjax that did
+not record them cannot be verified and is refused (`UnverifiedCheckpointError`) unless
+the user opts in with `TOXJAX_ALLOW_UNVERIFIED=1` (then restored with a warning).
+Parameters loaded for inference must be finite (`check_finite`).
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -38,6 +48,11 @@ from toxjax import checksums, fileio, run_logs
 
 CHECKSUMS_ITEM = "checksums"  # the manifest item of each step (toxjax.checksums)
 CORRUPT_SUFFIX = ".corrupt"  # a corrupt step moved aside: MODEL_DIR/<step>.corrupt
+# The format marker every save writes into the step's Orbax metadata (custom_metadata):
+# this step was saved with a `checksums` item.
+CHECKSUMS_MARKER = "toxjax_checksums"
+ALLOW_UNVERIFIED_ENV = "TOXJAX_ALLOW_UNVERIFIED"  # =1: restore steps without checksums
+_ORBAX_METADATA = "_CHECKPOINT_METADATA"
 
 
 class CheckpointError(ValueError):
@@ -49,11 +64,22 @@ class CheckpointMismatchError(CheckpointError):
 
 
 class CorruptCheckpointError(CheckpointError):
-    """A checkpoint step is unreadable or its arrays differ from their checksums."""
+    """A checkpoint step is unreadable, its arrays differ from their checksums, or it
+    lost the checksums it was saved with."""
 
     def __init__(self, message: str, step: int | None = None):
         super().__init__(message)
         self.step = step
+
+
+class UnverifiedCheckpointError(CheckpointMismatchError):
+    """A step saved by a toxjax that recorded no checksums: it cannot be verified, and is
+    used only when the user allows it (`ALLOW_UNVERIFIED_ENV`). A mismatch between what
+    this toxjax requires and what the run directory holds (`toxjax train`: exit 4)."""
+
+
+class NonFiniteCheckpointError(CheckpointError):
+    """Parameters loaded for inference hold NaN or infinity."""
 
 
 def _warn(message: str) -> None:
@@ -93,24 +119,77 @@ def _agree(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
 
 
-def _step_dir(directory: str, step: int):
+def step_path(directory: str, step: int):
     from etils import epath
 
     return epath.Path(directory) / ocp.step.standard_name_format().build_name(step)
 
 
-def read_verified(directory: str, step: int, read: Callable[[Any], tuple[Any, dict]]):
+def _allow_unverified() -> bool:
+    return os.environ.get(ALLOW_UNVERIFIED_ENV, "") not in ("", "0")
+
+
+def _saved_with_checksums(step_dir) -> bool:
+    """Whether the step was saved with a `checksums` item, by its Orbax metadata: our
+    marker, or (steps saved before the marker existed) the item among its handlers."""
+    try:
+        meta = json.loads((step_dir / _ORBAX_METADATA).read_text())
+    except (OSError, ValueError):  # missing (an old Orbax) or unreadable: no evidence
+        return False
+    if not isinstance(meta, dict):
+        return False
+    marked = (meta.get("custom_metadata") or {}).get(CHECKSUMS_MARKER)
+    return bool(marked) or CHECKSUMS_ITEM in (meta.get("item_handlers") or {})
+
+
+def _without_checksums(step: int, step_dir, warn: Callable[[str], None]) -> None:
+    """A step with no `checksums` item: damage, an old format refused, or allowed."""
+    lost = _saved_with_checksums(step_dir)
+    if _allow_unverified():
+        why = (
+            "lost the checksums it was saved with"
+            if lost
+            else "has no checksums (saved by a toxjax that did not record them)"
+        )
+        warn(
+            f"checkpoint step {step} ({step_dir}) {why}; restored without verification "
+            f"({ALLOW_UNVERIFIED_ENV}=1)"
+        )
+        return
+    if lost:
+        raise CorruptCheckpointError(
+            f"checkpoint step {step} ({step_dir}) is corrupt: its checksums item is missing, "
+            "though the step was saved with one (deleted or lost), so its arrays cannot be "
+            "verified",
+            step,
+        )
+    raise UnverifiedCheckpointError(
+        f"checkpoint step {step} ({step_dir}) has no checksums: it was saved by a toxjax "
+        "that did not record them, so damage to it cannot be detected; set "
+        f"{ALLOW_UNVERIFIED_ENV}=1 to use it unverified, or start a fresh MODEL_DIR"
+    )
+
+
+def read_verified(
+    directory: str,
+    step: int,
+    read: Callable[[Any], tuple[Any, dict]],
+    warn: Callable[[str], None] = _warn,
+):
     """Reads checkpoint `step` with `read(step_dir) -> (arrays, json_items)` and verifies it.
 
     Returns:
-      (arrays, json_items) if every restored array and JSON item equals its checksum.
+      (arrays, json_items) if every restored array and JSON item equals its checksum
+      (or, allowed by `ALLOW_UNVERIFIED_ENV`, the step has none: `warn` says so).
 
     Raises:
-      CorruptCheckpointError: the step is unreadable (on any process) or differs from
-        its checksums; the message names the step directory and the array.
+      CorruptCheckpointError: the step is unreadable (on any process), differs from its
+        checksums, or lost the checksums it was saved with; the message names the step
+        directory and the array.
+      UnverifiedCheckpointError: the step was saved without checksums (an older toxjax).
       CheckpointMismatchError: from `read`, passed through (a user error, not damage).
     """
-    step_dir = _step_dir(directory, step)
+    step_dir = step_path(directory, step)
     error = None
     with _quiet_sibling_read_errors():
         try:
@@ -132,11 +211,7 @@ def read_verified(directory: str, step: int, read: Callable[[Any], tuple[Any, di
             step,
         )
     if recorded is None:
-        _warn(
-            f"checkpoint step {step} ({step_dir}) has no checksums (saved before toxjax "
-            "recorded them); "
-            "restored without verification"
-        )
+        _without_checksums(step, step_dir, warn)
         return arrays, json_items
     bad = checksums.mismatches(recorded, arrays, json_items)
     if bad:
@@ -147,6 +222,41 @@ def read_verified(directory: str, step: int, read: Callable[[Any], tuple[Any, di
             step,
         )
     return arrays, json_items
+
+
+@jax.jit
+def _non_finite_counts(arrays: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """{name: (number of NaN, number of +-inf)} of each array (on its devices)."""
+    return {
+        k: (jnp.sum(jnp.isnan(x), dtype=jnp.int32), jnp.sum(jnp.isinf(x), dtype=jnp.int32))
+        for k, x in arrays.items()
+    }
+
+
+def check_finite(params, where: str) -> None:
+    """Raises `NonFiniteCheckpointError` naming the parameters that hold NaN or inf.
+
+    Args:
+      params: the parameter tree (any sharding).
+      where: what holds them, for the message ("checkpoint step 6 (dir/6)").
+    """
+    arrays = {
+        name: x
+        for name, x in checksums.named_arrays(params).items()
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    }
+    counts = jax.device_get(_non_finite_counts(arrays))
+    bad = []
+    for name, (nan, inf) in counts.items():
+        kinds = [f"{int(n)} {what}" for n, what in ((nan, "NaN"), (inf, "inf")) if n]
+        if kinds:
+            bad.append(f"{name} ({', '.join(kinds)})")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteCheckpointError(
+            f"{where} has non-finite parameters: {shown}; it cannot be used for inference: "
+            "choose another step"
+        )
 
 
 def newest_intact(
@@ -305,6 +415,7 @@ class Checkpointer:
                 **{CHECKSUMS_ITEM: _ChecksumsSave(manifest)},
             ),
             force=force,
+            custom_metadata={CHECKSUMS_MARKER: 1},
         )
 
     def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
@@ -369,7 +480,7 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> str:
         """Renames a corrupt step directory so Orbax no longer lists it (lead process)."""
-        source = _step_dir(self.directory, step)
+        source = step_path(self.directory, step)
         target = source.parent / (source.name + CORRUPT_SUFFIX)
         n = 1
         while target.exists():

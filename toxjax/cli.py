@@ -14,7 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("toxjax.train", "gin-configured pretraining run"),
     "score": ("toxjax.toxicity.annotate", "score a corpus for toxicity (resumable)"),
-    "vocab": ("toxjax.vocab", "train a SentencePiece vocabulary"),
+    "vocab": ("toxjax.vocab_train", "train a SentencePiece vocabulary"),
     "eval": ("toxjax.eval", "toxicity / utility / bias evaluation of a checkpoint"),
     "export": ("toxjax.interop.export", "export a run as a Hugging Face transformers checkpoint"),
     "report": ("toxjax.evaluation.report", "gather metrics of several runs into tables and a plot"),

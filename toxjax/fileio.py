@@ -9,6 +9,8 @@
   `JsonlError` whose message starts with `path:line:`, the one wording of the house.
 - Hashes (`sha256_file`, `sha256_dir`, `sha256_json`): streamed, with a progress bar for
   big files.
+- What a path is (`same_file`: one file under two names; `file_kind`: "a pipe", "a
+  directory", ... for messages that refuse a path that is not a regular file).
 - What changed (`changes`): the `"<key> was <old>, now <new>"` lines every resume check
   prints, over nested dicts (dotted keys).
 
@@ -22,6 +24,7 @@ import glob
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -50,6 +53,31 @@ def same_file(a: str, b: str) -> bool:
         if os.path.exists(a) and os.path.exists(b):
             return os.path.samefile(a, b)
     return os.path.realpath(a) == os.path.realpath(b)
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a pipe",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def mode_kind(mode: int) -> str | None:
+    """What a `st_mode` is, for a message ("a pipe", "a directory", ...); None for a
+    regular file."""
+    return None if stat.S_ISREG(mode) else _KINDS.get(stat.S_IFMT(mode), "a special file")
+
+
+def file_kind(path: str) -> str | None:
+    """What a local `path` is when it exists and is not a regular file (links followed:
+    `/dev/fd/N` of a process substitution is "a pipe"); None otherwise."""
+    try:
+        return mode_kind(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 def _gfile():

@@ -8,6 +8,11 @@ command), and takes over the lock of a writer that is gone, saying so.
 - Local paths use `fcntl.flock` on the lock file: the kernel releases the lock when its
   process dies (even by `kill -9`), so a lock file left behind by a dead process is
   recognised as stale exactly, and taken over with a note.
+- A lock file is only ever written by the process that created it (`O_CREAT | O_EXCL`),
+  and opened with `O_NOFOLLOW`: a stale lock is unlinked (while locked) and made anew,
+  never truncated in place, so a planted symlink or hard link cannot make toxjax
+  overwrite another file. A symlink, a directory, a FIFO or a file that is not a toxjax
+  lock at the lock's path is refused (`UnsafeLockError`), never removed.
 - Remote paths (`gs://...`, anything with `://`) cannot be flock'ed; there the lock file
   is a lease: the holder rewrites its heartbeat every `lease_seconds / 4` from a
   background thread, and a lock whose heartbeat is older than `lease_seconds` (a
@@ -18,6 +23,7 @@ command), and takes over the lock of a writer that is gone, saying so.
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -27,11 +33,24 @@ import threading
 import time
 import uuid
 
+from toxjax import fileio
+
 DEFAULT_LEASE_SECONDS = 300.0
 
 
 class LockHeldError(RuntimeError):
     """Another live process holds the lock."""
+
+
+class UnsafeLockError(LockHeldError):
+    """Something that is not a toxjax lock file is at the lock's path (a symlink, a
+    directory, another program's file): the lock cannot be taken without writing over it.
+
+    A `LockHeldError`, so every caller that refuses a held lock refuses this too.
+    """
+
+
+_HOLDER_KEYS = {"host", "pid", "token"}  # what every toxjax lock file holds
 
 
 def _describe(holder: dict) -> str:
@@ -102,8 +121,9 @@ class WriterLock:
 
                 tf.io.gfile.remove(self.path)
             return
-        try:
-            os.unlink(self.path)  # while still locked: the next writer makes a new file
+        try:  # while still locked, and only our own file: the next writer makes a new one
+            if os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
         os.close(self._fd)
@@ -142,10 +162,45 @@ class WriterLock:
         return f"note: took over the lock of {_describe(holder)}, {why} ({self.path})"
 
     # ------------------------------------------------------------------ local: flock
+    def _unsafe(self, why: str) -> UnsafeLockError:
+        return UnsafeLockError(
+            f"{self.path} {why}; toxjax writes its lock files itself and never through a "
+            "link: remove it (no toxjax process uses it) and rerun"
+            if why.startswith("is a symbolic link")
+            else f"{self.path} {why}; move it away (no toxjax process uses it) and rerun"
+        )
+
+    def _open_local(self) -> tuple[int, bool]:
+        """Opens the lock file without following a link: `(fd, created by us)`."""
+        nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            try:
+                return os.open(
+                    self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o644
+                ), True
+            except FileExistsError:
+                pass
+            try:
+                # O_NONBLOCK: opening a planted FIFO must not wait for a writer.
+                return os.open(self.path, os.O_RDWR | os.O_NONBLOCK | nofollow), False
+            except FileNotFoundError:
+                continue  # its holder removed it in between: create it
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    target = os.readlink(self.path)
+                    raise self._unsafe(f"is a symbolic link (to {target})") from None
+                if e.errno == errno.EISDIR:
+                    raise self._unsafe("is a directory, not a lock file") from None
+                raise
+
     def _acquire_local(self) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd, created = self._open_local()
+            kind = fileio.mode_kind(os.fstat(fd).st_mode)
+            if kind is not None:
+                os.close(fd)
+                raise self._unsafe(f"is {kind}, not a lock file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -155,17 +210,25 @@ class WriterLock:
             # The previous holder may have unlinked the file between our open and flock:
             # then we locked an orphaned inode and must retry on the current file.
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
-            if same:
+            if not same:
+                os.close(fd)
+                continue
+            if created:
                 break
+            # A lock left by a writer that is gone. Not written in place: unlinked (while
+            # we hold it, so nobody else takes it meanwhile) and created anew by us.
+            previous = _read_fd(fd)
+            holder = _parse(previous)
+            if previous.strip() and not _HOLDER_KEYS <= set(holder):
+                os.close(fd)
+                raise self._unsafe("exists and is not a toxjax lock file")
+            if previous.strip():
+                self.note = self._stale_note(holder, "which is no longer running")
+            os.unlink(self.path)
             os.close(fd)
-        previous = _read_fd(fd)
-        if previous.strip():
-            self.note = self._stale_note(_parse(previous), "which is no longer running")
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(self._holder()).encode())
         os.fsync(fd)
         self._fd = fd
@@ -181,8 +244,6 @@ class WriterLock:
             return None
 
     def _write_remote(self, holder: dict) -> None:
-        from toxjax import fileio
-
         fileio.write_text(self.path, json.dumps(holder))  # whole-object replace
 
     def _acquire_remote(self) -> None:

@@ -145,7 +145,8 @@ class RunDir:
 
         Raises:
           FileNotFoundError: no checkpoint, or no checkpoint `step`.
-          toxjax.checkpoint.CheckpointError: mismatched or corrupt checkpoint.
+          toxjax.checkpoint.CheckpointError: a mismatched, corrupt, unverifiable or
+            non-finite checkpoint.
         """
         from flax import linen as nn
 
@@ -178,14 +179,17 @@ class RunDir:
         abstract = nn.unbox(abstract)
 
         def verified(s: int):
-            return checkpoint.read_verified(
-                self.path, s, functools.partial(checkpoint.read_params, abstract, self.path, s)
-            )
+            read = functools.partial(checkpoint.read_params, abstract, self.path, s)
+            return checkpoint.read_verified(self.path, s, read, warn)
 
         if step is None:
             step, (restored, _) = checkpoint.newest_intact(self.path, steps, verified, warn)
         else:
             restored, _ = verified(step)
+        # A diverged run's parameters are refused, not silently replaced by another step.
+        checkpoint.check_finite(
+            restored["params"], f"checkpoint step {step} ({checkpoint.step_path(self.path, step)})"
+        )
         return LoadedModel(
             model=model,
             params=restored["params"],

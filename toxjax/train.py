@@ -345,6 +345,7 @@ _EXIT_CODES = (
     (NonFiniteLossError, EXIT_NONFINITE),
     (ckpt_lib.CheckpointMismatchError, EXIT_MISMATCH),
     (DataStateMismatchError, EXIT_MISMATCH),
+    (locking.UnsafeLockError, EXIT_CONFIG),  # a planted symlink or foreign file at LOCK
     (locking.LockHeldError, EXIT_LOCKED),
     (ckpt_lib.CorruptCheckpointError, EXIT_CORRUPT),
 )
@@ -377,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = train()
     except tuple(cls for cls, _ in _EXIT_CODES) as e:
         code = next(c for cls, c in _EXIT_CODES if isinstance(e, cls))
-        prefix = "configuration error: " if code == EXIT_CONFIG else ""
+        prefix = "configuration error: " if isinstance(e, ConfigError) else ""
         print(f"toxjax train: {prefix}{gin_utils.message(e)}", file=sys.stderr)
         return code
     finally:

@@ -8,8 +8,8 @@
   IDs are GPT-2's plus one: seqio reserves id 0 for padding and derives loss weights
   from `targets != 0`, and GPT-2's id 0 is the real token "!". So `!` is 1 and
   `<|endoftext|>` (the EOS) is 50257; `vocab_size` is 50258.
-- `train_sentencepiece` / `toxjax vocab train`: a small SentencePiece model for small
-  models and the CPU demo (pad 0, EOS 1, UNK 2, byte fallback, so round trips are exact).
+- `sentencepiece_vocabulary`: a SentencePiece model trained by `toxjax vocab train`
+  (`toxjax.vocab_train`: pad 0, EOS 1, UNK 2, byte fallback, so round trips are exact).
 - `ControlTokenVocabulary`: wraps a vocabulary and appends special tokens after its
   last id (Korbak et al.'s `<|aligned|>`/`<|misaligned|>`); `init_new_embeddings` sets
   their embeddings to the mean of the existing rows.
@@ -17,12 +17,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import seqio
@@ -189,8 +187,26 @@ class Gpt2Vocabulary(seqio.Vocabulary):
 
 
 def encode_texts_tf(vocab: seqio.Vocabulary, texts: tf.Tensor) -> tf.RaggedTensor:
-    """Tokenizes a `[n]` string batch to ragged `[n, None]` int32 with any vocabulary."""
-    ids = vocab.encode_tf(texts)
+    """Tokenizes a `[n]` string batch to ragged `[n, None]` int32 with any vocabulary.
+
+    seqio promises `encode_tf` for a scalar string only. Ours (`Gpt2Vocabulary`,
+    `ControlTokenVocabulary`) and SentencePiece's TF op take a batch; `seqio.ByteVocabulary`
+    does not (`tf.io.decode_raw` needs equal lengths) and is encoded here, vectorised;
+    any other vocabulary one text at a time.
+    """
+    if isinstance(vocab, seqio.ByteVocabulary):
+        chars = tf.strings.bytes_split(texts)  # [n, None] one-byte strings
+        values = tf.reshape(tf.io.decode_raw(chars.flat_values, tf.uint8), [-1])
+        first = vocab.encode("\0")[0]  # the id of byte 0 (after pad, EOS, UNK)
+        ids = chars.with_flat_values(tf.cast(values, tf.int32) + first)
+    elif isinstance(vocab, (Gpt2Vocabulary, ControlTokenVocabulary, seqio.SentencePieceVocabulary)):
+        ids = vocab.encode_tf(texts)
+    else:
+        ids = tf.map_fn(
+            lambda t: tf.cast(vocab.encode_tf(t), tf.int32),
+            texts,
+            fn_output_signature=tf.RaggedTensorSpec([None], tf.int32),
+        )
     if not isinstance(ids, tf.RaggedTensor):  # e.g. a scalar-only implementation
         ids = tf.RaggedTensor.from_tensor(ids)
     return tf.cast(ids, tf.int32)
@@ -439,125 +455,15 @@ def vocab_from_spec(spec: dict, model_dir: str | None = None) -> seqio.Vocabular
 
 
 # ----------------------------------------------------------------------------------
-# SentencePiece training (`toxjax vocab train`).
-
-
-def _iter_texts(paths: Sequence[str], text_field: str) -> Iterator[str]:
-    """Yields texts from .jsonl files (field `text_field`) or plain text files (lines)."""
-    for path in paths:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"vocab train: input {path!r} does not exist")
-        with open(path, encoding="utf-8", errors="strict") as f:
-            if path.endswith((".jsonl", ".json")):
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)[text_field]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise ValueError(
-                            f"{path}:{n}: not a JSON object with a {text_field!r} field "
-                            f"({e}); fix the line or pass --text_field"
-                        ) from e
-                    yield from text.split("\n")
-            else:
-                for line in f:
-                    yield line.rstrip("\n")
-
-
-def train_sentencepiece(
-    inputs: Sequence[str],
-    output: str,
-    vocab_size: int = 4096,
-    model_type: str = "unigram",
-    text_field: str = "text",
-    max_sentences: int = 2_000_000,
-) -> str:
-    """Trains a SentencePiece model; deterministic for the same inputs.
-
-    Ids follow seqio's convention (pad 0, EOS 1, UNK 2, no BOS). Byte fallback and the
-    identity normaliser make `decode(encode(s)) == s` for any string; newlines are
-    byte-fallback tokens. One trainer thread and no sentence sampling keep the model
-    bit-identical run to run.
-
-    Args:
-      inputs: text files (one sentence per line) or .jsonl files (field `text_field`).
-      output: model path; `.model` is appended when missing.
-      vocab_size: number of pieces (including pad/EOS/UNK and the 256 byte pieces).
-      model_type: "unigram" or "bpe".
-      text_field: JSON field holding the text.
-      max_sentences: at most this many (first) lines are used.
-
-    Returns:
-      The written `.model` path.
-    """
-    import sentencepiece as spm
-
-    prefix = output[: -len(".model")] if output.endswith(".model") else output
-    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    sentences = []
-    for s in _iter_texts(inputs, text_field):
-        if s.strip():
-            sentences.append(s)
-        if len(sentences) >= max_sentences:
-            break
-    if not sentences:
-        raise ValueError(f"vocab train: no text found in {list(inputs)}")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_prefix=prefix,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        pad_id=0,
-        eos_id=1,
-        unk_id=2,
-        bos_id=-1,
-        byte_fallback=True,
-        character_coverage=0.9995,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        minloglevel=2,
-    )
-    # The trainer records the output path in the model; drop it so the same corpus gives
-    # a byte-identical file wherever it is written.
-    from sentencepiece import sentencepiece_model_pb2
-
-    model = sentencepiece_model_pb2.ModelProto()
-    with open(prefix + ".model", "rb") as f:
-        model.ParseFromString(f.read())
-    model.trainer_spec.model_prefix = ""
-    with open(prefix + ".model", "wb") as f:
-        f.write(model.SerializeToString(deterministic=True))
-    return prefix + ".model"
+# SentencePiece models (trained by `toxjax vocab train`, `toxjax.vocab_train`).
 
 
 def sentencepiece_vocabulary(model_file: str) -> seqio.SentencePieceVocabulary:
-    """A `seqio.SentencePieceVocabulary` for a model written by `train_sentencepiece`."""
+    """A `seqio.SentencePieceVocabulary` for a model written by `toxjax vocab train`
+    (`toxjax.vocab_train.train_sentencepiece`)."""
     if not os.path.exists(model_file):
         raise FileNotFoundError(
             f"SentencePiece model {model_file!r} not found; train one with "
             "`toxjax vocab train --input CORPUS --output PATH --vocab_size N`."
         )
     return seqio.SentencePieceVocabulary(model_file)
-
-
-def main(argv: list[str]) -> int:
-    """`toxjax vocab train --input FILE [FILE...] --output PATH --vocab_size N`."""
-    parser = argparse.ArgumentParser(prog="toxjax vocab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a SentencePiece model on text/jsonl files")
-    train.add_argument("--input", nargs="+", required=True, help="text or .jsonl files")
-    train.add_argument("--output", required=True, help="model path (.model appended)")
-    train.add_argument("--vocab_size", type=int, default=4096)
-    train.add_argument("--model_type", default="unigram", choices=["unigram", "bpe"])
-    train.add_argument("--text_field", default="text")
-    args = parser.parse_args(argv)
-    path = train_sentencepiece(
-        args.input, args.output, args.vocab_size, args.model_type, args.text_field
-    )
-    vocab = sentencepiece_vocabulary(path)
-    print(f"wrote {path} (vocab_size={vocab.vocab_size})", file=sys.stderr)
-    return 0

@@ -93,6 +93,15 @@ refuse_if_running() {
   echo "if pids=\$(pgrep -d ' ' -f $(quote "$pattern")); then echo \"$say\" >&2; exit 2; fi"
 }
 
+# Stops (exit 2) unless NAME is a safe word: it is put unquoted into remote commands and
+# file names (MODEL_DIR, logs/NAME.log), so a `;` or a space would run on every worker.
+#   check_name NAME WHAT USE   e.g. check_name "$run_name" "run name" "MODEL_DIR and the log"
+check_name() {
+  if [[ ! "$1" =~ ^[A-Za-z0-9._-]+$ ]]; then
+    die "$2 '$1': use letters, digits, '.', '_' and '-' (it names $3)"
+  fi
+}
+
 # experiments/inst_1_3b.gin, [.../]gin_configs/experiments/inst_1_3b.gin or inst_1_3b
 # -> the path toxjax.train searches (relative to gin_configs/).
 experiment_path() {

@@ -12,6 +12,8 @@ source "$(dirname "$0")/common.sh"
 experiments=()
 while [[ $# -gt 0 && "$1" != -- ]]; do
   experiments+=("$(experiment_path "$1")")
+  # The run name goes unquoted into the remote script: checked before anything is built.
+  check_name "$(basename "${experiments[-1]}" .gin)" "run name" "MODEL_DIR and the log"
   shift
 done
 [[ "${1:-}" == -- ]] && shift
@@ -19,9 +21,12 @@ if [[ ${#experiments[@]} -eq 0 ]]; then
   die "usage: $0 EXPERIMENT... [-- toxjax.train flags for every run]"
 fi
 
+sweep_name="${SWEEP_NAME:-$(date +%Y%m%d-%H%M%S)}"
+check_name "$sweep_name" "SWEEP_NAME" "the sweep script and its log"
+
 # The runs go into a script on every worker (a here-document, so no extra quoting),
 # which runs detached from the ssh session.
-script="$REMOTE_LOGS/sweep-${SWEEP_NAME:-$(date +%Y%m%d-%H%M%S)}.sh"
+script="$REMOTE_LOGS/sweep-$sweep_name.sh"
 lines=""
 for gin_file in "${experiments[@]}"; do
   run_name="$(basename "$gin_file" .gin)"

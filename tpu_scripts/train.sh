@@ -20,9 +20,7 @@ if [[ $# -gt 0 && "$1" != -- ]]; then
   shift
 fi
 [[ "${1:-}" == -- ]] && shift
-if [[ ! "$run_name" =~ ^[A-Za-z0-9._-]+$ ]]; then
-  die "run name '$run_name': use letters, digits, '.', '_' and '-' (it names MODEL_DIR and the log)"
-fi
+check_name "$run_name" "run name" "MODEL_DIR and the log"
 
 command="$(train_command "$gin_file" "$run_name" "$@")"
 log="$REMOTE_LOGS/$run_name.log"

@@ -153,12 +153,12 @@ def stage_upsample(scored: str, data: str, repeat: int) -> str:
 
 
 def stage_vocab(train_path: str, data: str, vocab_size: int):
-    from toxjax import vocab
+    from toxjax import vocab, vocab_train
 
     model = os.path.join(data, "spm.model")
     if not os.path.exists(model):
         print(f"demo: training a {vocab_size}-piece SentencePiece vocabulary", flush=True)
-        vocab.train_sentencepiece([train_path], model, vocab_size=vocab_size)
+        vocab_train.train_sentencepiece([train_path], model, vocab_size=vocab_size)
     return vocab.sentencepiece_vocabulary(model)
 
 

@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from toxjax import fileio
+from toxjax.argtypes import non_negative_int, positive_int
 from toxjax.toxicity.base import ScoreResult
 
 FORMATS = ("jsonl", "text", "fortune", "tfrecord", "tfds")
@@ -25,10 +27,14 @@ def add_record_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p = parser
     p.add_argument("--format", choices=FORMATS, help="input format (default: from the name)")
     p.add_argument("--text_field", default="text", help="text field; dotted for nested")
-    p.add_argument("--batch_size", type=int, default=256, help="records per scored batch")
-    p.add_argument("--window_tokens", type=int, default=0, help="also score N-token samples")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="records per scored batch")
+    p.add_argument(
+        "--window_tokens", type=non_negative_int, default=0, help="also score N-token samples"
+    )
     p.add_argument("--window_vocab", default="gpt2", help="'gpt2' or a SentencePiece .model")
-    p.add_argument("--max_chars", type=int, default=0, help="fail longer texts (0: no limit)")
+    p.add_argument(
+        "--max_chars", type=non_negative_int, default=0, help="fail longer texts (0: no limit)"
+    )
     return parser
 
 
@@ -326,6 +332,13 @@ def check_input(path: str) -> str | None:
         return (
             f"--input {path!r} is a directory, not a file; give one file, or score many "
             f"files with --beam --input '{os.path.join(path, '*.jsonl')}'"
+        )
+    # Before any open: opening a FIFO waits for a writer. A pipe (a FIFO, `<(...)`,
+    # /dev/stdin) cannot be read twice (hashed, then scored) nor seeked on resume.
+    if kind := fileio.file_kind(path):
+        return (
+            f"--input {path!r} is {kind}, not a regular file: toxjax score reads its input twice (to identify it, then to score "
+            "it) and seeks in it to resume; write it to a file first (e.g. `... > corpus.jsonl`)"
         )
     try:
         with open(path, "rb"):
