@@ -286,12 +286,12 @@ def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
 def top_p_check(lm, batch, num_decodes: int, reps: int) -> str:
     """The top-p searches on this model's logits at the sampler's shape `[batch *
     num_decodes, vocab]`: the radix ones equal the bisection, and the time of each."""
-    from toxjax import decode
+    from toxjax import sampling
 
     tokens, _ = batch
     logits = lm.model.apply({"params": lm.params}, jnp.asarray(tokens))[:, -1].astype(jnp.float32)
     probs = jax.nn.softmax(jnp.repeat(logits, num_decodes, axis=0), axis=-1)
-    f = jax.jit(decode.top_p_threshold, static_argnums=(1, 2))
+    f = jax.jit(sampling.top_p_threshold, static_argnums=(1, 2))
     want = f(probs, 0.9, 1)
     parts = []
     for bits in (1, 3, 4, 5):

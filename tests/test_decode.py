@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax.core import meta
 
-from toxjax import decode
+from toxjax import decode, sampling
 from toxjax.sharding import make_mesh
 
 VOCAB = 48
@@ -106,11 +106,11 @@ def sort_reference_keep(probs, p):
 
 def test_top_p_threshold_hand_computed_with_ties():
     probs = jnp.asarray([[0.5, 0.125, 0.25, 0.125], [0.5, 0.125, 0.25, 0.125]], jnp.float32)
-    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.75)[:, None])
+    keep = np.asarray(probs >= sampling.top_p_threshold(probs, 0.75)[:, None])
     assert keep.tolist()[0] == [True, False, True, False]  # 0.5 + 0.25 = 0.75 >= 0.75
-    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.76)[:, None])
+    keep = np.asarray(probs >= sampling.top_p_threshold(probs, 0.76)[:, None])
     assert keep.tolist()[0] == [True, True, True, True]  # the two tied 0.125 both kept
-    keep = np.asarray(probs >= decode.top_p_threshold(probs, 0.4)[:, None])
+    keep = np.asarray(probs >= sampling.top_p_threshold(probs, 0.4)[:, None])
     assert keep.tolist()[0] == [True, False, False, False]
 
 
@@ -120,7 +120,7 @@ def test_top_p_threshold_matches_sort_reference(p):
     logits = rng.normal(size=(64, 1000)) * rng.uniform(0.5, 4, size=(64, 1))
     logits[::2] = np.round(logits[::2])  # integer logits: many exact ties
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), -1))
-    thr = np.asarray(decode.top_p_threshold(jnp.asarray(probs), p))
+    thr = np.asarray(sampling.top_p_threshold(jnp.asarray(probs), p))
     for row in range(len(probs)):
         np.testing.assert_array_equal(probs[row] >= thr[row], sort_reference_keep(probs[row], p))
 
@@ -161,8 +161,8 @@ def test_radix_search_equals_bisection_bit_for_bit(bits):
     random = jax.nn.softmax(
         jnp.asarray(np.random.default_rng(bits).normal(size=(48, 2000)) * 2, jnp.float32), -1
     )
-    bisect = jax.jit(functools.partial(decode.top_p_threshold, radix_bits=1))
-    radix = jax.jit(functools.partial(decode.top_p_threshold, radix_bits=bits))
+    bisect = jax.jit(functools.partial(sampling.top_p_threshold, radix_bits=1))
+    radix = jax.jit(functools.partial(sampling.top_p_threshold, radix_bits=bits))
     for rows in (probs, random):
         for p in TOP_PS:
             want, got = np.asarray(bisect(rows, p)), np.asarray(radix(rows, p))
@@ -178,7 +178,7 @@ def test_radix_search_equals_bisection_bit_for_bit(bits):
 
 def test_radix_bits_out_of_range_is_an_error():
     with pytest.raises(ValueError, match="radix_bits must be in 1..8"):
-        decode.top_p_threshold(jnp.ones((1, 4)) / 4, 0.9, radix_bits=9)
+        sampling.top_p_threshold(jnp.ones((1, 4)) / 4, 0.9, radix_bits=9)
 
 
 def test_sample_logits_frequencies_follow_truncated_distribution():
@@ -186,7 +186,7 @@ def test_sample_logits_frequencies_follow_truncated_distribution():
     n = 20000
     keys = jax.random.split(jax.random.key(3), n)
     cfg = decode.SamplingConfig(top_p=0.85)
-    toks, lps = jax.jit(lambda k, lg: decode.sample_logits(k, lg, cfg))(
+    toks, lps = jax.jit(lambda k, lg: sampling.sample_logits(k, lg, cfg))(
         keys, jnp.broadcast_to(logits, (n, logits.shape[0]))
     )
     freq = np.bincount(np.asarray(toks), minlength=logits.shape[0]) / n
@@ -201,7 +201,7 @@ def test_sample_logits_frequencies_follow_truncated_distribution():
 def test_top_k_limits_tokens():
     logits = jnp.asarray(np.random.default_rng(0).normal(size=(500, 30)), jnp.float32)
     cfg = decode.SamplingConfig(top_p=1.0, top_k=2)
-    toks, _ = decode.sample_logits(jax.random.split(jax.random.key(0), 500), logits, cfg)
+    toks, _ = sampling.sample_logits(jax.random.split(jax.random.key(0), 500), logits, cfg)
     top2 = np.argsort(-np.asarray(logits), axis=1)[:, :2]
     assert all(int(t) in top2[i] for i, t in enumerate(np.asarray(toks)))
     assert {int(t) == top2[i, 0] for i, t in enumerate(np.asarray(toks))} == {True, False}
@@ -424,7 +424,7 @@ def reference_guided(forward, positive, negative, continuation, scale, length=24
 def test_guided_log_probs_hand_computed_and_logit_invariant():
     p, q = np.log([0.5, 0.25, 0.25]), np.log([0.25, 0.25, 0.5])
     # log p + 2 (log p - log q) = log [2, 1/4, 1/16]: softmax [32, 4, 1] / 37
-    guided = decode.guided_log_probs(jnp.asarray(p + 3.0), jnp.asarray(q - 1.0), 2.0)
+    guided = sampling.guided_log_probs(jnp.asarray(p + 3.0), jnp.asarray(q - 1.0), 2.0)
     np.testing.assert_allclose(np.asarray(guided), np.log([2, 0.25, 1 / 16]), rtol=1e-6)
     np.testing.assert_allclose(
         np.asarray(jax.nn.softmax(guided)), np.array([32, 4, 1]) / 37, rtol=1e-6
