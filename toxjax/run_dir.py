@@ -9,7 +9,7 @@ its conditioning prefixes, and its verified checkpoints for inference.
 `toxjax eval toxicity|utility|bias`, `toxjax demo` and `toxjax export` open models this
 way, so run.json is read and the vocabulary rebuilt once per command, and every
 inference load is verified against the checksums recorded at save
-(`toxjax.checkpoint.read_verified`).
+(`toxjax.checkpoint_integrity.read_verified`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from toxjax import attention, checkpoint, fileio
+from toxjax import checkpoint_integrity as integrity
 from toxjax.run_info import Conditioning, RunInfo
 
 
@@ -180,15 +181,15 @@ class RunDir:
 
         def verified(s: int):
             read = functools.partial(checkpoint.read_params, abstract, self.path, s)
-            return checkpoint.read_verified(self.path, s, read, warn)
+            return integrity.read_verified(self.path, s, read, warn)
 
         if step is None:
-            step, (restored, _) = checkpoint.newest_intact(self.path, steps, verified, warn)
+            step, (restored, _) = integrity.newest_intact(self.path, steps, verified, warn)
         else:
             restored, _ = verified(step)
         # A diverged run's parameters are refused, not silently replaced by another step.
-        checkpoint.check_finite(
-            restored["params"], f"checkpoint step {step} ({checkpoint.step_path(self.path, step)})"
+        integrity.check_finite(
+            restored["params"], f"checkpoint step {step} ({integrity.step_path(self.path, step)})"
         )
         return LoadedModel(
             model=model,
