@@ -56,6 +56,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:+.1f}%"
 
 
+def _pts(spread: float) -> str:
+    """A seed-to-seed sd in percentage points (`n/a`: fewer than two finite seeds)."""
+    return f"{100 * spread:.1f} pts" if math.isfinite(spread) else "n/a"
+
+
 def _seed_values(values, spec: str) -> str:
     return ", ".join("n/a" if not math.isfinite(v) else f"{100 * v:{spec}}" for v in values)
 
@@ -78,13 +83,9 @@ def seeds_table(arms: list[Arm]) -> str:
         first = i == 0 and a is arms[0]
         lines.append(
             f"| {a.name} | {_seed_values(rate.per_seed, '.1f')} | "
-            f"{rate.estimate.fmt(pct=True)} | {100 * rate.spread:.1f} pts | "
+            f"{rate.estimate.fmt(pct=True)} | {_pts(rate.spread)} | "
             + ("— | — | — | " if first else f"{_seed_values(cut.per_seed, '+.1f')} | ")
-            + (
-                ""
-                if first
-                else f"{cut.estimate.fmt('+', pct=True)} | {100 * cut.spread:.1f} pts | "
-            )
+            + ("" if first else f"{cut.estimate.fmt('+', pct=True)} | {_pts(cut.spread)} | ")
             + ", ".join("-" if p is None else f"{p:.2f}" for p in a.seed_ppl)
             + " |"
         )
@@ -224,7 +225,7 @@ def _seeds_line(a: Arm) -> str:
     enough = n >= TARGET_SEEDS
     return (
         f"- {label(a)} vs baseline over {n} seeds: {e.estimate.fmt('+', pct=True)} (per seed "
-        f"{_seed_values(e.per_seed, '+.1f')}%; spread {100 * e.spread:.1f} points); target: "
+        f"{_seed_values(e.per_seed, '+.1f')}%; spread {_pts(e.spread)}); target: "
         f"the {TARGET_SEEDS}-seed CI excluding {TARGET_CUT_CI:.0%}: "
         + (_met(e.estimate.high < TARGET_CUT_CI) if enough else f"not measured ({n} seeds)")
     )
