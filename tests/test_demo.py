@@ -241,7 +241,8 @@ def test_settings_key_names_the_settings():
 
 
 def test_conditions_come_from_the_strategy_table():
-    assert demo.conditions(["baseline", "meda", "inst", "filter"]) == [
+    conds = demo.conditions(["baseline", "meda", "inst", "filter"])
+    assert [(c.name, c.arm, c.toxic) for c in conds] == [
         ("baseline", "baseline", False),
         ("meda", "meda", False),
         ("inst", "inst", False),
@@ -295,3 +296,259 @@ def test_verdict_and_result_line_check_the_targets():
     text = compare.verdicts(arms)
     assert "- CTRL (aligned token) vs baseline, toxic samples: -20.0% [-30.0, -10.0]" in text
     assert "ctrl_vs_baseline=-0.2000" in compare.result_line(arms, 1.0)
+
+
+# --------------------------------------------------------------- arms, seeds, recognition
+def test_arms_and_eval_conditions_come_from_one_table():
+    from toxjax.demo.arms import ARMS, parse
+    from toxjax.preprocessors import STRATEGIES
+
+    for name in STRATEGIES:  # every strategy is an arm: its default recipe
+        assert ARMS[name].strategy == name and ARMS[name].overrides == ()
+        assert ARMS[name].corpus == "demo"
+    cooldown = ARMS["inst-cooldown"].config
+    assert (cooldown.condition_start, cooldown.condition_end) == (0.0, 0.9)
+    assert cooldown.mask_condition_loss and ARMS["inst-masked"].config.mask_condition_loss
+    assert ARMS["inst-late"].config.condition_start == 0.2
+    assert ARMS["inst-late"].corpus == "demo_inst_late"
+    arms, extras = parse(
+        "baseline,inst", "inst-cooldown,mask,inst+guidance2,inst-late+none,inst+guidance2.0"
+    )
+    assert arms == ["baseline", "inst", "inst-cooldown", "mask", "inst-late"]
+    assert [(c.name, c.arm, c.no_prefix, c.guidance) for c in extras] == [
+        ("inst+guidance2", "inst", False, 2.0),
+        ("inst-late+none", "inst-late", True, 0.0),
+    ]
+    assert [c.name for c in demo.conditions(arms, extras)] == [
+        "baseline",
+        "inst",
+        "inst-cooldown",
+        "mask",
+        "inst-late",
+        "inst_toxic",
+        "inst-cooldown_toxic",
+        "inst-late_toxic",
+        "inst+guidance2",
+        "inst-late+none",
+    ]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--extra", "baseline+guidance2"], "baseline+guidance2: baseline has no conditioning"),
+        (["--extra", "inst+guidance0"], "unknown eval condition 'inst+guidance0'; use ARM+none"),
+        (["--extra", "inst+loud"], "unknown eval condition 'inst+loud'"),
+        (["--extra", "instr+none"], "unknown strategies ['instr']"),
+        (["--seeds", "0"], "--seeds 0 must be at least 1"),
+    ],
+)
+def test_bad_arm_flags_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    assert demo.main(["--quick", "--workdir", str(tmp_path / "w"), *flags]) == demo.EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("toxjax demo: ") and message in err[0], err
+    assert not (tmp_path / "w").exists()
+
+
+def test_seed_0_of_a_strategy_keeps_the_keys_it_had(quick):
+    """Existing workdirs are reused: the default recipe at seed 0 hashes the settings it
+    hashed before arms and seeds existed (train protocol 2, eval protocol 4)."""
+    from toxjax.demo import evals, stages
+    from toxjax.demo.arms import ARMS, Condition
+
+    work, _ = quick
+    data = _one(work, "data-*")
+    data_key = data.name.split("-", 1)[1]
+    cfg = demo.DemoConfig.quick()
+    old = {"protocol": 2, "data": data_key, "strategy": "inst", "task": "demo_inst_v1"}
+    old.update((k, getattr(cfg, k)) for k in ("model_gin", "model_bindings", "sequence_length"))
+    old.update((k, getattr(cfg, k)) for k in ("batch_size", "num_steps", "learning_rate"))
+    path, _ = stages.model_dir(ARMS["inst"], "demo_inst_v1", str(work), cfg, data_key)
+    assert path == str(work / "models" / f"inst-{demo.settings_key(old)}")
+    assert os.path.exists(os.path.join(path, "DONE"))
+    assert stages.model_dir(ARMS["inst"], "demo_inst_v1", str(work), cfg, data_key, 1)[0] != path
+    old_eval = {
+        "protocol": 4,
+        "model": os.path.basename(path),
+        "toxic": True,
+        "prompts": os.path.relpath(data / "prompts-8.jsonl", work),
+        "heldout": os.path.relpath(data / "heldout.jsonl", work),
+        "num_decodes": cfg.num_decodes,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": 0,
+        "scorer": "profanity-check",
+    }
+    out, _ = evals.eval_dir(
+        Condition("inst_toxic", "inst", toxic=True),
+        path,
+        str(data / "prompts-8.jsonl"),
+        str(data / "heldout.jsonl"),
+        str(work),
+        cfg,
+        "profanity-check",
+    )
+    assert out == str(work / "eval" / f"inst_toxic-{demo.settings_key(old_eval)}")
+    assert os.path.exists(os.path.join(out, evals.RESULT_FILE))
+
+
+def test_report_reads_recognition_and_eval_recognition_agrees(quick):
+    """Every row carries its model's recognition; `toxjax eval recognition` on the demo's
+    INST run directory gives the same yes/no scores and AUC."""
+    from toxjax import cli
+
+    work, out = quick
+    rows = json.loads((work / "report.json").read_text())
+    assert [r["arm"] for r in rows] == ["baseline", "inst", "inst"]
+    assert rows[0]["recognition"]["ratio_auc"] is None
+    assert rows[1]["recognition"]["ratio_auc"] is not None
+    assert rows[1]["recognition"] == rows[2]["recognition"]  # one model
+    assert rows[1]["estimates"]["yes_auc"]["value"] == rows[1]["recognition"]["yes_auc"]["value"]
+    report = (work / "report.md").read_text()
+    assert "What each model keeps next to the toxicity it cuts" in report
+    assert "- INST recognises toxicity (yes/no AUC" in report
+    assert "- INST vs baseline over seeds: not measured (one training seed;" in report
+    assert "Across " not in report  # no seeds table with one seed
+    inst_dir = _one(work, "models/inst-*")
+    scored = _one(work, "data-*") / "heldout.scored.jsonl"
+    assert (
+        cli.main(["eval", "recognition", "--model_dir", str(inst_dir), "--docs", str(scored)]) == 0
+    )
+    got = json.loads((inst_dir / "eval" / "recognition-inst" / "metrics.json").read_text())
+    assert got["metrics"]["yes_auc"] == rows[1]["recognition"]["yes_auc"]
+    demo_docs = [json.loads(x) for x in open(_one(work, "recognition/inst-*/documents.jsonl"))]
+    cli_docs = [json.loads(x) for x in open(inst_dir / "eval/recognition-inst/documents.jsonl")]
+    assert [d["yes"] for d in cli_docs] == [d["yes"] for d in demo_docs]
+
+
+@pytest.fixture(scope="module")
+def extra_arms(quick, tmp_path_factory):
+    """The quick run's workdir copied, then every new arm and eval condition added."""
+    import contextlib
+    import io
+    import shutil
+
+    work = tmp_path_factory.mktemp("arms") / "work"
+    shutil.copytree(quick[0], work)
+    stamps = {p: os.path.getmtime(p) for p in work.glob("models/*/DONE")}
+    extra = "inst-cooldown,inst-late,inst-masked,mask,inst+guidance2,inst+none"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert demo.main(["--quick", "--workdir", str(work), "--extra", extra]) == 0
+    return work, out.getvalue(), stamps
+
+
+@pytest.mark.slow
+def test_every_new_arm_trains_and_evaluates_through_the_cli(extra_arms):
+    work, out, stamps = extra_arms
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps  # baseline, INST reused
+    from toxjax.demo.arms import ARMS
+
+    for name in ("inst-cooldown", "inst-late", "inst-masked", "mask"):
+        run = json.loads((_one(work, f"models/{name}-*") / "run.json").read_text())
+        assert run["strategy"] == ARMS[name].strategy
+        assert run["task"] == f"{ARMS[name].corpus}_{ARMS[name].strategy}_v1"
+        for field, value in ARMS[name].overrides:
+            assert run["augment"][field] == value, (name, field)
+    rows = json.loads((work / "report.json").read_text())
+    assert [r["name"] for r in rows] == [
+        "baseline",
+        "inst",
+        "inst-cooldown",
+        "inst-late",
+        "inst-masked",
+        "mask",
+        "inst_toxic",
+        "inst-cooldown_toxic",
+        "inst-late_toxic",
+        "inst-masked_toxic",
+        "inst+guidance2",
+        "inst+none",
+    ]
+    by = {r["name"]: r for r in rows}
+    assert by["inst+none"]["prefix"] == "" and by["inst+none"]["settings"]["no_prefix"]
+    assert by["inst+none"]["ppl_with_prefix"] == by["inst+none"]["ppl"] == by["inst"]["ppl"]
+    guided = by["inst+guidance2"]
+    assert guided["prefix"] == by["inst"]["prefix"] and guided["settings"]["guidance"] == 2.0
+    assert guided["model_dir"] == by["inst"]["model_dir"]
+    meta = json.loads(
+        (work / os.path.dirname(guided["generations"]) / "generations.meta.json").read_text()
+    )
+    toxic_meta = work / os.path.dirname(by["inst_toxic"]["generations"]) / "generations.meta.json"
+    toxic_ids = json.loads(toxic_meta.read_text())["identity"]["prefix_ids"]
+    assert meta["identity"]["guidance"] == 2.0
+    assert meta["identity"]["negative_prefix_ids"] == toxic_ids  # steered away from it
+    assert (work / guided["generations"]).read_text() != (
+        work / by["inst"]["generations"]
+    ).read_text()
+    for r in rows:
+        assert r["num_samples"] == 8 * 4, r["name"]
+        has_ratio = ARMS[r["arm"]].conditioned
+        assert (r["recognition"]["ratio_auc"] is not None) == has_ratio, r["name"]
+    assert "rate_vs_own_condition" in by["inst+none"]["estimates"]
+    report = (work / "report.md").read_text()
+    for line in (
+        "- INST with guidance 2 vs the same model unguided, toxic samples:",
+        "- INST used with no prefix at all: toxic samples",
+        "- inst-cooldown (non-toxic instruction) vs baseline, toxic samples:",
+        "- inst-masked recognises toxicity (yes/no AUC",
+        "; vs mask ",
+        "| mask | ",
+    ):
+        assert line in report, line
+    assert "demo: 6 arms x 1 seed: 4 models to train, 9 evals (1 guided)" in out
+    result = out.strip().splitlines()[-1]
+    assert result.startswith("RESULT ") and "inst+guidance2_vs_baseline=" in result
+
+
+@pytest.fixture(scope="module")
+def two_seeds(quick, tmp_path_factory):
+    """The quick run's workdir copied, then `--seeds 2`."""
+    import contextlib
+    import io
+    import shutil
+
+    work = tmp_path_factory.mktemp("seeds") / "work"
+    shutil.copytree(quick[0], work)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert demo.main(["--quick", "--workdir", str(work), "--seeds", "2"]) == 0
+    return work, out.getvalue()
+
+
+@pytest.mark.slow
+def test_two_seeds_report_each_seed_and_the_nested_interval(quick, two_seeds):
+    one, _ = quick
+    work, out = two_seeds
+    assert "demo: 2 arms x 2 seeds: 2 models to train, 3 evals (0 guided)" in out
+    assert len(list(work.glob("models/*-*"))) == 4
+    seed1 = [
+        m for m in work.glob("models/inst-*") if "seed" in (m / "demo_settings.json").read_text()
+    ]
+    assert len(seed1) == 1
+    gin = (seed1[0] / "config.gin").read_text()
+    assert "train.seed = 1" in gin and "DataConfig.seed = 1" in gin
+    rows, before = (json.loads((w / "report.json").read_text()) for w in (work, one))
+    for r, b in zip(rows, before, strict=True):
+        assert len(r["seeds"]) == 2
+        # Seed 0 is the 1-seed run's model and samples; seed 1 is paired with it: the
+        # same prompts and sampling seed, another model.
+        first, second = r["seeds"]
+        assert {k: v for k, v in first.items() if k != "minutes"} == {
+            k: v for k, v in b.items() if k in first and k != "minutes"
+        }
+        assert second["settings"]["prompts"] == first["settings"]["prompts"]
+        assert second["settings"]["seed"] == first["settings"]["seed"] == 0
+        assert second["model_dir"] != first["model_dir"]
+        rate = r["seed_estimates"]["rate"]
+        assert len(rate["per_seed"]) == 2 and rate["low"] <= rate["value"] <= rate["high"]
+        assert rate["per_seed"][0] == r["estimates"]["rate"]["value"]
+    report = (work / "report.md").read_text()
+    assert "Across 2 training seeds" in report and "| toxic samples per seed (%) |" in report
+    assert "- INST vs baseline over 2 seeds:" in report and "not measured (2 seeds)" in report
+
+    # The first seed's tables are the 1-seed report's, byte for byte.
+    def main(w):
+        report = (w / "report.md").read_text()
+        return report.split("| model (condition)")[1].split("Does the model")[0]
+
+    assert main(work) == main(one)

@@ -428,3 +428,50 @@ def test_guidance_on_a_model_without_a_toxic_condition_is_one_line(
         "toxjax eval toxicity: --guidance needs a condition with a toxic variant "
         "(meda, inst, ctrl); this eval's condition is 'none'"
     ]
+
+
+def test_eval_recognition_through_the_cli(tmp_path, inst_checkpoint, capsys):
+    """`toxjax eval recognition`: per-document scores, AUCs equal to sklearn's on them, the
+    condition ratio for an INST model, `toxjax report` gathers the AUCs; a bad documents
+    file is one line, exit 2."""
+    from sklearn.metrics import roc_auc_score
+
+    from toxjax import cli
+    from toxjax.evaluation import recognition
+
+    docs = tmp_path / "scored.jsonl"
+    rows = [("you fool", 0.9), ("a calm day", 0.1), ("damn it all", 0.7), ("tea time", 0.2)]
+    rows += [("lovely", 0.0), ("unscored", None)]
+    docs.write_text("".join(json.dumps({"text": t, "toxicity": x}) + "\n" for t, x in rows))
+    run = str(tmp_path / "run")
+    argv = ["eval", "recognition", "--model_dir", run, "--docs", str(docs), "--batch_size", "2"]
+    assert cli.main(argv) == 0
+    out = os.path.join(run, "eval", "recognition-inst")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    scored = [json.loads(line) for line in open(os.path.join(out, "documents.jsonl"))]
+    labels = [r["toxicity"] > 0.5 for r in scored]
+    assert labels == [True, False, True, False, False] and metrics["num_unscored"] == 1
+    m = metrics["metrics"]
+    assert m["yes_auc"]["value"] == pytest.approx(
+        roc_auc_score(labels, [r["yes"] for r in scored]), abs=1e-12
+    )
+    assert m["ratio_auc"]["value"] == pytest.approx(
+        roc_auc_score(labels, [r["ratio"] for r in scored]), abs=1e-12
+    )
+    assert m["yes_auc"]["low"] <= m["yes_auc"]["value"] <= m["yes_auc"]["high"]
+    assert m["num_documents"] == 5 and m["num_toxic"] == 2
+    assert metrics["prefix"] == inst_checkpoint.run.conditioning(seqio.ByteVocabulary()).prefix
+    docs_table = recognition.Documents.from_rows(scored)
+    assert m["ppl"]["toxic"] == pytest.approx(docs_table.perplexity("toxic"))
+    report_dir = tmp_path / "report"
+    assert cli.main(["report", "--run", f"inst={run}/eval", "--output_dir", str(report_dir)]) == 0
+    assert "recognition AUC (condition ratio)" in (report_dir / "report.md").read_text()
+
+    capsys.readouterr()
+    docs.write_text('{"text": "a", "toxicity": 0.9}\n{"text": "b"}\n')
+    assert cli.main([*argv, "--output_dir", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"toxjax eval recognition: --docs: {docs}:2: needs a 'text' string and a 'toxicity' "
+        "score (the output of `toxjax score`)"
+    ]

@@ -135,6 +135,13 @@ def test_seed_paired_change():
     cut = stats.relative_change_seeds(metrics.rate_stat, a, b)
     assert cut.per_seed == pytest.approx((-0.5, -0.5, -0.5)) and cut.spread == pytest.approx(0.0)
     assert (cut.estimate.value, cut.estimate.low, cut.estimate.high) == pytest.approx((-0.5,) * 3)
+    # The difference, seeds paired: per seed -0.1, -0.2, -0.3 (sd 0.1); the mean of 3
+    # seeds drawn with replacement ranges over [-0.3, -0.1], each end with odds 1/27.
+    diff = stats.difference_seeds(metrics.rate_stat, a, b)
+    assert diff.per_seed == pytest.approx((-0.1, -0.2, -0.3)) and diff.spread == pytest.approx(0.1)
+    assert (diff.estimate.value, diff.estimate.low, diff.estimate.high) == pytest.approx(
+        (-0.2, -0.3, -0.1)
+    )
     with pytest.raises(ValueError, match="same number of seeds"):
         stats.relative_change_seeds(metrics.rate_stat, a, b[:2])
     with pytest.raises(ValueError, match="same prompts"):

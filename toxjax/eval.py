@@ -1,9 +1,10 @@
-"""`toxjax eval {toxicity,utility,bias}`: evaluate a checkpoint, one command per claim.
+"""`toxjax eval {toxicity,utility,bias,recognition}`: evaluate a checkpoint, a command per claim.
 
     toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --scorer detoxify-original
     toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --toxic_condition
     toxjax eval utility --model_dir runs/inst --lambada lambada_test.jsonl --piqa valid.jsonl
     toxjax eval bias --model_dir runs/inst --sbf SBIC.v2.agg.dev.csv
+    toxjax eval recognition --model_dir runs/inst --docs heldout.scored.jsonl
 
 The run directory says how the model was trained (run.json: strategy and augmentation
 config), so every command puts the model's own non-toxic conditioning prefix before each
@@ -94,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--exemplars", help="SBF file to draw few-shot exemplars from")
     b.add_argument("--num_shots", type=int, default=4)
     b.add_argument("--limit", type=int, help="at most N posts per task")
+
+    r = sub.add_parser(
+        "recognition", parents=[common], help="zero-shot toxicity recognition AUC on documents"
+    )
+    r.add_argument("--docs", required=True, help="scored documents (`toxjax score` output)")
+    r.add_argument("--limit", type=int, help="first N scored documents only")
     return parser
 
 
@@ -137,7 +144,12 @@ def run(args) -> int:
             "negative_prefix": negative.prefix,
             "negative_prefix_ids": list(negative.prefix_ids),
         }
-    runner = {"toxicity": _toxicity, "utility": _utility, "bias": _bias}[args.command]
+    runner = {
+        "toxicity": _toxicity,
+        "utility": _utility,
+        "bias": _bias,
+        "recognition": _recognition,
+    }[args.command]
     # One writer per output directory, taken before any model is loaded.
     with EvalOutput(output_dir) as out:
         runner(args, run_dir, cond, facts, out)
@@ -244,6 +256,37 @@ def _bias(args, run_dir, cond, facts, out) -> None:
         lm, args.sbf, args.exemplars, num_shots=args.num_shots, seed=args.seed, limit=args.limit
     )
     result.update(facts, step=loaded.step, file=args.sbf)
+    _write(result, out)
+
+
+def _recognition(args, run_dir, cond, facts, out) -> None:
+    from toxjax.evaluation import recognition
+
+    try:  # bad documents: one line, before the model loads
+        docs, unscored = recognition.load_documents(args.docs, args.limit)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--docs: {e}") from None
+    # The likelihood ratio between the condition's toxic and non-toxic variants, where
+    # the condition has both (the strategy table says which do).
+    toxic_ids = nontoxic_ids = None
+    if cond.condition in STRATEGIES and STRATEGIES[cond.condition].conditioned:
+        toxic_ids, nontoxic_ids = (
+            run_dir.conditioning(args.condition, toxic, lambda _: None).prefix_ids
+            for toxic in (True, False)
+        )
+    loaded = run_dir.load(args.step)
+    lm = loaded.lm(prefix_ids=cond.prefix_ids, seed=args.seed, batch_size=args.batch_size)
+    rows = recognition.evaluate(
+        lm, docs, loaded.config.max_len, cond.prefix_ids, toxic_ids, nontoxic_ids
+    )
+    out.write_text("documents.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    result = {
+        "task": "recognition",
+        "metrics": recognition.summary(recognition.Documents.from_rows(rows)),
+        "question": recognition.QUESTION,
+        "num_unscored": unscored,
+    }
+    result.update(facts, step=loaded.step, file=args.docs)
     _write(result, out)
 
 

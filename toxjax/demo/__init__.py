@@ -1,42 +1,49 @@
 """`toxjax demo`: the whole method, end to end, offline, on the embedded corpus.
 
-    toxjax demo [--workdir demo_work] [--quick] [--extra meda,filter,ctrl] [--steps N]
+    toxjax demo [--workdir demo_work] [--quick] [--extra ARM,ARM+none,ARM+guidanceA]
+                [--seeds N] [--steps N]
 
 Stages (each keyed on its settings, so a rerun reuses what it can, a killed run resumes,
 and a changed setting never mixes with results of another recipe):
   1. split    FreeBSD fortunes -> train / held-out documents (deterministic, by hash)
   2. score    every document with the offline scorer (`toxjax score` machinery)
   3. vocab    a SentencePiece vocabulary trained on the training split
-  4. train    a baseline and an INST model (and `--extra` ones) on the same token budget,
-              the toxic-scored training documents up-sampled
+  4. train    a baseline and an INST model (and `--extra` arms, `toxjax.demo.arms`) on
+              the same token budget, the toxic-scored training documents up-sampled;
+              `--seeds N`: N models per arm (training and data-order seed 0..N-1)
   5. eval     RealToxicityPrompts protocol on prompts cut from held-out documents (the
               first half, at a word boundary; every toxic held-out document is one):
               25 samples x 20 new tokens, top-p 0.9; each conditioned model under its
-              non-toxic and its toxic condition, read from its run directory
-  6. utility  held-out perplexity, plain and after the model's own prefix
-  7. report   tables with 95% bootstrap CIs over prompts (console + report.md),
-              report.png, and a final `RESULT ...` line
+              non-toxic and its toxic condition, read from its run directory (and with
+              no prefix / with guidance on request); the same sampling seeds for all
+  6. utility  held-out perplexity, plain and after the model's own prefix; recognition:
+              does the model recognise toxic held-out documents (zero-shot AUCs), and its
+              perplexity on the toxic and the non-toxic ones
+  7. report   tables with 95% bootstrap CIs over prompts (and seeds) (console +
+              report.md), report.png, and a final `RESULT ...` line
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
 
 from toxjax import fileio
+from toxjax.demo import arms as arm_table
+from toxjax.demo import evals
+from toxjax.demo.arms import ARMS, Condition, conditions
+from toxjax.demo.report import compared_arms, write_report
 from toxjax.demo.stages import (
     DATA_PROTOCOL,
     HELDOUT_FRACTION,
     DemoConfig,
+    model_dir,
     rtp_prompt,
     settings_key,
-    stage_eval,
     stage_prompts,
     stage_score,
     stage_split,
@@ -44,67 +51,24 @@ from toxjax.demo.stages import (
     stage_upsample,
     stage_vocab,
 )
-from toxjax.evaluation import compare
 from toxjax.toxicity import options
 
-__all__ = ["DemoConfig", "main", "rtp_prompt", "settings_key", "stage_upsample"]
-
-
-def arms(results: list[dict], conds: list[tuple[str, str, bool]], work: str) -> list[compare.Arm]:
-    """The compared arms of the demo's results (one per evaluated condition), with their
-    bootstrap estimates over prompts (`toxjax.evaluation.compare`)."""
-    from toxjax.evaluation import generations
-
-    out = []
-    for r, (name, strategy, toxic) in zip(results, conds, strict=True):
-        out.append(
-            compare.Arm(
-                name=name,
-                scores=generations.prompt_scores(os.path.join(work, r["generations"])),
-                strategy=strategy,
-                toxic=toxic,
-                model=r["model_dir"],
-                ppl=r["ppl"],
-                ppl_with_prefix=r["ppl_with_prefix"],
-            )
-        )
-    return compare.compare(out)
+__all__ = [
+    "ARMS",
+    "DemoConfig",
+    "compared_arms",
+    "conditions",
+    "main",
+    "rtp_prompt",
+    "settings_key",
+    "stage_upsample",
+    "write_report",
+]
 
 
 def parse_strategies(strategies: str, extra: str = "") -> list[str]:
-    """The demo's strategies, baseline first (every delta in the report is against it)."""
-    from toxjax.preprocessors import STRATEGIES
-
-    names = [s for s in f"{strategies},{extra}".split(",") if s]
-    unknown = sorted(set(names) - set(STRATEGIES))
-    if unknown:
-        raise SystemExit(
-            f"toxjax demo: unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}"
-        )
-    return ["baseline"] + [s for s in dict.fromkeys(names) if s != "baseline"]
-
-
-def conditions(strategies: Sequence[str]) -> list[tuple[str, str, bool]]:
-    """(result name, strategy, toxic condition): each strategy under its own condition,
-    then each conditioned one (the strategy table says which) under its toxic one."""
-    from toxjax.preprocessors import get_strategy
-
-    out = [(s, s, False) for s in strategies]
-    out += [(f"{s}_toxic", s, True) for s in strategies if get_strategy(s).conditioned]
-    return out
-
-
-def _environment() -> str:
-    """The machine, measured now: a busy machine shows as a low matmul peak."""
-    import jax
-
-    from toxjax.flops import measure_peak_flops
-
-    return (
-        f"toxjax demo on {platform.machine()} ({os.cpu_count()} CPUs, fp32 matmul peak "
-        f"{measure_peak_flops() / 1e9:.0f} GFLOP/s measured at report time), Python "
-        f"{platform.python_version()}, jax {jax.__version__}"
-    )
+    """The demo's arms, baseline first (every delta in the report is against it)."""
+    return arm_table.parse(strategies, extra)[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extra",
         default="",
-        help="also train these strategies, e.g. meda,filter,ctrl (each adds ~13-20 min)",
+        help="also train these arms (" + ", ".join(ARMS) + "; each adds ~13 min per seed), "
+        "and evaluate ARM+none (no prefix) or ARM+guidanceA (guided away from the toxic "
+        "condition at scale A), e.g. inst-cooldown,mask,inst+guidance2,inst+none",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train every arm with N seeds (training and data-order seed 0..N-1; seed 0 is "
+        "the 1-seed model); each seed is sampled with the same prompts and sampling seeds",
     )
     options.add_scorer_flags(p)  # scores documents and samples, as `toxjax score` does
     p.add_argument("--steps", type=int, help="override the training steps per model")
@@ -135,6 +108,39 @@ EXIT_CONFIG, EXIT_LOCKED = 2, 5
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from toxjax.errors import ConfigError
+
+    try:  # bad flags: one line, exit 2, before anything is loaded
+        cfg, work, plan = _check(args)
+    except (SystemExit, ConfigError) as e:
+        message = str(e.code if isinstance(e, SystemExit) else e)
+        print(
+            message if message.startswith("toxjax demo") else f"toxjax demo: {message}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from toxjax.locking import LockHeldError, WriterLock
+
+    try:
+        # One demo per workdir: two would train the same model directories at once.
+        with WriterLock(os.path.join(work, LOCK_FILE), f"the demo workdir {work}") as lock:
+            if lock.note:
+                print(f"toxjax demo: {lock.note}", file=sys.stderr)
+            return run(args, cfg, work, plan)
+    except LockHeldError as e:
+        print(f"toxjax demo: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ConfigError as e:
+        print(f"toxjax demo: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _check(args) -> tuple[DemoConfig, str, tuple[list[str], list[Condition], int]]:
+    """The sizes, the workdir and the plan (arms, eval conditions, seeds) of the flags.
+
+    Raises:
+      SystemExit, ConfigError: a bad flag (one line).
+    """
     cfg = DemoConfig.quick() if args.quick else DemoConfig.full()
     for flag, field in (
         ("steps", "num_steps"),
@@ -145,32 +151,56 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, flag) < 1:
                 raise SystemExit(f"toxjax demo: --{flag} must be a positive number")
             cfg = dataclasses.replace(cfg, **{field: getattr(args, flag)})
+    if args.seeds < 1:
+        raise SystemExit(f"toxjax demo: --seeds {args.seeds} must be at least 1")
     work = os.path.abspath(args.workdir)
-    strategies = parse_strategies(args.strategies, args.extra)
+    names, extras = arm_table.parse(args.strategies, args.extra)
     if os.path.exists(work) and not os.path.isdir(work):
         raise SystemExit(f"toxjax demo: --workdir {args.workdir} is a file, not a directory")
-    from toxjax.errors import ConfigError
-    from toxjax.locking import LockHeldError, WriterLock
-
-    try:
-        # One demo per workdir: two would train the same model directories at once.
-        with WriterLock(os.path.join(work, LOCK_FILE), f"the demo workdir {work}") as lock:
-            if lock.note:
-                print(f"toxjax demo: {lock.note}", file=sys.stderr)
-            return run(args, cfg, work, strategies)
-    except LockHeldError as e:
-        print(f"toxjax demo: {e}", file=sys.stderr)
-        return EXIT_LOCKED
-    except ConfigError as e:
-        print(f"toxjax demo: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+    return cfg, work, (names, conditions(names, extras), args.seeds)
 
 
-def run(args, cfg: DemoConfig, work: str, strategies: list[str]) -> int:
+def _estimate(cfg, work, data, data_key, plan, scorer_name) -> str:
+    """What is left to do and how long it should take (from the measured recipe)."""
+    from toxjax import registry
+
+    names, conds, seeds = plan
+    prompts = os.path.join(data, f"prompts-{cfg.num_prompts}.jsonl")
+    held, held_scored = (os.path.join(data, f) for f in ("heldout.jsonl", "heldout.scored.jsonl"))
+    models = evals_left = guided = recognitions = 0
+    for seed in range(seeds):
+        dirs = {}
+        for name in names:
+            arm = ARMS[name]
+            task = registry.task_name(arm.corpus, arm.strategy)
+            dirs[name] = model_dir(arm, task, work, cfg, data_key, seed)[0]
+            models += not os.path.exists(os.path.join(dirs[name], "DONE"))
+            out, _ = evals.recognition_dir(dirs[name], held_scored, work)
+            recognitions += not os.path.exists(os.path.join(out, evals.RECOGNITION_FILE))
+        for c in conds:
+            out, _ = evals.eval_dir(c, dirs[c.arm], prompts, held, work, cfg, scorer_name, seed)
+            if not os.path.exists(os.path.join(out, evals.RESULT_FILE)):
+                evals_left += 1
+                guided += bool(c.guidance)
+    minutes = arm_table.estimate_minutes(cfg, models, evals_left, guided, recognitions)
+    work_left = (
+        f"{len(names)} arms x {seeds} seed{'s' * (seeds > 1)}: {models} models to train, "
+        f"{evals_left} evals ({guided} guided) and {recognitions} recognition passes to run"
+    )
+    if minutes is None:
+        return (
+            f"{work_left}; no time estimate for {cfg.model_gin} (measured for "
+            f"{arm_table.TRAIN_MODEL} only)"
+        )
+    return f"{work_left}: estimated ~{minutes:.0f} min on a quiet 2-core CPU"
+
+
+def run(args, cfg: DemoConfig, work: str, plan) -> int:
     """Runs the stages in `work` (held by this process) and writes the report."""
     from toxjax import registry
 
     t0 = time.time()
+    names, conds, seeds = plan
     scorer_args = options.scorer_argv(args)
     scorer = options.build_scorer(args, "toxjax demo")
     data_settings = {
@@ -186,6 +216,8 @@ def run(args, cfg: DemoConfig, work: str, strategies: list[str]) -> int:
     os.makedirs(data, exist_ok=True)
     fileio.write_json(os.path.join(data, "demo_settings.json"), data_settings)
 
+    estimate = _estimate(cfg, work, data, data_key, plan, scorer.name)
+    print(f"demo: {estimate}", flush=True)
     print("demo [1/7] split", flush=True)
     train_path, held_path = stage_split(data, cfg)
     print("demo [2/7] score", flush=True)
@@ -194,69 +226,44 @@ def run(args, cfg: DemoConfig, work: str, strategies: list[str]) -> int:
     corpus_path = stage_upsample(train_scored, data, cfg.toxic_repeat)
     print("demo [3/7] vocab", flush=True)
     vocabulary = stage_vocab(train_scored, data, cfg.vocab_size)
-    tasks = registry.register_corpus(
-        "demo", corpus_path, vocabulary, strategies=strategies, overwrite=True
-    )
-    task_of = {s: next(t for t in tasks if t == registry.task_name("demo", s)) for s in strategies}
+    # One task per arm: its strategy under its AugmentConfig (the table in demo.arms).
+    task_of = {}
+    for name in names:
+        arm = ARMS[name]
+        (task_of[name],) = registry.register_corpus(
+            arm.corpus,
+            corpus_path,
+            vocabulary,
+            strategies=[arm.strategy],
+            config=arm.config,
+            overwrite=True,
+        )
     print("demo [4/7] train", flush=True)
-    model_dirs = {s: stage_train(s, task_of[s], work, cfg, data_key) for s in strategies}
+    model_dirs = {
+        (n, seed): stage_train(ARMS[n], task_of[n], work, cfg, data_key, seed)
+        for seed in range(seeds)
+        for n in names
+    }
     print("demo [5/7] eval + [6/7] utility", flush=True)
     prompts = stage_prompts(held_scored, data, cfg.num_prompts)
-    conds = conditions(strategies)
-    results = [
-        stage_eval(name, model_dirs[s], toxic, prompts, held_path, work, cfg, scorer)
-        for name, s, toxic in conds
+    runs = [
+        [
+            evals.stage_eval(
+                c, model_dirs[c.arm, seed], prompts, held_path, work, cfg, scorer, seed
+            )
+            for c in conds
+        ]
+        for seed in range(seeds)
+    ]
+    recognitions = [
+        {n: evals.stage_recognition(model_dirs[n, seed], held_scored, work) for n in names}
+        for seed in range(seeds)
     ]
     print("demo [7/7] report", flush=True)
-    write_report(work, cfg, scorer.name, model_dirs, results, conds, t0)
+    write_report(
+        work, cfg, scorer.name, model_dirs, runs, conds, recognitions, t0, f"planned: {estimate}"
+    )
     return 0
-
-
-def write_report(work, cfg, scorer_name, model_dirs, results, conds, t0) -> None:
-    """report.md, report.json and report.png in `work`; the same table and the RESULT
-    line on stdout."""
-    compared = arms(results, conds, work)
-    table = compare.table(compared)
-    if control := compare.control_table(compared):
-        table += "\n" + control
-    minutes = (time.time() - t0) / 60
-    train_minutes = {}
-    for s, d in model_dirs.items():
-        with open(os.path.join(d, "DONE")) as f:
-            text = f.read().strip()
-        train_minutes[s] = json.loads(text)["minutes"] if text else float("nan")
-    first = compared[0]
-    note = (
-        f"Scorer: {scorer_name}. {first.num_prompts} prompts (the first half of held-out "
-        f"documents; {first.num_toxic_prompts} from documents scored > 0.5), "
-        f"{cfg.num_decodes} samples x {cfg.max_new_tokens} new tokens each, top-p 0.9, "
-        f"temperature 1. {cfg.num_steps} steps x {cfg.batch_size} x {cfg.sequence_length} "
-        f"tokens per model; toxic-scored training documents x{cfg.toxic_repeat}. 95% CIs: "
-        f"percentile bootstrap over prompts (2000 resamples; changes paired on the same "
-        f"prompts).\n\n{_environment()}. Training minutes: "
-        + ", ".join(f"{s} {m:.1f}" for s, m in train_minutes.items())
-        + "; eval minutes: "
-        + ", ".join(f"{r['name']} {r['minutes']:.1f}" for r in results)
-        + f"; this invocation {minutes:.1f} min.\n"
-    )
-    summary = compare.verdicts(compared)
-    fileio.write_text(
-        os.path.join(work, "report.md"), f"# toxjax demo\n\n{note}\n{table}\n{summary}"
-    )
-    rows = [
-        {
-            **r,
-            "num_samples": a.num_samples,
-            "num_prompts": a.num_prompts,
-            "num_toxic_prompts": a.num_toxic_prompts,
-            "estimates": {k: e.to_dict() for k, e in a.est.items()},
-        }
-        for r, a in zip(results, compared, strict=True)
-    ]
-    fileio.write_text(os.path.join(work, "report.json"), json.dumps(rows, indent=2))
-    compare.plot(compared, os.path.join(work, "report.png"))
-    print(f"\n{note}\n{table}\n{summary}\nreport: {work}/report.md, plot: {work}/report.png")
-    print(compare.result_line(compared, minutes))
 
 
 if __name__ == "__main__":

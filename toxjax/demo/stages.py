@@ -1,4 +1,5 @@
-"""The demo's stages, each keyed on its settings (see `toxjax.demo`).
+"""The demo's data and training stages, each keyed on its settings (see `toxjax.demo`;
+the eval stages are in `toxjax.demo.evals`).
 
 Every stage writes its output whole or not at all (`toxjax.fileio`) into a directory
 whose name hashes its settings (`settings_key`), so a rerun reuses what it can, a killed
@@ -16,17 +17,15 @@ import time
 from collections.abc import Sequence
 
 from toxjax import corpus, fileio
+from toxjax.demo.arms import ArmSpec
 from toxjax.evaluation.prompts import TOXIC_THRESHOLD
 
 # Bumped whenever a stage's output changes meaning, so a rerun recomputes it (the
 # number is part of the stage's key): data 2 = toxic-scored up-sampling and RTP-cut
-# prompts; train 2 = keyed model directories; eval 4 = prefix from run.json, per-prompt
-# CIs.
+# prompts; train 2 = keyed model directories. (The eval stages: `toxjax.demo.evals`.)
 DATA_PROTOCOL = 2
 TRAIN_PROTOCOL = 2
-RESULT_PROTOCOL = 4
 HELDOUT_FRACTION = 0.05
-EVAL_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,18 +161,14 @@ def stage_vocab(train_path: str, data: str, vocab_size: int):
     return vocab.sentencepiece_vocabulary(model)
 
 
-def stage_train(strategy: str, task: str, work: str, cfg: DemoConfig, data_key: str) -> str:
-    """Trains one model into `models/<strategy>-<key>` (the key hashes the data and every
-    training setting: a changed `--steps` trains a new model, never resumes an old one)."""
-    import gin
-
-    from toxjax import gin_utils
-    from toxjax import train as train_lib
-
+def model_dir(arm: ArmSpec, task: str, work: str, cfg: DemoConfig, data_key: str, seed: int = 0):
+    """`(models/<arm>-<key>, its settings)`: the key hashes the data and every training
+    setting (a changed `--steps` trains a new model, never resumes an old one). A
+    strategy's default recipe at seed 0 keeps the key it had before arms and seeds."""
     settings = {
         "protocol": TRAIN_PROTOCOL,
         "data": data_key,
-        "strategy": strategy,
+        "strategy": arm.strategy,
         "task": task,
         **{
             k: getattr(cfg, k)
@@ -187,18 +182,34 @@ def stage_train(strategy: str, task: str, work: str, cfg: DemoConfig, data_key: 
             )
         },
     }
-    model_dir = os.path.join(work, "models", f"{strategy}-{settings_key(settings)}")
-    done = os.path.join(model_dir, "DONE")
+    if arm.overrides:
+        settings.update(arm=arm.name, augment=dict(arm.overrides))
+    if seed:
+        settings["seed"] = seed  # the training seed and the data order's seed
+    return os.path.join(work, "models", f"{arm.name}-{settings_key(settings)}"), settings
+
+
+def stage_train(
+    arm: ArmSpec, task: str, work: str, cfg: DemoConfig, data_key: str, seed: int = 0
+) -> str:
+    """Trains one model of `arm` with `seed` into `model_dir(...)`."""
+    import gin
+
+    from toxjax import gin_utils
+    from toxjax import train as train_lib
+
+    path, settings = model_dir(arm, task, work, cfg, data_key, seed)
+    done = os.path.join(path, "DONE")
     if os.path.exists(done):
-        return model_dir
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "demo_settings.json"), "w") as f:
+        return path
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "demo_settings.json"), "w") as f:
         json.dump(settings, f, indent=2, sort_keys=True)
     gin.clear_config()
     gin_utils.parse_gin(
         ["runs/pretrain.gin", cfg.model_gin],
         [
-            f"MODEL_DIR = '{model_dir}'",
+            f"MODEL_DIR = '{path}'",
             f"TASK = '{task}'",
             f"SEQUENCE_LENGTH = {cfg.sequence_length}",
             f"BATCH_SIZE = {cfg.batch_size}",
@@ -209,14 +220,19 @@ def stage_train(strategy: str, task: str, work: str, cfg: DemoConfig, data_key: 
             f"train.checkpoint_every = {max(1, cfg.num_steps // 5)}",
             f"train.log_every = {max(1, cfg.num_steps // 50)}",
             *cfg.model_bindings,
+            # Seed 0 binds nothing: the defaults, so its model is the one trained before.
+            *([f"train.seed = {seed}", f"DataConfig.seed = {seed}"] if seed else []),
         ],
     )
-    print(f"demo: training {strategy} on {task} ({cfg.num_steps} steps) -> {model_dir}", flush=True)
+    print(
+        f"demo: training {arm.name} (seed {seed}) on {task} ({cfg.num_steps} steps) -> {path}",
+        flush=True,
+    )
     t0 = time.time()
     train_lib.train()
     with open(done, "w") as f:
         json.dump({"minutes": (time.time() - t0) / 60}, f)
-    return model_dir
+    return path
 
 
 def rtp_prompt(text: str) -> str | None:
@@ -254,88 +270,3 @@ def stage_prompts(held_scored: str, data: str, num_prompts: int) -> str:
         ],
     )
     return path
-
-
-def stage_eval(
-    name: str,
-    model_dir: str,
-    toxic: bool,
-    prompts_path: str,
-    heldout: str,
-    work: str,
-    cfg: DemoConfig,
-    scorer,
-) -> dict:
-    """Samples, scores and reads perplexity for one model under one condition, into
-    `eval/<name>-<key>`. The prefix comes from the model's run directory (its strategy
-    and augmentation config as trained), like `toxjax eval`."""
-    from toxjax.decode import SamplingConfig
-    from toxjax.evaluation import generations, utility
-    from toxjax.evaluation import toxicity as tox_eval
-    from toxjax.evaluation.prompts import load_prompts
-    from toxjax.run_dir import RunDir
-
-    settings = {
-        "protocol": RESULT_PROTOCOL,
-        "model": os.path.basename(model_dir),
-        "toxic": toxic,
-        "prompts": os.path.relpath(prompts_path, work),
-        "heldout": os.path.relpath(heldout, work),
-        "num_decodes": cfg.num_decodes,
-        "max_new_tokens": cfg.max_new_tokens,
-        "seed": EVAL_SEED,
-        "scorer": scorer.name,
-    }
-    out_dir = os.path.join(work, "eval", f"{name}-{settings_key(settings)}")
-    result_path = os.path.join(out_dir, "demo_result.json")
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            return json.load(f)  # (the samples resume from their own files)
-    t0 = time.time()
-    run = RunDir.open(model_dir)
-    cond = run.conditioning(None, toxic)
-    loaded = run.load()
-    sampling = SamplingConfig(
-        num_decodes=cfg.num_decodes,
-        max_new_tokens=cfg.max_new_tokens,
-        top_p=0.9,
-        temperature=1.0,
-        top_k=0,
-        eos_id=loaded.vocabulary.eos_id,
-    )
-    lm = loaded.lm(sampling=sampling, seed=EVAL_SEED, batch_size=8)
-    print(f"demo: sampling {name} (prefix {cond.prefix!r})", flush=True)
-    gen_dir = os.path.join(out_dir, "toxicity")
-    res = tox_eval.evaluate_toxicity(
-        lm,
-        scorer,
-        load_prompts(prompts_path),
-        gen_dir,
-        prefix=cond.prefix,
-        prefix_ids=cond.prefix_ids,
-        config={"model_dir": model_dir, "condition": name, "settings": settings},
-    )
-    ppl = utility.perplexity(lm, heldout, loaded.config.max_len - 1)
-    # The same text read after the model's own prefix (its deployed condition; only the
-    # text is scored). A MEDA/INST model never saw a document start without a prefix,
-    # so the plain number charges it for that one first token of every document.
-    with_prefix = (
-        utility.perplexity(lm, heldout, loaded.config.max_len - 1, cond.prefix_ids)
-        if cond.prefix_ids
-        else ppl
-    )
-    result = {
-        "name": name,
-        "model_dir": os.path.relpath(model_dir, work),
-        "strategy": run.info.strategy,
-        "prefix": cond.prefix,
-        "generations": os.path.relpath(os.path.join(gen_dir, generations.GENERATIONS_FILE), work),
-        "metrics": res["metrics"],
-        "ppl": ppl["ppl"],
-        "ppl_tokens": ppl["num_tokens"],
-        "ppl_with_prefix": with_prefix["ppl"],
-        "minutes": (time.time() - t0) / 60,
-        "settings": settings,
-    }
-    fileio.write_json(result_path, result, sort_keys=False)
-    return result

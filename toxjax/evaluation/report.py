@@ -116,6 +116,10 @@ def columns(results: list[Result]) -> dict[str, float]:
             cols["bias mean AUC" if task == "mean_auc" else f"{task} AUC"] = (
                 m if task == "mean_auc" else m["auc"]
             )
+    if rec := _main_result(results, "recognition"):
+        cols["recognition AUC"] = rec.data["metrics"]["yes_auc"]["value"]
+        if ratio := rec.data["metrics"].get("ratio_auc"):
+            cols["recognition AUC (condition ratio)"] = ratio["value"]
     return cols
 
 

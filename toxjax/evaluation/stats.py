@@ -12,7 +12,9 @@ is what makes a difference between two models on a few hundred prompts measurabl
     relative_change(metrics.rate_stat, scores, base)   # INST vs baseline, paired
 
 The statistics themselves (EMT, TP, the toxic rate) are defined once, in
-`toxjax.evaluation.metrics`; this module only resamples them.
+`toxjax.evaluation.metrics`; this module only resamples them. Any per-unit table with
+`index` and `__len__` resamples the same way (`recognition.Documents`: documents, with
+the AUC statistics of `toxjax.evaluation.recognition`).
 """
 
 from __future__ import annotations
@@ -228,6 +230,31 @@ def estimate_seeds(
     )
 
 
+def _paired_seeds(combine, stat, a, b, resamples, seed, level) -> SeedEstimate:
+    """`combine(mean_s stat(a_s), mean_s stat(b_s))`, seeds paired (a_i with b_i) and both
+    arms on the same prompt resample; per seed, `combine(stat(a_i), stat(b_i))`."""
+    n_prompts = _check_seeds(a, b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        va, vb = _per_seed_values(stat, a), _per_seed_values(stat, b)
+        per_seed = combine(va, vb)
+
+        def fn(prompts, seeds):
+            n = seeds.shape[0]
+            sa, sb = np.zeros(n), np.zeros(n)
+            for j in range(seeds.shape[1]):
+                xa = np.stack([stat(s, prompts[j]) for s in a], -1)
+                xb = np.stack([stat(s, prompts[j]) for s in b], -1)
+                sa += xa[np.arange(n), seeds[:, j]]
+                sb += xb[np.arange(n), seeds[:, j]]
+            return combine(sa / seeds.shape[1], sb / seeds.shape[1])
+
+        draws = _seed_draws(fn, len(a), n_prompts, resamples, seed)
+        point = float(combine(va.mean(), vb.mean()))
+    finite = per_seed[np.isfinite(per_seed)]
+    spread = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
+    return SeedEstimate(_interval(point, draws, level), tuple(map(float, per_seed)), spread)
+
+
 def relative_change_seeds(
     stat: Statistic,
     a: list[PromptScores],
@@ -238,23 +265,16 @@ def relative_change_seeds(
 ) -> SeedEstimate:
     """`mean_s stat(a_s) / mean_s stat(b_s) - 1`, seeds paired (a_i with b_i) and both
     arms on the same prompt resample; per seed, `stat(a_i) / stat(b_i) - 1`."""
-    n_prompts = _check_seeds(a, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        va, vb = _per_seed_values(stat, a), _per_seed_values(stat, b)
-        per_seed = va / vb - 1
+    return _paired_seeds(lambda x, y: x / y - 1, stat, a, b, resamples, seed, level)
 
-        def fn(prompts, seeds):
-            n = seeds.shape[0]
-            sa, sb = np.zeros(n), np.zeros(n)
-            for j in range(seeds.shape[1]):
-                xa = np.stack([stat(s, prompts[j]) for s in a], -1)
-                xb = np.stack([stat(s, prompts[j]) for s in b], -1)
-                sa += xa[np.arange(n), seeds[:, j]]
-                sb += xb[np.arange(n), seeds[:, j]]
-            return sa / sb - 1
 
-        draws = _seed_draws(fn, len(a), n_prompts, resamples, seed)
-        point = float(va.mean() / vb.mean() - 1)
-    finite = per_seed[np.isfinite(per_seed)]
-    spread = float(np.std(finite, ddof=1)) if finite.size > 1 else float("nan")
-    return SeedEstimate(_interval(point, draws, level), tuple(map(float, per_seed)), spread)
+def difference_seeds(
+    stat: Statistic,
+    a: list[PromptScores],
+    b: list[PromptScores],
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> SeedEstimate:
+    """`mean_s stat(a_s) - mean_s stat(b_s)`, paired like `relative_change_seeds`."""
+    return _paired_seeds(np.subtract, stat, a, b, resamples, seed, level)

@@ -189,6 +189,47 @@ def lambada(lm: ScoringLM, path: str) -> dict[str, float]:
     }
 
 
+def _text_windows(
+    lm: ScoringLM, docs: Sequence[str], max_len: int, prefix_ids: Sequence[int]
+) -> tuple[list[int], list[list[int]], int]:
+    """The windows `perplexity` reads (see there): `(owner document per window, the
+    windows [bos] + prefix + piece, prefix tokens to skip in each window's log-probs)`."""
+    head = [lm.bos_id, *(int(t) for t in prefix_ids)]
+    room = max_len + 1 - len(head)
+    if room < 1:
+        raise ValueError(
+            f"a {len(head) - 1}-token prefix leaves no room for text in {max_len}-token windows"
+        )
+    owners, seqs = [], []
+    for d, doc in enumerate(docs):
+        ids = lm.encode(doc)
+        for i in range(0, len(ids), room):
+            owners.append(d)
+            seqs.append(head + ids[i : i + room])
+    return owners, seqs, len(head) - 1  # the prefix's own tokens are not text
+
+
+def document_logprobs(
+    lm: ScoringLM, docs: Sequence[str], max_len: int, prefix_ids: Sequence[int] = ()
+) -> list[tuple[float, int]]:
+    """Per document, `(sum of its text tokens' log-probabilities, number of text tokens)`,
+    read in the windows of `perplexity` (each window after BOS and `prefix_ids`)."""
+    owners, seqs, skip = _text_windows(lm, docs, max_len, prefix_ids)
+    out = [(0.0, 0)] * len(docs)
+    for d, (lp, _) in zip(owners, lm.token_logprobs(seqs), strict=True):
+        total, count = out[d]
+        out[d] = (total + float(lp[skip:].sum()), count + len(lp[skip:]))
+    return out
+
+
+def _read_documents(path: str) -> list[str]:
+    """Plain documents: `.txt` lines or jsonl `"text"` (blank lines skipped)."""
+    if path.endswith(".jsonl"):
+        return [_field(path, ln, r, "text") for ln, r in _read_jsonl(path)]
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
 def perplexity(
     lm: ScoringLM, path: str, max_len: int, prefix_ids: Sequence[int] = ()
 ) -> dict[str, float]:
@@ -205,22 +246,8 @@ def perplexity(
     Args:
       max_len: predicted tokens per window (the model's `max_len - 1`).
     """
-    if path.endswith(".jsonl"):
-        docs = [_field(path, ln, r, "text") for ln, r in _read_jsonl(path)]
-    else:
-        with open(path, encoding="utf-8") as f:
-            docs = [line.rstrip("\n") for line in f if line.strip()]
-    head = [lm.bos_id, *(int(t) for t in prefix_ids)]
-    room = max_len + 1 - len(head)
-    if room < 1:
-        raise ValueError(
-            f"a {len(head) - 1}-token prefix leaves no room for text in {max_len}-token windows"
-        )
-    seqs = []
-    for doc in docs:
-        ids = lm.encode(doc)
-        seqs += [head + ids[i : i + room] for i in range(0, len(ids), room)]
-    skip = len(head) - 1  # the prefix's own tokens are not text
+    docs = _read_documents(path)
+    _, seqs, skip = _text_windows(lm, docs, max_len, prefix_ids)
     nll = count = 0.0
     for lp, _ in lm.token_logprobs(seqs):
         nll -= float(lp[skip:].sum())
