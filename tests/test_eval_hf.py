@@ -237,3 +237,26 @@ def test_condition_text_on_a_run_trained_with_a_strategy(tmp_path, capsys, monke
     assert metrics["prefix_ids"] == list(vocab.encode("Be kind."))
     assert metrics["model"] == {"kind": "toxjax run", "step": 3}
     assert np.isfinite(metrics["metrics"]["lambada"]["ppl"])
+
+
+def test_a_strategys_default_prefix_on_a_transformers_checkpoint(tmp_path, capsys):
+    """`--condition inst` on a checkpoint without run.json: INST's default non-toxic
+    instruction, in the checkpoint's own ids; ctrl (no control tokens) is one line."""
+    from toxjax.preprocessors import AugmentConfig
+
+    path = tmp_path / "hf"
+    hf_fixtures.save("gpt2", path)
+    _, lam, _ = _files(tmp_path)
+    argv = ["eval", "utility", "--model_dir", str(path), "--lambada", lam]
+    assert cli.main([*argv, "--condition", "inst"]) == 0
+    metrics = json.loads((path / "eval" / "utility-inst" / "metrics.json").read_text())
+    instruction = AugmentConfig().inst_templates[0]
+    tok = hf_fixtures.tokenizer("gpt2")
+    assert metrics["prefix"] == instruction
+    assert metrics["prefix_ids"] == tok(instruction, add_special_tokens=False)["input_ids"]
+    capsys.readouterr()
+    assert cli.main([*argv, "--condition", "ctrl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "toxjax eval utility: strategy 'ctrl' needs a ControlTokenVocabulary"
+    ), err

@@ -116,6 +116,11 @@ def test_import_train_export_and_resume_never_reimports(gpt2, scored, tmp_path, 
 
     out = tmp_path / "out"
     assert _export(run_dir, out) == 0
+    card = (out / "README.md").read_text()
+    sha = started["weights"]["model.safetensors"]
+    assert (
+        f"| started from | GPT2LMHeadModel at {source} (model.safetensors sha256 {sha}) |" in card
+    )
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "Continued pretraining from a released model."
