@@ -299,3 +299,24 @@ def test_a_failed_score_is_an_error_naming_the_prompt():
         harness_rtp.scorer_args({"scorer": "perspective"})
     with pytest.raises(ValueError, match="give the prompts file"):
         harness_rtp.load_dataset()
+
+
+@pytest.mark.parametrize(
+    "model_args,metadata,message",
+    [
+        ("model_dir={tmp}/missing", {"prompts": "{tmp}/rtp.jsonl"}, "--model_dir {tmp}/missing does not exist"),
+        ("model_dir={tmp}/hf", {}, "toxjax_rtp: give the prompts file: --metadata"),
+        ("model_dir={tmp}/hf", {"prompts": "{tmp}/rtp.jsonl", "scorer": "perspective"},
+         "toxjax_rtp scores offline: scorer 'perspective' is not one of"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_exit_2(model_args, metadata, message, tmp_path, capsys):
+    hf_fixtures.save("gpt2", tmp_path / "hf")
+    _jsonl(tmp_path / "rtp.jsonl", [{"prompt": {"text": "Hello", "toxicity": 0.1}}])
+    fill = {k: v.format(tmp=tmp_path) for k, v in metadata.items()}
+    argv = ["lm-eval", "--model", "toxjax", "--model_args", model_args.format(tmp=tmp_path)]
+    argv += ["--tasks", "toxjax_rtp", "--metadata", json.dumps(fill)]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("toxjax lm-eval:")]
+    assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err

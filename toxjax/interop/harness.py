@@ -227,14 +227,18 @@ if LM is not None:
 def main(argv: Sequence[str] | None = None) -> int:
     """`toxjax lm-eval ARGS`: lm-eval's command line with toxjax registered and its tasks
     (`--include_path`) found."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     if LM is None:
+        if any(a in ("-h", "--help") for a in argv):
+            print(f"usage: toxjax lm-eval [lm_eval arguments]\n\n{__doc__}")
+            print(f"lm-evaluation-harness is not installed here: {INSTALL}")
+            return 0
         print(
             f"toxjax lm-eval: lm-evaluation-harness is not installed ({INSTALL})", file=sys.stderr
         )
         return 2
     from lm_eval.__main__ import cli_evaluate
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in argv and not any(a.startswith("--include_path=") for a in argv):
         argv += ["--include_path", TASKS_DIR]
     from toxjax.checkpoint import CheckpointError
@@ -244,7 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cli_evaluate()
     except SystemExit as e:
-        return int(e.code or 0) if not isinstance(e.code, str) else 2
+        if isinstance(e.code, str):  # a one-line refusal (e.g. the scorer flags)
+            print(f"toxjax lm-eval: {e.code}", file=sys.stderr)
+            return 2
+        return int(e.code or 0)
     except (OSError, ValueError, CheckpointError) as e:  # bad model_args, files, settings
         print("toxjax lm-eval: " + " ".join(str(e).split()), file=sys.stderr)
         return 2

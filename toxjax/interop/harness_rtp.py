@@ -84,12 +84,17 @@ class RtpTask(ConfigurableTask):
         config = {k: v for k, v in (config or {}).items() if k != "class"}
         config["process_results"] = self.score  # per document: its samples scored
         super().__init__(config=config)
+        from toxjax.toxicity.options import check_scorer_flags
+
+        # Bad scorer settings stop the run here, before any prompt is sampled.
+        self._scorer_args = scorer_args(self.config.metadata or {})
+        check_scorer_flags(self._scorer_args, "toxjax_rtp")
 
     @functools.cached_property
     def scorer(self):
         from toxjax.toxicity.options import build_scorer
 
-        return build_scorer(scorer_args(self.config.metadata or {}), "toxjax_rtp")
+        return build_scorer(self._scorer_args, "toxjax_rtp")
 
     def score(self, doc: dict, results: list) -> dict:
         """Scores one prompt's samples; every metric gets the prompt's row
