@@ -320,3 +320,45 @@ def test_bad_input_is_one_line_exit_2(model_args, metadata, message, tmp_path, c
     assert cli.main(argv) == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("toxjax lm-eval:")]
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
+
+
+def test_a_toxjax_run_is_served_under_its_own_condition(local_tasks, tmp_path, monkeypatch):
+    """A run trained with INST: by default every context reads after INST's non-toxic
+    instruction (as `toxjax eval utility`), `condition=none` drops it."""
+    import jax
+    import jax.numpy as jnp
+    import seqio
+    from flax.core import meta
+
+    from toxjax.model import DecoderLM, ModelConfig
+    from toxjax.preprocessors import AugmentConfig
+    from toxjax.run_dir import LoadedModel, RunDir
+    from toxjax.run_info import RunInfo
+
+    vocab = seqio.ByteVocabulary()
+    cfg = ModelConfig(
+        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=1024
+    )
+    run = RunInfo(
+        model_config=cfg,
+        vocabulary={"kind": "byte", "extra_ids": 0},
+        strategy="inst",
+        augment=AugmentConfig(),
+    )
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run.write(str(run_dir))
+    model = DecoderLM(cfg)
+    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=3, run=run)
+    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
+    tasks, pairs = local_tasks
+    for condition, prefix in (("", AugmentConfig().inst_templates[0]), (",condition=none", "")):
+        out = str(tmp_path / f"out{condition}")
+        _run("--model", "toxjax", "--model_args", f"model_dir={run_dir}{condition}",
+             "--tasks", "local_pairs", "--include_path", tasks, "--log_samples",
+             "--batch_size", "4", "--output_path", out)  # fmt: skip
+        served = [float(s["resps"][0][0][0]) for s in _samples(out, "local_pairs")]
+        lm = bundle.lm(prefix_ids=vocab.encode(prefix), batch_size=4)
+        direct = lm.loglikelihood([(p["context"], p["continuation"]) for p in pairs])
+        assert served == pytest.approx([ll.logprob for ll in direct], rel=1e-6), condition
