@@ -18,7 +18,7 @@ $(BIN)/toxjax: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, from the CPU wheel: any other torch request pulls a CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lm-eval]'
 	touch $(BIN)/toxjax
 
 install: $(BIN)/toxjax

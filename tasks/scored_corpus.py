@@ -7,7 +7,8 @@ The experiment configs (gin_configs/experiments/) bind
     scored_corpus_task.files = %CORPUS_FILES     # `toxjax score` output (glob; gs:// works)
     scored_corpus_task.strategy = %STRATEGY
     scored_corpus_task.fraction = %DATA_FRACTION
-    scored_corpus_task.vocabulary = %VOCABULARY    # 'gpt2', 'byte' or a SentencePiece .model
+    scored_corpus_task.vocabulary = %VOCABULARY    # 'gpt2', 'byte', a SentencePiece .model,
+                                                   # or a transformers checkpoint directory
     scored_corpus_task.augment = @AugmentConfig()  # so AugmentConfig.* bindings apply
 
 so a run needs only `--gin.CORPUS_FILES=...`. Gin calls `scored_corpus_task` when the run
@@ -19,6 +20,8 @@ register it (another vocabulary, a TFDS source).
 """
 
 from __future__ import annotations
+
+import os
 
 import gin
 
@@ -46,9 +49,11 @@ def scored_corpus_task(
       fraction: share of the documents kept (nested hash subsets, see the registry).
       version: the `_v{version}` suffix.
       augment: the augmentation config (default `AugmentConfig()`).
-      vocabulary: "gpt2" (GPT-2 BPE), "byte" (`seqio.ByteVocabulary`, UTF-8 bytes), or
-        the path of a SentencePiece model (for the last two bind
-        `ModelConfig.vocab_size = None` to size the model from the vocabulary).
+      vocabulary: "gpt2" (GPT-2 BPE), "byte" (`seqio.ByteVocabulary`, UTF-8 bytes), the
+        path of a SentencePiece model (for those two bind `ModelConfig.vocab_size = None`
+        to size the model from the vocabulary), or a transformers checkpoint directory
+        with a GPT-2 BPE tokenizer (its vocab.json + merges.txt; what `INIT_FROM` starts a
+        run from).
 
     Returns:
       The task name, `toxjax.registry.task_name(corpus, strategy, fraction=fraction)`.
@@ -82,6 +87,10 @@ def scored_corpus_task(
         import seqio
 
         vocab = seqio.ByteVocabulary()
+    elif os.path.isdir(vocabulary):
+        from toxjax.interop.hf_vocab import gpt2_vocabulary_files
+
+        vocab = vocab_lib.Gpt2Vocabulary(*gpt2_vocabulary_files(vocabulary), source="files")
     else:
         vocab = vocab_lib.sentencepiece_vocabulary(vocabulary)
     # The gin config is the truth for this run: (re-)register the task with it.

@@ -54,7 +54,7 @@ def test_piqa_conventions_disagree_as_computed_by_hand(tmp_path):
     (tmp_path / "valid-labels.lst").write_text("0\n")
     items = utility.load_items("piqa", path)
     assert items[0].choices == (" right way", " bad") and items[0].label == 0
-    # sol1: -10 * 0.5 = -5 (norm -0.5); sol2: -4 (norm -1.0)
+    # sol1: -10 * 0.5 = -5 (norm -5 / 9 chars); sol2: -4 (norm -4 / 3)
     assert utility.multiple_choice(FakeLM(), items) == {"acc": 0.0, "acc_norm": 1.0, "num_items": 1}
 
 
@@ -82,7 +82,7 @@ def test_hellaswag_winogrande_boolq(tmp_path):
     )
     items = utility.load_items("hellaswag", hs)
     assert items[0].contexts == ("Cooking: A man. cooks. He",)
-    # ending 0: -20 * 0.5 = -10 (norm -0.5); ending 1: -5 (norm -1)
+    # ending 0: -20 * 0.5 = -10 (norm -10 / 19 chars); ending 1: -5 (norm -5 / 4)
     assert utility.multiple_choice(FakeLM(), items)["acc_norm"] == 1.0
     wg = write_jsonl(
         tmp_path / "wg.jsonl",

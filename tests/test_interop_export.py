@@ -32,7 +32,8 @@ from toxjax.interop.load import from_hf_checkpoint  # noqa: E402
 from toxjax.model import DecoderLM  # noqa: E402
 from toxjax.run_dir import RunDir  # noqa: E402
 from toxjax.run_info import RunInfo  # noqa: E402
-from toxjax.vocab import Gpt2Vocabulary, train_sentencepiece  # noqa: E402
+from toxjax.vocab import Gpt2Vocabulary  # noqa: E402
+from toxjax.vocab_train import train_sentencepiece  # noqa: E402
 
 TINY = [
     "--gin.NUM_STEPS=2",

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vocab": ("toxjax.vocab_train", "train a SentencePiece vocabulary"),
     "eval": ("toxjax.eval", "toxicity / utility / bias evaluation of a checkpoint"),
     "export": ("toxjax.interop.export", "export a run as a Hugging Face transformers checkpoint"),
+    "lm-eval": (
+        "toxjax.interop.harness",
+        "lm-evaluation-harness with --model toxjax and the toxjax_rtp task (extra [lm-eval])",
+    ),
     "report": ("toxjax.evaluation.report", "gather metrics of several runs into tables and a plot"),
     "demo": ("toxjax.demo", "end-to-end demo on the embedded corpus"),
     "compile-check": ("toxjax.compile_check", "AOT-compile a train step for a TPU topology"),

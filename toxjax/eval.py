@@ -5,6 +5,7 @@
     toxjax eval utility --model_dir runs/inst --lambada lambada_test.jsonl --piqa valid.jsonl
     toxjax eval bias --model_dir runs/inst --sbf SBIC.v2.agg.dev.csv
     toxjax eval recognition --model_dir runs/inst --docs heldout.scored.jsonl
+    toxjax eval toxicity --model_dir models/gpt2 --prompts rtp.jsonl --condition_text "Be kind."
 
 The run directory says how the model was trained (run.json: strategy and augmentation
 config), so every command puts the model's own non-toxic conditioning prefix before each
@@ -13,6 +14,13 @@ ways?), `--condition STRATEGY|none` overrides (with a warning when it differs fr
 training). Results go to `--output_dir` (default
 `<model_dir>/eval/<command>-<condition>[-toxic]`) as `metrics.json`, which `toxjax
 report` gathers.
+
+`--model_dir` may also be a transformers checkpoint directory (GPT-2, GPT-NeoX / Pythia,
+Llama: `toxjax.run_dir.open_model_dir`), converted to our model on load: the same
+sampler, scoring and metrics files; metrics.json names it and its weights' sha256. It
+has no prefix by default; `--condition_text TEXT` puts a literal one before each prompt
+(on a toxjax run trained with a strategy, only together with `--condition none`: it
+replaces the run's own prefix), `--condition STRATEGY` that strategy's default one.
 """
 
 from __future__ import annotations
@@ -35,7 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="toxjax eval", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model_dir", required=True, help="a `toxjax train` run directory")
+    common.add_argument(
+        "--model_dir",
+        required=True,
+        help="a `toxjax train` run directory, or a transformers checkpoint directory "
+        "(GPT-2, GPT-NeoX / Pythia, Llama)",
+    )
     common.add_argument("--step", type=int, help="checkpoint step (default: newest)")
     common.add_argument(
         "--output_dir", help="default: <model_dir>/eval/<command>-<condition>[-toxic]"
@@ -47,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=CONDITIONS,
         help="conditioning prefix before each prompt (default: the strategy the model was "
         "trained with, from run.json; 'none' = no prefix)",
+    )
+    common.add_argument(
+        "--condition_text",
+        metavar="TEXT",
+        help="a literal prefix before each prompt (a model without run.json; on a run "
+        "trained with a strategy, with --condition none)",
     )
     common.add_argument(
         "--toxic_condition",
@@ -118,15 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(args) -> int:
     from toxjax.evaluation.outputs import EvalOutput
-    from toxjax.run_dir import RunDir
+    from toxjax.run_dir import open_model_dir
 
     if args.command == "toxicity":
         from toxjax.toxicity.options import check_scorer_flags
 
         check_scorer_flags(args, "toxjax eval toxicity")  # before anything loads
-    # run.json and the vocabulary, once; a bad condition fails here, before any loading.
-    run_dir = RunDir.open(args.model_dir)
-    cond = run_dir.conditioning(args.condition, args.toxic_condition)
+    # run.json (or config.json) and the vocabulary, once; a bad condition fails here,
+    # before any loading.
+    run_dir = open_model_dir(args.model_dir)
+    cond = run_dir.conditioning(args.condition, args.toxic_condition, text=args.condition_text)
     guided = getattr(args, "guidance", 0.0) != 0
     negative = guidance_for(args, run_dir, cond) if guided else None
     label = cond.label + (f"-guidance{args.guidance:g}" if guided else "")
@@ -223,6 +243,7 @@ def _toxicity(args, run_dir, cond, facts, out) -> None:
         batch_size=args.batch_size,
         config={
             **facts,
+            "model": loaded.describe(),
             "step": loaded.step,
             "prompts_file": args.prompts,
             "sampling": dataclasses.asdict(lm.sampling),
@@ -243,7 +264,7 @@ def _utility(args, run_dir, cond, facts, out) -> None:
     loaded = run_dir.load(args.step)
     lm = loaded.lm(prefix_ids=cond.prefix_ids, seed=args.seed, batch_size=args.batch_size)
     result = evaluate_utility(lm, paths, max_len=loaded.config.max_len)
-    result.update(facts, step=loaded.step, files=paths)
+    result.update(facts, model=loaded.describe(), step=loaded.step, files=paths)
     _write(result, out)
 
 
@@ -255,7 +276,7 @@ def _bias(args, run_dir, cond, facts, out) -> None:
     result = evaluate_bias(
         lm, args.sbf, args.exemplars, num_shots=args.num_shots, seed=args.seed, limit=args.limit
     )
-    result.update(facts, step=loaded.step, file=args.sbf)
+    result.update(facts, model=loaded.describe(), step=loaded.step, file=args.sbf)
     _write(result, out)
 
 

@@ -10,12 +10,18 @@ its conditioning prefixes, and its verified checkpoints for inference.
 way, so run.json is read and the vocabulary rebuilt once per command, and every
 inference load is verified against the checksums recorded at save
 (`toxjax.checkpoint_integrity.read_verified`).
+
+`open_model_dir(path)` opens either a run directory or a transformers checkpoint
+directory (`toxjax.interop.hf_dir.HfDir`, the twin with the same methods: GPT-2,
+GPT-NeoX / Pythia, Llama converted to our model at their own ids), so a command that
+evaluates a model does not ask which kind it has.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,7 +32,7 @@ import numpy as np
 
 from toxjax import attention, checkpoint, fileio
 from toxjax import checkpoint_integrity as integrity
-from toxjax.run_info import Conditioning, RunInfo
+from toxjax.run_info import NO_CONDITION, RUN_FILE, Conditioning, RunInfo, literal_conditioning
 
 
 def _warn(message: str) -> None:
@@ -41,21 +47,28 @@ class LoadedModel:
       model: the `toxjax.model.DecoderLM`.
       params: its parameters (on this process's default device).
       config: its `ModelConfig` (attention made portable to this platform).
-      step: the checkpoint step.
+      step: the checkpoint step (None for a transformers checkpoint).
       vocabulary: the run's `seqio.Vocabulary`.
-      run: the run's `RunInfo`.
+      run: the run's `RunInfo` (None for a transformers checkpoint).
+      bos_id: the id every sequence starts with (`ModelLM(bos_id=...)`): 0 for a toxjax
+        run (what training put before each sample).
     """
 
     model: Any
     params: Any
     config: Any
-    step: int
+    step: int | None
     vocabulary: Any
-    run: RunInfo
+    run: RunInfo | None
+    bos_id: int | None = 0
 
     def identity(self) -> dict:
         """What makes this model's outputs: the step and run.json (a resume compares it)."""
         return {"step": self.step, "run": self.run.to_dict()}
+
+    def describe(self) -> dict:
+        """What the model was, for metrics.json (`"model"`)."""
+        return {"kind": "toxjax run", "step": self.step}
 
     def lm(
         self,
@@ -83,6 +96,7 @@ class LoadedModel:
             mesh=mesh,
             seed=seed,
             batch_size=batch_size,
+            bos_id=self.bos_id,
             prefix_ids=prefix_ids,
             negative_prefix_ids=negative_prefix_ids,
         )
@@ -122,9 +136,33 @@ class RunDir:
         condition: str | None = None,
         toxic: bool = False,
         warn: Callable[[str], None] | None = None,
+        text: str | None = None,
     ) -> Conditioning:
-        """The prefix an eval puts before each prompt (see `RunInfo.conditioning`)."""
-        return self.info.conditioning(self.vocabulary, condition, toxic, warn)
+        """The prefix an eval puts before each prompt (see `RunInfo.conditioning`).
+
+        `text` (`--condition_text`) is a literal prefix instead. A run trained with a
+        strategy has its own prefix, so a literal one replaces it only when `condition`
+        says `"none"` too (`--condition none --condition_text ...`): the replacement is
+        never silent.
+
+        Raises:
+          ValueError: as `RunInfo.conditioning`; `text` with a strategy's condition, or
+            on a run with a strategy without `--condition none`.
+        """
+        if text is None:
+            return self.info.conditioning(self.vocabulary, condition, toxic, warn)
+        if condition not in (None, NO_CONDITION):
+            raise ValueError(
+                f"--condition {condition} and --condition_text are two prefixes; give one"
+            )
+        if condition is None and self.info.strategy is not None:
+            own = self.info.conditioning(self.vocabulary, warn=lambda _: None)
+            raise ValueError(
+                f"{self.path} was trained with {self.info.strategy}, whose prefix is "
+                f"{own.prefix!r}; to evaluate under a literal prefix instead, pass "
+                "--condition none --condition_text TEXT"
+            )
+        return literal_conditioning(text, self.vocabulary, toxic)
 
     def steps(self) -> list[int]:
         """The checkpoint steps in the directory, oldest first."""
@@ -199,3 +237,32 @@ class RunDir:
             vocabulary=self.vocabulary,
             run=self.info,
         )
+
+
+def open_model_dir(path: str):
+    """A model directory for inference: a `toxjax train` run (`RunDir`, it has run.json)
+    or a transformers checkpoint (`toxjax.interop.hf_dir.HfDir`, it has config.json).
+
+    Both have `path`, `vocabulary`, `conditioning(condition, toxic, warn, text)` and
+    `load(step) -> LoadedModel` (`identity()`, `describe()`, `lm(...)`).
+
+    Raises:
+      FileNotFoundError: neither file, or a file the directory needs is missing.
+      ValueError, toxjax.errors.ConfigError: an unreadable run.json, an architecture
+        toxjax does not convert (one line).
+    """
+    import tensorflow as tf
+
+    resolved = fileio.resolve(path)
+    if tf.io.gfile.exists(os.path.join(resolved, RUN_FILE)):
+        return RunDir.open(path)
+    if tf.io.gfile.exists(os.path.join(resolved, "config.json")):
+        from toxjax.interop.hf_dir import HfDir
+
+        return HfDir.open(resolved)
+    if not tf.io.gfile.exists(resolved):
+        raise FileNotFoundError(f"--model_dir {path} does not exist")
+    raise FileNotFoundError(
+        f"--model_dir {path}: neither run.json (a `toxjax train` run directory) nor "
+        "config.json (a transformers checkpoint directory)"
+    )

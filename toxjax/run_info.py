@@ -10,15 +10,18 @@ directory alone says how to rebuild the model and how it was trained:
      "task": "corpus_inst_v1", "sequence_length": 2048,
      "strategy": "inst",                 # an entry of the strategy table, or null
      "augment": {...},                   # the AugmentConfig the task was built with
-     "corpus": {"name", "source", "fraction", "scorer"}}
+     "corpus": {"name", "source", "fraction", "scorer"},
+     "init_from": {"source", "model_type", "architecture", "weights": {file: sha256}, ...}}
 
-`strategy`/`augment` are null when the task was not registered through
+`init_from` (absent or null for a run trained from scratch) says which transformers
+checkpoint the run started from (`train.init_from`). `strategy`/`augment` are null when the task was not registered through
 `toxjax.registry` (then eval takes the prefix from `--condition`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -28,21 +31,42 @@ from toxjax import fileio
 RUN_FILE = "run.json"
 FORMAT = 2
 NO_CONDITION = "none"  # `--condition none`: no prefix, whatever the model was trained with
+TEXT_CONDITION = "text"  # `--condition_text "..."`: a literal prefix
 
 
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
     """What goes before an eval prompt: the condition's name, its string and its ids."""
 
-    condition: str  # a strategy name, or NO_CONDITION
+    condition: str  # a strategy name, NO_CONDITION or TEXT_CONDITION
     toxic: bool
     prefix: str
     prefix_ids: tuple[int, ...]
 
     @property
     def label(self) -> str:
-        """`inst`, `inst-toxic`, `none`: names eval output directories."""
+        """`inst`, `inst-toxic`, `none`, `text-<8 hex digits of the text's sha256>`:
+        names eval output directories."""
+        if self.condition == TEXT_CONDITION:
+            return f"{TEXT_CONDITION}-{hashlib.sha256(self.prefix.encode()).hexdigest()[:8]}"
         return self.condition + ("-toxic" if self.toxic else "")
+
+
+def literal_conditioning(text: str, vocabulary, toxic: bool = False) -> Conditioning:
+    """`--condition_text TEXT`: the literal prefix `vocabulary.encode(text)`.
+
+    Raises:
+      ValueError: an empty text, or `toxic` (a literal prefix has no toxic variant).
+    """
+    if toxic:
+        raise ValueError(
+            "--toxic_condition needs a strategy's condition; a --condition_text has no toxic "
+            "variant (give the toxic text as --condition_text instead)"
+        )
+    if not text:
+        raise ValueError("--condition_text is empty; use --condition none for no prefix")
+    ids = tuple(int(t) for t in vocabulary.encode(text))
+    return Conditioning(TEXT_CONDITION, False, text, ids)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +80,7 @@ class RunInfo:
     strategy: str | None = None
     augment: Any = None  # toxjax.preprocessors.AugmentConfig
     corpus: dict | None = None
+    init_from: dict | None = None  # the imported checkpoint's provenance (train.init_from)
 
     def to_dict(self) -> dict:
         return {
@@ -67,6 +92,7 @@ class RunInfo:
             "strategy": self.strategy,
             "augment": None if self.augment is None else self.augment.to_dict(),
             "corpus": self.corpus,
+            "init_from": self.init_from,
         }
 
     @classmethod
@@ -94,6 +120,7 @@ class RunInfo:
             strategy=strategy,
             augment=augment,
             corpus=data.get("corpus"),
+            init_from=data.get("init_from"),
         )
 
     def write(self, model_dir: str) -> None:
@@ -123,8 +150,8 @@ class RunInfo:
         restore; compute-only settings (dtype, remat) may change on resume."""
         names = ("task", "sequence_length", "strategy", "augment")
         out = fileio.changes(
-            {n: _plain(getattr(earlier, n)) for n in names},
-            {n: _plain(getattr(self, n)) for n in names},
+            {n: _plain(getattr(earlier, n)) for n in names} | {"init_from": _source(earlier)},
+            {n: _plain(getattr(self, n)) for n in names} | {"init_from": _source(self)},
         )
         if _vocab_digest(earlier.vocabulary) != _vocab_digest(self.vocabulary):
             out.append("vocabulary: the tokenizer files differ")
@@ -183,6 +210,11 @@ class RunInfo:
         config = self.augment if self.augment is not None else AugmentConfig()
         ids = strategy.prefix_ids(config, vocabulary, toxic)
         return Conditioning(condition, toxic, strategy.prefix(config, toxic), tuple(ids))
+
+
+def _source(run: RunInfo) -> str | None:
+    """The directory a run started from (its weights are hashed once, at the start)."""
+    return None if run.init_from is None else run.init_from.get("source")
 
 
 def _plain(value):

@@ -74,6 +74,7 @@ def train(
     async_checkpoint: bool = True,
     module_imports: Sequence[str] = (),
     stop_after: int | None = None,
+    init_from: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Trains `model_config` on `data` for `num_steps` steps, resuming from MODEL_DIR.
@@ -94,6 +95,9 @@ def train(
       module_imports: modules imported first (they register seqio tasks).
       stop_after: stop (with a checkpoint) after this step without finishing the run;
         used to simulate preemption.
+      init_from: a transformers checkpoint directory to start from (continued
+        pretraining, `toxjax.interop.init_from`): its architecture and weights, gin's
+        compute settings; recorded in run.json, read only when the run starts.
       progress: show a progress bar.
 
     Returns:
@@ -125,6 +129,7 @@ def _train(
     async_checkpoint,
     module_imports,
     stop_after,
+    init_from,
     progress,
 ) -> TrainResult:
     # Before anything expensive (data, compile): a second trainer stops here.
@@ -143,6 +148,7 @@ def _train(
             module_imports=module_imports,
             sequence_length=data.sequence_length,
             task=data.mixture_or_task_name,
+            init_from=init_from,
         )
         info = registry.task_info(spec.task)
         train_guards.check_augment_bindings(spec.task, info)
@@ -157,10 +163,16 @@ def _train(
         lead = jax.process_index() == 0  # one process writes the run's files
         run = _run_info(spec, info)
         latest = ckpt.latest_step()
-        if latest is None:
+        if latest is None and spec.init_from:
+            state, provenance = _imported_state(spec, ts)
+            run = dataclasses.replace(run, init_from=provenance)
+        elif latest is None:
             state = ts.init(jax.random.key(seed))
         else:
-            _check_resume(run, model_dir, lead)
+            earlier = _check_resume(run, model_dir, lead)
+            # The import's provenance (its weights hashed at the start) stays; a resumed
+            # run never reads the weights again.
+            run = dataclasses.replace(run, init_from=earlier.init_from if earlier else None)
             # Newest step whose arrays match their checksums; newer corrupt ones moved aside.
             latest, state, data_state = ckpt.restore_latest(ts.abstract_state)
             data_iter.restore(data_state)
@@ -180,6 +192,19 @@ def _train(
         return _loop(ts, state, data_iter, ckpt, lock, reporters, spec, model_dir, end, every)
 
 
+def _imported_state(spec, ts):
+    """The first state of a `train.init_from` run: the checkpoint's weights, born sharded."""
+    from toxjax.interop import init_from
+    from toxjax.train_state import state_from_params
+
+    params, provenance = init_from.read_params(spec.init_from, spec.model_config, spec.vocabulary)
+    try:
+        state = state_from_params(params, ts.tx, ts.state_shardings, ts.mesh)
+    except ValueError as e:
+        raise ConfigError(f"train.init_from = {spec.init_from!r}: {e}") from None
+    return state, provenance
+
+
 def _run_info(spec, info) -> RunInfo:
     """This run's run.json (the vocabulary described where it is, not yet copied)."""
     return RunInfo(
@@ -197,15 +222,22 @@ def _run_info(spec, info) -> RunInfo:
             "fraction": info.fraction,
             "scorer": info.scorer(),
         },
+        # Until the weights are read (a fresh start) or run.json is (a resume).
+        init_from=None if spec.init_from is None else {"source": spec.init_from},
     )
 
 
-def _check_resume(run: RunInfo, model_dir: str, lead: bool) -> None:
+def _check_resume(run: RunInfo, model_dir: str, lead: bool) -> RunInfo | None:
     """Refuses to resume a run trained on other data (run.json), before anything is read;
-    the lead process reads run.json and every process learns its verdict."""
-    problem = None
+    the lead process reads run.json and every process learns its verdict.
+
+    Returns:
+      The run.json being resumed (on the lead process; None on the others).
+    """
+    problem, earlier = None, None
     if lead:
-        changed = run.resume_mismatches(RunInfo.read(model_dir))
+        earlier = RunInfo.read(model_dir)
+        changed = run.resume_mismatches(earlier)
         if changed:
             problem = (
                 f"{model_dir} holds a run trained on other data than this one "
@@ -216,6 +248,7 @@ def _check_resume(run: RunInfo, model_dir: str, lead: bool) -> None:
         raise ckpt_lib.CheckpointMismatchError(
             problem or "the lead process refused to resume this run (see its log)"
         )
+    return earlier
 
 
 def _write_run_files(run: RunInfo, spec, model_dir: str) -> None:

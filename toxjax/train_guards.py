@@ -133,6 +133,12 @@ def check_train_arguments(**args) -> None:
             f"{_binding_name('train', 'batch_size')} = {args['batch_size']} is not divisible "
             f"by {_binding_name('train', 'grad_accum_steps')} = {args['grad_accum_steps']}"
         )
+    init_from = args["init_from"]
+    if init_from is not None and (not isinstance(init_from, str) or not init_from):
+        raise TrainConfigError(
+            f"{_binding_name('train', 'init_from')} = {init_from!r}: expected None or a "
+            "transformers checkpoint directory"
+        )
     if not isinstance(args["model_dir"], str) or not args["model_dir"]:
         raise TrainConfigError(
             f"{_binding_name('train', 'model_dir')} = {args['model_dir']!r}: expected a "

@@ -8,13 +8,18 @@
     step = spec.build(tpu_devices)   # ... or on compile-only TPU devices
 
 It imports the modules that register tasks, finds the task's vocabulary, and resolves
-`ModelConfig.vocab_size = None` to the vocabulary's size rounded up to 128.
+`ModelConfig.vocab_size = None` to the vocabulary's size rounded up to 128. With
+`init_from` (a transformers checkpoint, `toxjax.interop.init_from`) the architecture is
+the checkpoint's and the vocabulary size the task's; only config.json and the tokenizer
+files are read here (the weights when the run starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +35,7 @@ STEP_ARGUMENTS = (
     "grad_accum_steps",
     "seed",
     "module_imports",
+    "init_from",
 )
 
 
@@ -85,6 +91,7 @@ class TrainSpec:
       task: the seqio task or mixture (None when not needed, e.g. compile-check with an
         explicit vocabulary size).
       vocabulary: its "targets" vocabulary (None when `task` is None).
+      init_from: the transformers checkpoint the run starts from (absolute), or None.
     """
 
     model_config: Any
@@ -97,6 +104,7 @@ class TrainSpec:
     seed: int
     task: str | None = None
     vocabulary: Any = None
+    init_from: str | None = None
 
     def build(self, devices: Sequence | None = None):
         """The jitted train step (`steps.build_train_step`) on `devices` (default: all).
@@ -138,22 +146,36 @@ def resolve(
     module_imports: Sequence[str],
     sequence_length: int,
     task: str | None,
+    init_from: str | None = None,
 ) -> TrainSpec:
     """Resolves the step's arguments (see the module docstring).
 
     Args:
       task: the seqio task or mixture; None only when the model names its vocabulary
         size (compile-check without the corpus).
+      init_from: a transformers checkpoint directory the run starts from.
 
     Raises:
-      ConfigError: an unknown task or module, a vocabulary size that does not fit, or
-        `vocab_size=None` without a task.
+      ConfigError: an unknown task or module, a vocabulary size that does not fit,
+        `vocab_size=None` without a task, an `init_from` toxjax cannot convert or whose
+        tokenizer is not the task's vocabulary.
     """
     vocab = None
     if task is not None:
         import_modules(module_imports)
         vocab = task_vocabulary(task)
-    elif model_config.vocab_size is None:
+    if init_from is not None:
+        from toxjax.interop import init_from as init_lib
+
+        init_from = os.path.abspath(init_from)
+        model_config, notes = init_lib.model_config(init_from, model_config, vocab)
+        if notes:
+            print(
+                f"note: {init_lib.BINDING}: the architecture is {init_from}/config.json's, "
+                f"not gin's ModelConfig ({'; '.join(notes)})",
+                file=sys.stderr,
+            )
+    elif task is None and model_config.vocab_size is None:
         raise ConfigError(
             "ModelConfig.vocab_size is None and the task is not known here; bind "
             "ModelConfig.vocab_size (e.g. --gin.ModelConfig.vocab_size=50304)"
@@ -169,4 +191,5 @@ def resolve(
         seed=seed,
         task=task,
         vocabulary=vocab,
+        init_from=init_from,
     )

@@ -86,5 +86,46 @@ def create_train_state(
     return state, shardings
 
 
+def state_from_params(
+    params, tx: optax.GradientTransformation, shardings, mesh: Mesh
+) -> TrainState:
+    """A fresh state around given parameters (step 0, the optimizer's initial state), born
+    sharded: each host array is cut straight into its devices' shards (on every process,
+    from its own host copy), never gathered on one device.
+
+    Args:
+      params: the parameter tree, host arrays of the model's shapes and dtypes.
+      tx: the optimizer (`TrainStep.tx`).
+      shardings: the state's shardings (`TrainStep.state_shardings`).
+      mesh: the mesh (`TrainStep.mesh`).
+
+    Raises:
+      ValueError: a tree or a shape that is not the model's (naming the parameter).
+    """
+    want = jax.tree_util.tree_flatten_with_path(shardings.params)[0]
+    have = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    if set(have) != {p for p, _ in want}:
+        missing = [jax.tree_util.keystr(p) for p, _ in want if p not in have]
+        extra = [jax.tree_util.keystr(p) for p in have if p not in dict(want)]
+        raise ValueError(
+            f"the parameters are not the model's (missing {missing or 'none'}, "
+            f"unexpected {extra or 'none'})"
+        )
+
+    def place(path, sharding):
+        x = have[path]
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    placed = jax.tree_util.tree_unflatten(
+        jax.tree.structure(shardings.params), [place(p, s) for p, s in want]
+    )
+
+    def init(p):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p))
+
+    with jax.set_mesh(mesh):
+        return jax.jit(init, out_shardings=shardings, donate_argnums=0)(placed)
+
+
 def param_count(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))

@@ -55,7 +55,9 @@ class ModelLM:
       bos_id: the id every sequence starts with. Training saw it before each sample's
         first token: seqio's `DecoderFeatureConverter` shifts targets right with 0 at
         every segment start, so a model trained here predicts a document's first token
-        from 0, not from EOS and not from nothing.
+        from 0, not from EOS and not from nothing. A transformers model starts with its
+        tokenizer's BOS (`HfVocabulary.bos_id`); None = no start token (a sequence is
+        the prefix and the text alone; then a text must not be empty).
       batch_size: prompts per sampling call / sequences per scoring call (batches are
         padded to it, so shapes and compilations stay fixed).
       length_multiple: prompt and scoring lengths are rounded up to this.
@@ -80,13 +82,14 @@ class ModelLM:
         seed: int = 0,
         batch_size: int = 8,
         length_multiple: int = 32,
-        bos_id: int = 0,
+        bos_id: int | None = 0,
         prefix_ids: Sequence[int] = (),
         negative_prefix_ids: Sequence[int] = (),
     ):
         self.model, self.params, self.vocabulary = model, params, vocabulary
         self.max_len, self.batch_size, self.length_multiple = max_len, batch_size, length_multiple
-        self.seed, self.bos_id = seed, bos_id
+        self.seed = seed
+        self.bos_id = None if bos_id is None else int(bos_id)
         self.prefix_ids = tuple(int(t) for t in prefix_ids)
         self.negative_prefix_ids = tuple(int(t) for t in negative_prefix_ids)
         self.eos_id = eos = vocabulary.eos_id
@@ -116,6 +119,10 @@ class ModelLM:
     def encode(self, text: str) -> list[int]:
         return [int(t) for t in self.vocabulary.encode(text)]
 
+    def head(self, prefix_ids: Sequence[int] = ()) -> list[int]:
+        """What goes before a text: `[bos_id] + prefix_ids` (no BOS when `bos_id` is None)."""
+        return ([] if self.bos_id is None else [self.bos_id]) + [int(t) for t in prefix_ids]
+
     # ------------------------------------------------------------------ sampling
     def generate(
         self,
@@ -135,7 +142,7 @@ class ModelLM:
         negative_prefix_ids + encode(text)` (default: the constructor's) and sampled with
         guidance away from it (`toxjax.decode`); both keep the same text tokens.
         """
-        prefixes = [[self.bos_id] + [int(t) for t in prefix_ids]]
+        prefixes = [self.head(prefix_ids)]
         if self.sampling.guidance != 0:
             negative = (
                 self.negative_prefix_ids if negative_prefix_ids is None else negative_prefix_ids
@@ -145,7 +152,7 @@ class ModelLM:
                     f"guidance={self.sampling.guidance} needs the negative condition's "
                     "prefix ids (negative_prefix_ids)"
                 )
-            prefixes.append([self.bos_id] + [int(t) for t in negative])
+            prefixes.append(self.head(negative))
         longest = max(map(len, prefixes))
         room = self.max_len - self.sampling.max_new_tokens - longest
         if room < 1:
@@ -157,6 +164,11 @@ class ModelLM:
         in_flight = None  # the last call's output, fetched after the next call is queued
         for lo in range(0, len(texts), self.batch_size):
             text_ids = [self.encode(t)[-room:] for t in texts[lo : lo + self.batch_size]]
+            if not min(map(len, prefixes)) and not all(text_ids):
+                raise ValueError(
+                    "an empty prompt with no start token (bos_id=None) and no prefix: there "
+                    "is nothing to continue from"
+                )
             seeds_b = list(seeds[lo : lo + self.batch_size])
             n = len(text_ids)
             text_ids += [text_ids[-1]] * (self.batch_size - n)  # fixed batch shape
@@ -218,22 +230,37 @@ class ModelLM:
             out += [(lp[i, : len(s) - 1], greedy[i, : len(s) - 1]) for i, s in enumerate(chunk)]
         return out
 
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Context and continuation ids the way lm-evaluation-harness tokenizes them
+        (`TemplateLM._encode_pair`), so that both score the same tokens: the context's
+        trailing whitespace moves to the continuation, the whole text is encoded, and the
+        continuation is what follows the context's own tokens."""
+        n = len(context) - len(context.rstrip())
+        if n:
+            context, continuation = context[:-n], context[-n:] + continuation
+        if not context:
+            return [], self.encode(continuation)
+        whole, ctx = self.encode(context + continuation), self.encode(context)
+        return ctx, whole[len(ctx) :]
+
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[LogLikelihood]:
         """log p(continuation | context) for each `(context, continuation)` pair.
 
-        Context and continuation are encoded separately (a trailing space of the context
-        moves to the continuation, the usual zero-shot convention), the context starts
-        with `bos_id` and `prefix_ids`, and over-long pairs keep their last `max_len + 1`
-        tokens.
+        Tokenized as `encode_pair` (lm-evaluation-harness's convention); the context
+        starts with `bos_id` and `prefix_ids`, and over-long pairs keep their last
+        `max_len + 1` tokens.
         """
         seqs, conts = [], []
         for context, continuation in pairs:
-            stripped = context.rstrip(" ")
-            continuation = context[len(stripped) :] + continuation
-            ctx = [self.bos_id, *self.prefix_ids] + (self.encode(stripped) if stripped else [])
-            cont = self.encode(continuation)
+            ctx, cont = self.encode_pair(context, continuation)
             if not cont:
                 raise ValueError(f"empty continuation for context {context[:60]!r}")
+            ctx = self.head(self.prefix_ids) + ctx
+            if not ctx:
+                raise ValueError(
+                    "an empty context with no start token (bos_id=None) and no prefix: the "
+                    f"first token of {continuation[:60]!r} has nothing to be predicted from"
+                )
             seqs.append((ctx + cont)[-(self.max_len + 1) :])
             conts.append(len(cont))
         out = []

@@ -182,7 +182,8 @@ def comparability(tox: list[Result]) -> tuple[list[str], list[str]]:
     for r in tox[1:]:
         changes = fileio.changes(ref, _toxicity_setup(r, content))
         refusals += [f"{r.run} ({r.label}) vs {first.run} ({first.label}): {c}" for c in changes]
-    steps = {f"{r.run} ({r.label})": r.data.get("step") for r in tox}
+    # A transformers checkpoint (toxjax eval --model_dir HF_DIR) has no step.
+    steps = {f"{r.run} ({r.label})": r.data["step"] for r in tox if r.data.get("step") is not None}
     flags = []
     if len(set(steps.values())) > 1:
         flags.append(

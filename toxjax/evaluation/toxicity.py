@@ -269,7 +269,7 @@ def write_outputs(result: dict, out: EvalOutput, summaries: bool = True) -> None
             for split, m in result["metrics"].items()
             for name, value in m.items()
         },
-        step=int(result.get("step", 0)),
+        step=int(result.get("step") or 0),  # a transformers checkpoint has no step
     )
 
 

@@ -14,8 +14,13 @@ Each task reads its standard released jsonl from a local path:
 
 Multiple-choice conventions, both reported:
 - `acc`: argmax of the summed log-likelihood of each choice (unnormalised);
-- `acc_norm`: argmax of the log-likelihood divided by the choice's length in UTF-8
-  bytes (length-normalised, the lm-evaluation-harness convention).
+- `acc_norm`: argmax of the log-likelihood divided by the choice's length in characters,
+  without the space that joins it to the context (lm-evaluation-harness's `acc_norm`).
+
+The prompts, choices and both conventions are lm-evaluation-harness's (its `lambada_openai`,
+`piqa`, `hellaswag`, `winogrande` and `boolq` tasks), and `ModelLM.loglikelihood`
+tokenizes as it does, so on the same files and model both give the same numbers
+(tests/test_lm_eval.py checks it).
 
 Perplexity is over plain text (one document per line of a .txt or `{"text"}` jsonl),
 never over MEDA/INST-augmented text, so that augmented models are compared fairly.
@@ -38,7 +43,8 @@ from toxjax.evaluation.lm import LogLikelihood
 TASKS = ("lambada", "piqa", "hellaswag", "winogrande", "boolq")
 CONVENTIONS = {
     "acc": "argmax of sum log p(choice | context) (unnormalised)",
-    "acc_norm": "argmax of sum log p(choice | context) / len(choice in UTF-8 bytes)",
+    "acc_norm": "argmax of sum log p(choice | context) / len(choice in characters, no "
+    "leading space)",
     "lambada_acc": "all last-word tokens are the greedy argmax",
 }
 
@@ -46,7 +52,7 @@ CONVENTIONS = {
 class ScoringLM(Protocol):
     """What the utility and bias evals need from a model (see `ModelLM`)."""
 
-    bos_id: int  # the id before a document's first token, as in training
+    bos_id: int | None  # the id before a document's first token, as in training
     prefix_ids: tuple[int, ...]  # the conditioning prefix after BOS (`ModelLM`)
 
     def encode(self, text: str) -> list[int]: ...
@@ -151,6 +157,12 @@ def load_items(task: str, path: str) -> list[Item]:
     return items
 
 
+def _norm_length(choice: str) -> int:
+    """lm-evaluation-harness's `acc_norm` length: characters of the choice without the
+    one space (its `target_delimiter`) that joins it to the context."""
+    return max(1, len(choice[1:] if choice.startswith(" ") else choice))
+
+
 def multiple_choice(lm: ScoringLM, items: Sequence[Item]) -> dict[str, float]:
     """`acc` and `acc_norm` (see the module docstring) over `items`."""
     pairs, owners = [], []
@@ -162,7 +174,7 @@ def multiple_choice(lm: ScoringLM, items: Sequence[Item]) -> dict[str, float]:
     lls = lm.loglikelihood(pairs)
     per_item: dict[int, list[tuple[float, float]]] = {}
     for (_, choice), i, ll in zip(pairs, owners, lls, strict=True):
-        per_item.setdefault(i, []).append((ll.logprob, ll.logprob / len(choice.encode())))
+        per_item.setdefault(i, []).append((ll.logprob, ll.logprob / _norm_length(choice)))
     acc = norm = 0
     for i, item in enumerate(items):
         scores = per_item[i]
@@ -194,6 +206,11 @@ def _text_windows(
 ) -> tuple[list[int], list[list[int]], int]:
     """The windows `perplexity` reads (see there): `(owner document per window, the
     windows [bos] + prefix + piece, prefix tokens to skip in each window's log-probs)`."""
+    if lm.bos_id is None:
+        raise ValueError(
+            "perplexity reads each window after the start token, and this model has none "
+            "(bos_id=None)"
+        )
     head = [lm.bos_id, *(int(t) for t in prefix_ids)]
     room = max_len + 1 - len(head)
     if room < 1:

@@ -130,6 +130,12 @@ def render(facts: CardFacts) -> str:
         ("vocabulary", facts.vocabulary),
         ("toxjax", facts.toxjax_version),
     ]
+    if run.init_from:  # continued pretraining (train.init_from)
+        weights = ", ".join(f"{n} sha256 {d}" for n, d in run.init_from.get("weights", {}).items())
+        started = (
+            f"{run.init_from.get('architecture')} at {run.init_from.get('source')} ({weights})"
+        )
+        rows.insert(2, ("started from", started))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     if facts.prefixes:
         cond = (
