@@ -563,7 +563,7 @@ def _environment() -> str:
     """The machine, measured now: a busy machine shows as a low matmul peak."""
     import jax
 
-    from toxjax.train import measure_peak_flops
+    from toxjax.flops import measure_peak_flops
 
     return (
         f"toxjax demo on {platform.machine()} ({os.cpu_count()} CPUs, fp32 matmul peak "

@@ -29,6 +29,7 @@ from toxjax import fileio, locking, registry, run_logs, steps, train_guards
 from toxjax import sharding as sh
 from toxjax.data import DataConfig, DataIterator, DataStateMismatchError
 from toxjax.errors import ConfigError
+from toxjax.flops import measure_peak_flops, peak_flops_per_device
 from toxjax.model import ModelConfig
 from toxjax.optim import OptimizerConfig
 from toxjax.preprocessors import AugmentConfig
@@ -40,43 +41,9 @@ from toxjax.vocab import vocab_spec
 for _cls in (ModelConfig, DataConfig, OptimizerConfig, AugmentConfig):
     gin.external_configurable(_cls, module="toxjax")
 
-PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "NVIDIA H100 80GB HBM3": 989e12,
-    "NVIDIA H200": 989e12,
-    "NVIDIA A100-SXM4-80GB": 312e12,
-    "NVIDIA A100-SXM4-40GB": 312e12,
-}
-
 
 class NonFiniteLossError(FloatingPointError):
     """The loss, gradient or updated state became NaN/inf; the last good checkpoint is kept."""
-
-
-def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
-    """Best-of-N fp32 matmul FLOP/s of one device (the CPU's practical peak)."""
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
-def peak_flops_per_device() -> float:
-    kind = jax.devices()[0].device_kind
-    if jax.devices()[0].platform == "cpu":
-        return measure_peak_flops()
-    return PEAK_FLOPS.get(kind, float("nan"))
 
 
 @dataclasses.dataclass
