@@ -7,6 +7,7 @@ asynchronous write starts); the write itself runs in the background either way. 
 reported: the whole save until committed, and a restore with vs without verification.
 
     python benchmarks/checkpoint_checksums.py [--repeats 5]
+    python benchmarks/checkpoint_checksums.py --tiny     # the test model only (CI)
 
 Two models: the test model (2 layers, width 32, vocab 384) and a bigger CPU model
 (6 layers, width 512, vocab 8192), both AdamW states in fp32 on one CPU device.
@@ -25,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
+from common import machine_line  # noqa: E402
 
 from toxjax import checkpoint as ckpt_lib  # noqa: E402
 from toxjax import checksums  # noqa: E402
@@ -118,9 +120,11 @@ def bench(config: ModelConfig, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="the test model only")
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, {jax.devices()[0].device_kind}")
-    for name, config in MODELS.items():
+    print(machine_line())
+    models = dict(list(MODELS.items())[:1]) if args.tiny else MODELS
+    for name, config in models.items():
         r = bench(config, args.repeats)
         print(
             f"{name}: {r['params'] / 1e6:.2f}M params, state {r['state_mb']:.1f} MB; "

@@ -18,6 +18,7 @@ non-embedding params; FLOPs/token = 6N + 12*L*H*Q*T; a v4 chip peaks at 275 bf16
 TFLOP/s, so at 50% MFU it consumes 0.5*275e12 / (FLOPs/token) tokens/s.
 
     python benchmarks/pipeline.py [--repeats 3]
+    python benchmarks/pipeline.py --tiny     # the first 300 fortunes: a smoke run (CI)
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from common import fortune_texts  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from toxjax import corpus, registry  # noqa: E402
+from toxjax import registry  # noqa: E402
 from toxjax.preprocessors import AugmentConfig  # noqa: E402
 from toxjax.vocab import Gpt2Vocabulary  # noqa: E402
 
@@ -58,15 +60,14 @@ def chip_tokens_per_s(layers=24, d_model=2048, heads=32, seq=SEQ) -> tuple[float
     return MFU * V4_PEAK / flops, flops
 
 
-def write_corpus(path: str) -> int:
+def write_corpus(path: str, limit: int | None = None) -> int:
+    """The fortunes (the first `limit` of them) as a scored JSONL corpus; returns the count."""
     rng = np.random.default_rng(0)
-    n = 0
+    texts = fortune_texts()
     with open(path, "w") as f:
-        for name in corpus.fortune_files():
-            for _, text in corpus.read_fortunes(name):
-                f.write(json.dumps({"text": text, "toxicity": float(rng.random())}) + "\n")
-                n += 1
-    return n
+        for text in texts[:limit]:
+            f.write(json.dumps({"text": text, "toxicity": float(rng.random())}) + "\n")
+    return len(texts[:limit])
 
 
 def one_core(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -97,6 +98,7 @@ def epoch_tokens_per_s(task: str) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="the first 300 fortunes only")
     args = parser.parse_args()
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -104,7 +106,7 @@ def main() -> None:
     vocab = Gpt2Vocabulary()
     tmp = tempfile.mkdtemp()
     path = os.path.join(tmp, "fortunes.scored.jsonl")
-    docs = write_corpus(path)
+    docs = write_corpus(path, 300 if args.tiny else None)
     config = AugmentConfig(sample_tokens=SEQ, inst_fraction=0.5)
     (ours,) = registry.register_corpus(
         "bench", path, vocab, strategies=["inst"], config=config, overwrite=True

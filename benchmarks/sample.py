@@ -20,48 +20,52 @@ the same workload with each prompt also read after a negative prefix one token l
 relative to plain sampling (target <= 2.2x: the model runs twice the rows).
 
     python benchmarks/sample.py [--reps 5] [--peer_reps 3] [--guidance 2] [--skip_peers]
+    python benchmarks/sample.py --tiny      # toy shapes: a smoke run (CI)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import hf_flax_gpt2, hf_torch_gpt2, machine_line, median_time, peak_flops
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
-PROMPTS, PROMPT_LEN, DECODES, NEW = 8, 16, 25, 20
-LAYERS, HEADS, WIDTH, VOCAB = 4, 4, 256, 8192
-NEW_TOKENS = PROMPTS * DECODES * NEW
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    prompts: int
+    prompt_len: int
+    decodes: int
+    new: int
+    layers: int
+    heads: int
+    width: int
+    vocab: int
+
+    @property
+    def new_tokens(self) -> int:
+        return self.prompts * self.decodes * self.new
+
+
+RTP = Workload(8, 16, 25, 20, 4, 4, 256, 8192)
+TINY = Workload(2, 4, 3, 4, 2, 2, 32, 256)
+W = RTP  # the workload of this run (main() sets it)
 
 
 def timed(fn, reps: int) -> float:
-    fn()  # warm-up / compile
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def peak_gflops() -> float:
-    a = jnp.ones((1024, 1024), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y)
-    mm(a, a).block_until_ready()
-    best = min(timed(lambda: mm(a, a).block_until_ready(), 1) for _ in range(10))
-    return 2 * 1024**3 / best / 1e9
+    return median_time(fn, reps, warmup=1)  # the warm-up call compiles
 
 
 def flops_per_new_token() -> float:
-    per_layer = 4 * WIDTH * WIDTH + 2 * 4 * WIDTH * WIDTH  # qkv + out, mlp in + out
-    context = PROMPT_LEN + NEW  # attention scores + weighted sum over the cache slots
-    return 2 * (LAYERS * per_layer + WIDTH * VOCAB) + 4 * LAYERS * WIDTH * context
+    per_layer = 4 * W.width * W.width + 2 * 4 * W.width * W.width  # qkv + out, mlp in + out
+    context = W.prompt_len + W.new  # attention scores + weighted sum over the cache slots
+    return 2 * (W.layers * per_layer + W.width * W.vocab) + 4 * W.layers * W.width * context
 
 
 def our_sampler(ids: np.ndarray, new: int, guidance: float = 0.0):
@@ -72,10 +76,10 @@ def our_sampler(ids: np.ndarray, new: int, guidance: float = 0.0):
     from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
 
     cfg = ModelConfig(
-        vocab_size=VOCAB,
-        num_layers=LAYERS,
-        num_heads=HEADS,
-        embed_dim=WIDTH,
+        vocab_size=W.vocab,
+        num_layers=W.layers,
+        num_heads=W.heads,
+        embed_dim=W.width,
         max_len=64,
         position="learned",
         tied_embeddings=True,
@@ -91,7 +95,7 @@ def our_sampler(ids: np.ndarray, new: int, guidance: float = 0.0):
         t2l,
         init,
         decode.SamplingConfig(
-            num_decodes=DECODES,
+            num_decodes=W.decodes,
             max_new_tokens=new,
             top_p=0.9,
             temperature=1.0,
@@ -108,7 +112,7 @@ def our_sampler(ids: np.ndarray, new: int, guidance: float = 0.0):
 
 
 def ours(ids: np.ndarray, reps: int) -> tuple[float, float]:
-    return timed(our_sampler(ids, NEW), reps), timed(our_sampler(ids, 1), reps)
+    return timed(our_sampler(ids, W.new), reps), timed(our_sampler(ids, 1), reps)
 
 
 def guided_vs_plain(ids: np.ndarray, reps: int, guidance: float) -> dict[str, float]:
@@ -117,7 +121,7 @@ def guided_vs_plain(ids: np.ndarray, reps: int, guidance: float) -> dict[str, fl
     calls = {
         (name, new): our_sampler(ids, new, g)
         for name, g in (("plain", 0.0), ("guided", guidance))
-        for new in (NEW, 1)
+        for new in (W.new, 1)
     }
     times = {k: [] for k in calls}
     for fn in calls.values():
@@ -129,40 +133,28 @@ def guided_vs_plain(ids: np.ndarray, reps: int, guidance: float) -> dict[str, fl
             calls[k]()
             times[k].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratios = [g / p for g, p in zip(times["guided", NEW], times["plain", NEW], strict=True)]
+    ratios = [g / p for g, p in zip(times["guided", W.new], times["plain", W.new], strict=True)]
     decode_ratios = [
         (g - g1) / (p - p1)
         for g, g1, p, p1 in zip(
-            times["guided", NEW],
+            times["guided", W.new],
             times["guided", 1],
-            times["plain", NEW],
+            times["plain", W.new],
             times["plain", 1],
             strict=True,
         )
     ]
     return {
-        "plain_s": med["plain", NEW],
-        "guided_s": med["guided", NEW],
+        "plain_s": med["plain", W.new],
+        "guided_s": med["guided", W.new],
         "cost": statistics.median(ratios),
         "decode_cost": statistics.median(decode_ratios),
     }
 
 
 def hf_flax(ids: np.ndarray, reps: int) -> tuple[float, float]:
-    from transformers import FlaxGPT2LMHeadModel, GPT2Config
-
-    config = GPT2Config(
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_embd=WIDTH,
-        vocab_size=VOCAB,
-        n_positions=64,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-    )
-    model = FlaxGPT2LMHeadModel(config, seed=0, dtype=jnp.float32)
-    rep = jnp.asarray(np.repeat(ids, DECODES, axis=0))
+    model = hf_flax_gpt2(W.layers, W.heads, W.width, W.vocab, 64)
+    rep = jnp.asarray(np.repeat(ids, W.decodes, axis=0))
 
     def run(new):
         gen = jax.jit(
@@ -182,26 +174,14 @@ def hf_flax(ids: np.ndarray, reps: int) -> tuple[float, float]:
         keys = iter(range(10**6))
         return lambda: gen(rep, jax.random.key(next(keys))).block_until_ready()
 
-    return timed(run(NEW), reps), timed(run(1), reps)
+    return timed(run(W.new), reps), timed(run(1), reps)
 
 
 def hf_torch(ids: np.ndarray, reps: int) -> tuple[float, float]:
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_embd=WIDTH,
-        vocab_size=VOCAB,
-        n_positions=64,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-    )
-    model = GPT2LMHeadModel(config).eval()
+    model = hf_torch_gpt2(W.layers, W.heads, W.width, W.vocab, 64).eval()
     x = torch.as_tensor(ids, dtype=torch.long)
     mask = torch.ones_like(x)
 
@@ -216,17 +196,18 @@ def hf_torch(ids: np.ndarray, reps: int) -> tuple[float, float]:
                     top_k=0,
                     max_new_tokens=new,
                     min_new_tokens=new,
-                    num_return_sequences=DECODES,
+                    num_return_sequences=W.decodes,
                     pad_token_id=0,
                 )
             return out[-1, -1].item()
 
         return go
 
-    return timed(run(NEW), reps), timed(run(1), reps)
+    return timed(run(W.new), reps), timed(run(1), reps)
 
 
 def main() -> None:
+    global W
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="timed runs of ours")
     parser.add_argument("--peer_reps", type=int, default=3, help="timed runs of each peer")
@@ -234,17 +215,17 @@ def main() -> None:
     parser.add_argument(
         "--skip_peers", action="store_true", help="only guided vs plain (no peers, no roofline)"
     )
+    parser.add_argument("--tiny", action="store_true", help="toy shapes (a smoke run)")
     args = parser.parse_args()
-    ids = np.random.default_rng(0).integers(1, VOCAB, size=(PROMPTS, PROMPT_LEN)).astype(np.int32)
-    peak = peak_gflops()
-    print(
-        f"machine: {os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}, peak fp32 matmul {peak:.1f} GFLOP/s"
-    )
+    W = TINY if args.tiny else RTP
+    ids = np.random.default_rng(0).integers(1, W.vocab, size=(W.prompts, W.prompt_len))
+    ids = ids.astype(np.int32)
+    peak = peak_flops() / 1e9
+    print(machine_line(peak * 1e9))
     g = guided_vs_plain(ids, args.reps, args.guidance)
     print(
         f"guided (scale {args.guidance:g}) vs plain, {args.reps} alternating calls: "
-        f"{NEW_TOKENS / g['guided_s']:.1f} vs {NEW_TOKENS / g['plain_s']:.1f} new tok/s; cost "
+        f"{W.new_tokens / g['guided_s']:.1f} vs {W.new_tokens / g['plain_s']:.1f} new tok/s; cost "
         f"per new token {g['cost']:.2f}x end to end, {g['decode_cost']:.2f}x decode only "
         "(target <= 2.2x)"
     )
@@ -259,8 +240,8 @@ def main() -> None:
     ]
     for name, fn, reps in runs:
         full, one = fn(ids, reps)
-        e2e = NEW_TOKENS / full
-        dec = PROMPTS * DECODES * (NEW - 1) / max(full - one, 1e-9)
+        e2e = W.new_tokens / full
+        dec = W.prompts * W.decodes * (W.new - 1) / max(full - one, 1e-9)
         rates[name], decode_rates[name] = e2e, dec
         print(
             f"{name:9s} end-to-end {e2e:9.1f} new tok/s ({full * 1e3:7.1f} ms)   "

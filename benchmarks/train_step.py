@@ -1,107 +1,103 @@
 """Training-step throughput: toxjax DecoderLM vs Hugging Face FlaxGPT2LMHeadModel.
 
+    python benchmarks/train_step.py [--steps 6] [--repeats 3] [--logits_chunk 64]
+    python benchmarks/train_step.py --demo      # also the demo's own step, its MFU
+    python benchmarks/train_step.py --tiny      # toy shapes: a smoke run (CI)
+
 Same shape for both (4 layers, 4 heads, width 256, vocab 8192, sequence 256, batch 8,
 fp32, dropout off, tied embeddings, learned positions), same loss (next-token
-cross-entropy). Ours is the step `toxjax train` runs (`steps.build_train_step`: AdamW
-0.9/0.95 with weight decay, global-norm clipping, the schedule, the non-finite guard); the
-peer is a `jax.jit` of value_and_grad + `optax.adamw(3e-4)` update. Also measures the
-machine's peak fp32 matmul FLOP/s in the same run.
+cross-entropy over 255 positions per row), one document per row. Like with like:
 
-    python benchmarks/train_step.py [--steps 10] [--repeats 3] [--logits_chunk 64]
+- toxjax: the step `toxjax train` runs (`steps.build_train_step`: the full recipe,
+  AdamW 0.9 / 0.95 with weight decay 0.1 masked off norms, biases and embeddings,
+  global-norm clip 1.0, warmup + cosine schedule, and the non-finite guards), with the
+  layer scan unrolled as `--scan_unroll` says (default: every layer);
+- hf-flax same chain: `jax.jit` of value_and_grad + the SAME optax chain
+  (`optim.make_optimizer` of the same `OptimizerConfig`), no guards;
+- hf-flax adamw: the same with plain `optax.adamw(3e-4)` (the wave-1 reference line).
 
-With `--logits_chunk N` our step also runs with the chunked LM head + loss
-(`ModelConfig.logits_chunk`) in the same run, interleaved.
-
-FLOPs per token for MFU: 6N + 12 * L * H * Q * T with N = non-embedding parameters plus
-the (tied) output projection, no causal halving of the attention term.
+Each contender is a jitted step fed its own previous state (ours donates it); they are
+timed interleaved, `--steps` steps per repeat after a warm-up step, medians over the
+repeats. The process keeps large freed blocks mapped (`toxjax.host_memory`, as `toxjax
+train` does on a CPU host) for every contender alike; `--default_malloc` leaves glibc's
+default. Fraction of peak: `6N + 12*L*H*Q*T` FLOPs per token (N non-embedding params
+plus the tied output projection, no causal halving) over the best same-run fp32 matmul
+rate. `--demo` adds the demo's step (models/cpu_demo.gin and the demo's batch,
+sequence, vocabulary and optimizer: `toxjax.demo.DemoConfig.full`) on packed batches.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import statistics
-import time
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if __name__ == "__main__" and "--default_malloc" not in sys.argv:  # before any jax thread
+    from toxjax import host_memory
+
+    host_memory.keep_freed_memory()
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from common import (  # noqa: E402
+    hf_flax_gpt2,
+    machine_line,
+    packed_batch,
+    peak_flops,
+    unpacked_batch,
+)
 
 from toxjax import steps  # noqa: E402
 from toxjax.model import ModelConfig  # noqa: E402
-from toxjax.optim import OptimizerConfig  # noqa: E402
+from toxjax.optim import OptimizerConfig, make_optimizer  # noqa: E402
 from toxjax.sharding import make_mesh  # noqa: E402
-from toxjax.train import measure_peak_flops  # noqa: E402
-
-LAYERS, HEADS, WIDTH, VOCAB, SEQ, BATCH = 4, 4, 256, 8192, 256, 8
 
 
-def _time_steps(step, state, batch, n):
-    state = step(state, batch)  # compile + warm-up
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        state = step(state, batch)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    layers: int
+    heads: int
+    width: int
+    vocab: int
+    seq: int  # tokens per row; the model sees seq - 1 (next-token pairs)
+    batch: int
 
 
-def ours_step(scan_layers: bool = True, logits_chunk: int | None = None):
-    """The step `toxjax train` runs (`steps.build_train_step`: the paper's AdamW recipe with
-    clipping and the schedule), on packed features with one document per row; with
-    `logits_chunk`, the chunked LM head + loss (`ModelConfig.logits_chunk`)."""
+SHAPE = Shape(4, 4, 256, 8192, 256, 8)
+TINY = Shape(2, 2, 32, 256, 33, 2)
+NUM_STEPS = 1000  # the schedule's length (its values do not change the step's cost)
+RECIPE = OptimizerConfig(learning_rate=3e-4, warmup_steps=100)  # the paper's chain
+
+
+def ours_step(shape: Shape, optimizer: OptimizerConfig, **model_kw):
+    """The step `toxjax train` builds, with its state: `(config, step, state)`."""
     cfg = ModelConfig(
-        vocab_size=VOCAB,
-        num_layers=LAYERS,
-        num_heads=HEADS,
-        embed_dim=WIDTH,
-        max_len=SEQ,
-        scan_layers=scan_layers,
-        logits_chunk=logits_chunk,
+        vocab_size=shape.vocab,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        embed_dim=shape.width,
+        max_len=shape.seq,
+        **model_kw,
     )
     ts = steps.build_train_step(
         cfg,
-        OptimizerConfig(learning_rate=3e-4, warmup_steps=0),
-        num_steps=1000,
-        batch_size=BATCH,
-        seq_len=SEQ - 1,
-        mesh=make_mesh((1, 1, 1)),
+        optimizer,
+        num_steps=NUM_STEPS,
+        batch_size=shape.batch,
+        seq_len=shape.seq - 1,
+        mesh=make_mesh((1, 1, 1), devices=jax.devices()[:1]),
     )
-
-    def step(state, ids):
-        ones = jnp.ones_like(ids[:, 1:])
-        batch = {
-            "decoder_input_tokens": ids[:, :-1],
-            "decoder_target_tokens": ids[:, 1:],
-            "decoder_loss_weights": ones,
-            "decoder_segment_ids": ones,
-            "decoder_positions": jnp.broadcast_to(jnp.arange(SEQ - 1), ones.shape),
-        }
-        return ts(state, batch)[0]
-
-    return cfg, step, ts.init(jax.random.key(0))
+    return cfg, (lambda state, batch: ts(state, batch)[0]), ts.init(jax.random.key(0))
 
 
-def peer_step():
-    from transformers import FlaxGPT2LMHeadModel, GPT2Config
-
-    cfg = GPT2Config(
-        n_layer=LAYERS,
-        n_head=HEADS,
-        n_embd=WIDTH,
-        vocab_size=VOCAB,
-        n_positions=SEQ,
-        resid_pdrop=0,
-        embd_pdrop=0,
-        attn_pdrop=0,
-    )
-    model = FlaxGPT2LMHeadModel(cfg, seed=0, dtype=jnp.float32)
-    tx = optax.adamw(3e-4)
+def peer_step(shape: Shape, tx: optax.GradientTransformation):
+    """Hugging Face FlaxGPT2LMHeadModel's step with `tx`: `(step, state)`."""
+    model = hf_flax_gpt2(shape.layers, shape.heads, shape.width, shape.vocab, shape.seq)
 
     def loss_fn(p, ids):
         logits = model(ids, params=p, train=False).logits[:, :-1]
@@ -110,22 +106,88 @@ def peer_step():
     @jax.jit
     def step(state, ids):
         p, o = state
-        _, g = jax.value_and_grad(loss_fn)(p, ids)
+        g = jax.grad(loss_fn)(p, ids)
         u, o = tx.update(g, o, p)
         return optax.apply_updates(p, u), o
 
-    return step, (model.params, tx.init(model.params))
+    return (lambda state, batch: step(state, batch["ids"])), (model.params, tx.init(model.params))
+
+
+class Contender:
+    """A step and the state it owns: each timed call feeds it its own last state (a
+    donated state must never be passed twice)."""
+
+    def __init__(self, name: str, step, state, batch, tokens: int, flops_per_step: float):
+        self.name, self.step, self.state, self.batch = name, step, state, batch
+        self.tokens, self.flops_per_step = tokens, flops_per_step
+        self.times: list[float] = []
+
+    def run(self, n: int) -> float:
+        self.state = self.step(self.state, self.batch)  # compile (first call) / warm-up
+        jax.block_until_ready(self.state)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.state = self.step(self.state, self.batch)
+            jax.block_until_ready(self.state)
+            times.append(time.perf_counter() - t)
+        self.times.append(statistics.median(times))
+        return self.times[-1]
+
+
+def demo_contender(tiny: bool, scan_unroll: int = 0) -> Contender:
+    """The demo's training step: its model gin, batch, sequence, vocabulary, optimizer
+    (with `scan_unroll` > 0, that many layers per scan iteration instead of the gin's)."""
+    import gin
+
+    from toxjax import gin_utils
+    from toxjax import train as _  # noqa: F401  (registers `train` with gin)
+    from toxjax.demo.stages import DemoConfig
+
+    cfg = DemoConfig.quick() if tiny else DemoConfig.full()
+    gin.clear_config()
+    gin_utils.parse_gin(
+        ["runs/pretrain.gin", cfg.model_gin],
+        [
+            "MODEL_DIR = 'unused'",
+            "TASK = 'unused'",
+            f"SEQUENCE_LENGTH = {cfg.sequence_length}",
+            *cfg.model_bindings,
+        ],
+    )
+    model = dataclasses.replace(ModelConfig(), vocab_size=-(-cfg.vocab_size // 128) * 128)
+    if scan_unroll:
+        model = dataclasses.replace(model, scan_unroll=scan_unroll)
+    gin.clear_config()
+    ts = steps.build_train_step(
+        model,
+        OptimizerConfig(learning_rate=cfg.learning_rate, warmup_steps=max(1, cfg.num_steps // 20)),
+        num_steps=cfg.num_steps,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.sequence_length,
+        mesh=make_mesh((1, 1, 1), devices=jax.devices()[:1]),
+    )
+    feats = packed_batch(cfg.batch_size, cfg.sequence_length, model.vocab_size, mean_doc=54)
+    batch = {k: jnp.asarray(v) for k, v in feats.items()}
+    tokens = cfg.batch_size * cfg.sequence_length
+    flops = model.train_flops_per_token(cfg.sequence_length) * tokens
+    name = f"demo {cfg.batch_size}x{cfg.sequence_length}"
+    if scan_unroll:
+        name += f" unroll {scan_unroll}"
+    step = lambda s, b: ts(s, b)[0]  # noqa: E731
+    return Contender(name, step, ts.init(jax.random.key(0)), batch, tokens, flops)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="toy shapes (a smoke run)")
     parser.add_argument(
-        "--scan_layers",
-        type=int,
-        default=1,
-        help="1: nn.scan over layers (the default); 0: unrolled blocks",
+        "--scan_layers", type=int, default=1, help="1: nn.scan over layers; 0: separate blocks"
+    )
+    parser.add_argument(
+        "--scan_unroll", type=int, default=0, help="layers per scan iteration (0: all of them)"
     )
     parser.add_argument(
         "--logits_chunk",
@@ -133,53 +195,75 @@ def main() -> None:
         default=0,
         help="N > 0: also time our step with the chunked LM head + loss (N positions)",
     )
+    parser.add_argument("--demo", action="store_true", help="also time the demo's own step")
+    parser.add_argument(
+        "--demo_scan_unroll",
+        type=int,
+        default=0,
+        help="N > 0: also time the demo's step with N layers per scan iteration",
+    )
+    parser.add_argument(
+        "--default_malloc", action="store_true", help="leave glibc's allocator settings alone"
+    )
     args = parser.parse_args()
 
-    # Both models see sequences of SEQ tokens, predicting SEQ - 1 of them.
-    ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (BATCH, SEQ)), jnp.int32)
-    cfg, ours, ours_state = ours_step(bool(args.scan_layers))
-    peer, peer_state = peer_step()
-    lean = None
+    shape = TINY if args.tiny else SHAPE
+    ids = np.random.default_rng(0).integers(0, shape.vocab, (shape.batch, shape.seq))
+    feats = {k: jnp.asarray(v) for k, v in unpacked_batch(ids).items()}
+    model_kw = {
+        "scan_layers": bool(args.scan_layers),
+        "scan_unroll": args.scan_unroll or shape.layers,
+    }
+    cfg, ours, ours_state = ours_step(shape, RECIPE, **model_kw)
+    tokens = shape.batch * (shape.seq - 1)
+    flops = cfg.train_flops_per_token(shape.seq - 1) * tokens
+    peer_batch = {"ids": jnp.asarray(ids, jnp.int32)}
+    same_chain = peer_step(shape, make_optimizer(RECIPE, NUM_STEPS))
+    plain = peer_step(shape, optax.adamw(3e-4))
+    contenders = [
+        Contender("toxjax", ours, ours_state, feats, tokens, flops),
+        Contender("hf-flax same chain", *same_chain, peer_batch, tokens, flops),
+        Contender("hf-flax adamw", *plain, peer_batch, tokens, flops),
+    ]
     if args.logits_chunk:
-        _, lean, lean_state = ours_step(bool(args.scan_layers), args.logits_chunk)
-    tokens = BATCH * (SEQ - 1)
-    flops_per_step = cfg.train_flops_per_token(SEQ - 1) * tokens
+        _, lean, lean_state = ours_step(shape, RECIPE, logits_chunk=args.logits_chunk, **model_kw)
+        name = f"toxjax chunk {args.logits_chunk}"
+        contenders.append(Contender(name, lean, lean_state, feats, tokens, flops))
+    if args.demo:
+        contenders.append(demo_contender(args.tiny))
+        if args.demo_scan_unroll:
+            contenders.append(demo_contender(args.tiny, args.demo_scan_unroll))
 
-    peaks, ours_t, peer_t, lean_t = [], [], [], []
-    for r in range(args.repeats):  # interleave so drift hits all alike
-        peaks.append(measure_peak_flops())
-        ours_t.append(_time_steps(ours, ours_state, ids, args.steps))
-        peer_t.append(_time_steps(peer, peer_state, ids, args.steps))
-        if lean is not None:
-            lean_t.append(_time_steps(lean, lean_state, ids, args.steps))
-        print(
-            f"repeat {r}: ours {ours_t[-1] * 1e3:.1f} ms/step, peer {peer_t[-1] * 1e3:.1f} "
-            + (f"ms/step, ours chunked {lean_t[-1] * 1e3:.1f} " if lean_t else "")
-            + f"ms/step, peak {peaks[-1] / 1e9:.0f} GFLOP/s",
-            flush=True,
-        )
+    peaks = []
+    for r in range(args.repeats):  # interleaved, so drift hits all alike
+        peaks.append(peak_flops())
+        for c in contenders:
+            c.run(args.steps)
+        line = ", ".join(f"{c.name} {c.times[-1] * 1e3:.1f}" for c in contenders)
+        print(f"repeat {r}: {line} ms/step; peak {peaks[-1] / 1e9:.0f} GFLOP/s", flush=True)
     peak = max(peaks)
-    ours_s, peer_s = statistics.median(ours_t), statistics.median(peer_t)
-    ours_tok, peer_tok = tokens / ours_s, tokens / peer_s
+    print(machine_line(peak))
+    print(f"{'medians':20}{'tokens/s':>10}{'ms/step':>10}{'frac peak':>11}{'/ toxjax':>10}")
+    ours_s = statistics.median(contenders[0].times)
+    for c in contenders:
+        s = statistics.median(c.times)
+        vs = f"{s / ours_s:9.2f}x" if c.tokens == tokens else f"{'-':>10}"  # same workload only
+        print(
+            f"{c.name:20}{c.tokens / s:10.0f}{s * 1e3:10.1f}{c.flops_per_step / s / peak:11.1%}{vs}"
+        )
+    print("('/ toxjax': its time per step over ours; > 1 means ours is faster)")
+    same, plain = (statistics.median(c.times) for c in contenders[1:3])
+    extra = ""
+    if args.logits_chunk:
+        extra += f" chunked_vs_whole={ours_s / statistics.median(contenders[3].times):.2f}"
+    for c in contenders:
+        if c.name.startswith("demo"):
+            key = "demo_frac_peak" + ("_unrolled" if "unroll" in c.name else "")
+            extra += f" {key}={c.flops_per_step / statistics.median(c.times) / peak:.3f}"
     print(
-        f"machine: {os.cpu_count()} cores, {jax.devices()[0].device_kind}, "
-        f"peak fp32 matmul {peak / 1e9:.0f} GFLOP/s"
-    )
-    rows = [("toxjax", ours_tok, ours_s), ("hf-flax", peer_tok, peer_s)]
-    if lean_t:
-        lean_s = statistics.median(lean_t)
-        rows.append((f"chunk {args.logits_chunk}", tokens / lean_s, lean_s))
-    print(f"{'':10}{'tokens/s':>12}{'ms/step':>10}{'frac peak':>11}")
-    for name, tok, s in rows:
-        print(f"{name:10}{tok:12.0f}{s * 1e3:10.1f}{flops_per_step / s / peak:11.1%}")
-    extra = (
-        f" chunked_tok_s={tokens / lean_s:.0f} chunked_vs_whole={ours_s / lean_s:.2f}"
-        if lean_t
-        else ""
-    )
-    print(
-        f"RESULT ours_tok_s={ours_tok:.0f} peer_tok_s={peer_tok:.0f} "
-        f"ratio={ours_tok / peer_tok:.2f} frac_peak={flops_per_step / ours_s / peak:.3f}{extra}"
+        f"RESULT ours_tok_s={tokens / ours_s:.0f} peer_tok_s={tokens / same:.0f} "
+        f"ratio={same / ours_s:.2f} ratio_plain_adamw={plain / ours_s:.2f} "
+        f"frac_peak={flops / ours_s / peak:.3f}{extra}"
     )
 
 

@@ -21,9 +21,10 @@ projection, L layers, H heads, Q head dim, T sequence, no causal halving; 989 TF
 the H100/H200 SXM dense bf16 datasheet peak. The same-run `jnp.dot` bf16 8192^3 rate is
 printed too. Timings: medians of `--steps` steps after two warm-up steps.
 
-Imports no TensorFlow, seqio or gin (the GPU machine has none): only toxjax's JAX
-modules, numpy, torch and transformers. Writes full numbers to $OUT/train_step_accel.json
-when $OUT is set. The last line is
+Imports no TensorFlow, seqio or gin (the GPU machine has none; `common.block_imports`
+makes any attempt fail): only toxjax's JAX modules, numpy, torch and transformers. Writes
+full numbers to $OUT/train_step_accel.json when $OUT is set, after every contender (a
+run stopped by a time limit keeps what it measured). The last line is
 `RESULT ours_124m_tok_s=... mfu_124m=... mfu_1_3b=... ratio_vs_torch_compile=...`.
 """
 
@@ -32,19 +33,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
-import math
 import os
-import statistics
 import sys
 import time
 import traceback
 import warnings
 
+from common import block_imports, hf_torch_gpt2, median_time, packed_batch, write_json
+
+block_imports()  # as on the GPU machine: no TensorFlow, seqio or gin
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the device
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("USE_TF", "0")  # transformers: PyTorch classes only
-os.environ.setdefault("USE_FLAX", "0")
+os.environ.setdefault("USE_FLAX", "0")  # transformers: PyTorch classes only
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -53,10 +52,11 @@ import numpy as np  # noqa: E402
 from toxjax import attention as attn  # noqa: E402
 from toxjax import sharding as sh  # noqa: E402
 from toxjax import steps  # noqa: E402
+from toxjax.flops import PEAK_FLOPS, measure_peak_flops  # noqa: E402
 from toxjax.model import ModelConfig  # noqa: E402
 from toxjax.optim import OptimizerConfig  # noqa: E402
 
-PEAK_BF16 = 989e12  # H100 / H200 SXM dense bf16, datasheet
+PEAK_BF16 = PEAK_FLOPS["NVIDIA H200"]  # H100 / H200 SXM dense bf16, datasheet
 GIB = 1024**3
 
 
@@ -84,60 +84,12 @@ TINY_SHAPES = {
 }
 
 
-# ---------------------------------------------------------------- data
-
-
-def packed_batch(shape: Shape, seed: int = 0, mean_doc: int = 300) -> dict[str, np.ndarray]:
-    """seqio-style packed decoder features: documents of random length, numbered 1, 2,
-    ... per row; inputs are the targets shifted right with 0 at each document start; a
-    quarter of the rows end in padding."""
-    rng = np.random.default_rng(seed)
-    b, t = shape.batch, shape.seq
-    feats = {k: np.zeros((b, t), np.int32) for k in ("targets", "inputs", "segments", "pos")}
-    for r in range(b):
-        end = t - (int(rng.integers(1, t // 8)) if r % 4 == 3 else 0)
-        i, s = 0, 1
-        while i < end:
-            n = min(int(rng.geometric(1.0 / mean_doc)) + 4, end - i)
-            doc = rng.integers(1, shape.vocab, n)
-            feats["targets"][r, i : i + n] = doc
-            feats["inputs"][r, i + 1 : i + n] = doc[:-1]
-            feats["segments"][r, i : i + n] = s
-            feats["pos"][r, i : i + n] = np.arange(n)
-            i, s = i + n, s + 1
-    return {
-        "decoder_input_tokens": feats["inputs"],
-        "decoder_target_tokens": feats["targets"],
-        "decoder_loss_weights": (feats["segments"] > 0).astype(np.int32),
-        "decoder_segment_ids": feats["segments"],
-        "decoder_positions": feats["pos"],
-    }
-
-
 # ---------------------------------------------------------------- helpers
 
 
-def median_time(fn, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def matmul_rate(n: int, dtype) -> float:
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: a @ b)
-    f(a, a).block_until_ready()
-    best = math.inf
-    for _ in range(10):
-        t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+def batch_for(shape: Shape, seed: int = 0, mean_doc: int = 300) -> dict[str, np.ndarray]:
+    """A packed batch of `shape` (`common.packed_batch`)."""
+    return packed_batch(shape.batch, shape.seq, shape.vocab, seed=seed, mean_doc=mean_doc)
 
 
 def model_config(shape: Shape, dtype: str, attention: str, logits_chunk: int | None):
@@ -167,7 +119,7 @@ def check_exact(impl: str, dtype, length: int, heads: int, head_dim: int) -> dic
     """`impl` against the dense reference on a packed batch: output and q/k/v gradients,
     max error relative to the largest reference value (bf16 resolution is 2^-8)."""
     shape = Shape("check", 1, heads, heads * head_dim, length, 4)
-    seg = jnp.asarray(packed_batch(shape, seed=1, mean_doc=length // 5)["decoder_segment_ids"])
+    seg = jnp.asarray(batch_for(shape, seed=1, mean_doc=length // 5)["decoder_segment_ids"])
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(x, (4, length, heads, head_dim), dtype) for x in keys[:3])
     probe = jax.random.normal(keys[3], q.shape, jnp.float32)
@@ -207,9 +159,7 @@ def run_ours(shape: Shape, dtype: str, attention: str, logits_chunk, steps_n: in
         mesh=mesh,
     )
     state = ts.init(jax.random.key(0))
-    batch = {
-        k: jax.device_put(v, ts.batch_sharding) for k, v in packed_batch(shape, seed=0).items()
-    }
+    batch = {k: jax.device_put(v, ts.batch_sharding) for k, v in batch_for(shape, seed=0).items()}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", attn.AttentionFallbackWarning)
         t0 = time.perf_counter()
@@ -233,7 +183,7 @@ def run_ours(shape: Shape, dtype: str, attention: str, logits_chunk, steps_n: in
         jax.block_until_ready(metrics["loss"])
         box["loss"] = float(metrics["loss"])
 
-    sec = median_time(one, steps_n)
+    sec = median_time(one, steps_n, warmup=2)
     tok_s = shape.batch * shape.seq / sec
     stats = jax.devices()[0].memory_stats() or {}
     loss = box.pop("loss")
@@ -256,20 +206,10 @@ def run_ours(shape: Shape, dtype: str, attention: str, logits_chunk, steps_n: in
 
 def _hf_model(shape: Shape, device):
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(
-        n_layer=shape.layers,
-        n_head=shape.heads,
-        n_embd=shape.width,
-        vocab_size=shape.vocab,
-        n_positions=shape.seq,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="sdpa",
+    model = hf_torch_gpt2(
+        shape.layers, shape.heads, shape.width, shape.vocab, shape.seq, attn_implementation="sdpa"
     )
-    model = GPT2LMHeadModel(cfg)
     got = getattr(model.config, "_attn_implementation", None)
     if got != "sdpa" and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("sdpa")  # transformers 5.x spelling
@@ -286,7 +226,7 @@ def run_torch(shape: Shape, compile_: bool, steps_n: int, bf16: bool) -> dict:
     model, impl = _hf_model(shape, device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device == "cuda")
     fwd = torch.compile(model) if compile_ else model
-    ids = torch.from_numpy(packed_batch(shape, seed=0)["decoder_target_tokens"]).long().to(device)
+    ids = torch.from_numpy(batch_for(shape, seed=0)["decoder_target_tokens"]).long().to(device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -304,7 +244,7 @@ def run_torch(shape: Shape, compile_: bool, steps_n: int, bf16: bool) -> dict:
     t0 = time.perf_counter()
     one()  # compile (torch.compile) / warm-up
     first_s = time.perf_counter() - t0
-    sec = median_time(one, steps_n)
+    sec = median_time(one, steps_n, warmup=2)
     peak = torch.cuda.max_memory_allocated() / GIB if device == "cuda" else 0.0
     return {
         "attn_implementation": impl,
@@ -320,6 +260,9 @@ def run_torch(shape: Shape, compile_: bool, steps_n: int, bf16: bool) -> dict:
 # ---------------------------------------------------------------- main
 
 
+_SAVE = [lambda: None]  # main() points it at the results file
+
+
 def _free_memory() -> None:
     gc.collect()
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
@@ -328,7 +271,9 @@ def _free_memory() -> None:
 
 def _guard(what: str, fn, *args, **kw):
     try:
-        return fn(*args, **kw)
+        result = fn(*args, **kw)
+        _SAVE[0]()  # every contender's numbers are on disk as soon as they exist
+        return result
     except Exception as e:  # one contender failing must not lose the others' numbers
         line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"  {what}: FAILED: {type(e).__name__}: {line[:300]}", flush=True)
@@ -371,11 +316,15 @@ def main(argv=None) -> int:
     models = args.models.split(",")
     results: dict = {"platform": platform, "device": jax.devices()[0].device_kind}
     results["versions"] = {"jax": jax.__version__, "python": sys.version.split()[0]}
+    ours: dict = {}
+    peers: dict = {}
+    results["ours"], results["peers"] = ours, peers
+    _SAVE[0] = lambda: write_json("train_step_accel", results)
     print(f"device: {results['device']} ({platform}), jax {jax.__version__}", flush=True)
 
     n = 512 if tiny else 8192
     mm_dtype = jnp.float32 if tiny else jnp.bfloat16
-    results["matmul_flops"] = matmul_rate(n, mm_dtype)
+    results["matmul_flops"] = measure_peak_flops(n=n, dtype=mm_dtype)
     print(
         f"same-run jnp.dot {np.dtype(mm_dtype).name} {n}^3: "
         f"{results['matmul_flops'] / 1e12:.3g} TFLOP/s",
@@ -402,7 +351,6 @@ def main(argv=None) -> int:
             errs = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_err"].items())
             print(f"exactness {impl}: {'EXACT' if r['exact'] else 'NOT EXACT'} ({errs})")
 
-    ours: dict = {}
     s124 = shapes["124m"]
     if "124m" in models:
         print(f"\n124M-shape ({s124}):", flush=True)
@@ -428,14 +376,10 @@ def main(argv=None) -> int:
             ours[f"{name}/{best}"] = _guard(
                 name, run_ours, shapes[name], dtype, best, chunk, args.steps
             )
-    results["ours"] = ours
-
-    peers: dict = {}
     if not args.no_peers and "124m" in models:
         for label, compile_ in (("torch eager+sdpa", False), ("torch.compile", True)):
             print(f"\n{label} 124M:", flush=True)
             peers[label] = _guard(label, run_torch, s124, compile_, args.steps, bf16=not tiny)
-    results["peers"] = peers
 
     # ------------------------------------------------------------ report
     peak = results["matmul_flops"] if tiny else PEAK_BF16
@@ -478,10 +422,7 @@ def main(argv=None) -> int:
         f"attention={best}"
     )
     results["result_line"] = line
-    if os.environ.get("OUT"):
-        os.makedirs(os.environ["OUT"], exist_ok=True)
-        with open(os.path.join(os.environ["OUT"], "train_step_accel.json"), "w") as f:
-            json.dump(results, f, indent=2, default=str)
+    _SAVE[0]()
     print(line, flush=True)
     return 0
 

@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compile-check": ("toxjax.compile_check", "AOT-compile a train step for a TPU topology"),
 }
 
+# Commands that train on this host: XLA:CPU's per-step scratch memory stays mapped.
+TRAINING = ("train", "demo")
+
 
 def _usage() -> str:
     lines = ["usage: toxjax <command> [args...]", "", "commands:"]
@@ -43,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toxjax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if name in TRAINING:
+        # Before TensorFlow or XLA start a thread (see toxjax/host_memory.py).
+        from toxjax import host_memory
+
+        host_memory.keep_freed_memory()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

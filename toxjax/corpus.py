@@ -12,9 +12,10 @@ import sys
 
 
 def fortune_dir() -> str:
-    """The installed fortune files' directory (inside the active environment)."""
-    for base in (sys.prefix, sys.base_prefix, "/usr"):
-        path = os.path.join(base, "share", "games", "fortune")
+    """The installed fortune files' directory: inside the active environment, or next to
+    the packages of a `pip install --target DIR` on `sys.path` (DIR/share/games/fortune)."""
+    for base in (sys.prefix, sys.base_prefix, "/usr", *sys.path):
+        path = os.path.join(base or ".", "share", "games", "fortune")
         if os.path.isdir(path):
             return path
     raise FileNotFoundError(

@@ -1,8 +1,12 @@
-"""The machine's limit, for MFU: the datasheet peak of accelerators, a measured peak on CPU.
+"""The machine's peak FLOP/s, for MFU: measured on a CPU, the datasheet on an accelerator.
 
-MFU = model FLOPs per second / peak FLOPs. Model FLOPs per token are
-`ModelConfig.train_flops_per_token` (6N + 12 * L * H * Q * T). Training, the demo and the
-benchmarks all read the peak here.
+MFU = model FLOPs per second / peak. The model's FLOPs per token come from
+`ModelConfig.train_flops_per_token` (6N + 12 * L * H * Q * T); this module gives the
+denominator. `toxjax train`, `toxjax demo` and the benchmarks all read it from here.
+
+A CPU has no datasheet number that its matmuls reach, so its peak is measured: the best
+of several jitted fp32 matmuls (a busy host measures low, so callers that report over
+time keep the best they have seen).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 
-PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
+PEAK_FLOPS = {  # dense bf16 peak per device (datasheets); a CPU is measured instead
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
     "TPU v5e": 197e12,
@@ -24,11 +29,16 @@ PEAK_FLOPS = {  # dense bf16 peak per device, for MFU; CPU is measured instead
 }
 
 
-def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
-    """Best-of-N fp32 matmul FLOP/s of one device (the CPU's practical peak)."""
-    import jax.numpy as jnp
+def measure_peak_flops(n: int = 1024, repeats: int = 10, dtype=jnp.float32, device=None) -> float:
+    """Best-of-`repeats` FLOP/s of a jitted `[n, n] @ [n, n]` matmul on one device.
 
-    a = jnp.ones((n, n), jnp.float32)
+    Args:
+      n: matrix size (1024 fp32 on a CPU; 8192 bf16 shows an accelerator's matmul rate).
+      repeats: timed runs after one warm-up run; the fastest counts.
+      dtype: the matmul's dtype.
+      device: where it runs (default: the first device).
+    """
+    a = jax.device_put(jnp.ones((n, n), dtype), device or jax.devices()[0])
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
     best = float("inf")
@@ -40,7 +50,8 @@ def measure_peak_flops(n: int = 1024, repeats: int = 10) -> float:
 
 
 def peak_flops_per_device() -> float:
-    """The datasheet peak of this accelerator (NaN when unknown), or a measured CPU peak."""
+    """One device's peak: measured fp32 on a CPU, the datasheet bf16 number elsewhere
+    (NaN for a device kind not in `PEAK_FLOPS`)."""
     device = jax.devices()[0]
     if device.platform == "cpu":
         return measure_peak_flops()

@@ -50,6 +50,12 @@ class ModelConfig:
       dtype, param_dtype: compute and parameter dtypes ("float32", "bfloat16").
       remat: "none", "dots_saveable" or "full".
       scan_layers: stack the blocks with `nn.scan` (fast compiles for deep models).
+      scan_unroll: layers per iteration of that scan; `num_layers` unrolls it into
+        straight-line code with the same stacked parameters (and initialisation). A
+        rolled scan stacks every layer's saved activations into `[layers, ...]` buffers
+        (zero-filled, written and read back each step: 40% of a 4-layer step's memory
+        traffic on CPU, docs/benchmarks.md); unrolled, XLA keeps them apart. Costs
+        compile time in proportion to depth.
       dropout_rate: dropout on attention probs, MLP and residual branches.
       attention: the attention implementation (`toxjax.attention`): "auto" picks the
         fastest exact one for the platform (splash on TPU, a fused Pallas / cuDNN
@@ -84,6 +90,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = True
+    scan_unroll: int = 1
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
@@ -114,6 +121,8 @@ class ModelConfig:
             if getattr(self, name) not in DTYPES:
                 raise ConfigError(f"ModelConfig.{name} must be one of {sorted(DTYPES)}")
         attn.check_name(self.attention)
+        if self.scan_unroll < 1:
+            raise ConfigError(f"ModelConfig.scan_unroll must be >= 1, got {self.scan_unroll}")
         if self.logits_chunk is not None and self.logits_chunk < 1:
             raise ConfigError(
                 f"ModelConfig.logits_chunk must be None or a positive number of positions, "
@@ -271,7 +280,9 @@ class DecoderLM(nn.Module):
         block = Block
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
-            block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+            # An unrolled scan is straight-line code: CSE could undo the remat there.
+            rolled = cfg.scan_layers and cfg.scan_unroll == 1
+            block = nn.remat(Block, policy=policy, prevent_cse=not rolled)
         bcfg = cfg.block_config()
         if cfg.scan_layers:
             self.blocks = nn.scan(
@@ -280,6 +291,7 @@ class DecoderLM(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
                 length=cfg.num_layers,
+                unroll=cfg.scan_unroll,
                 metadata_params={nn.PARTITION_NAME: sh.LAYERS},
             )(bcfg, self.deterministic, name="blocks")
         else:

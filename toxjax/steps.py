@@ -74,6 +74,11 @@ def all_finite(tree) -> jax.Array:
     return functools.reduce(jnp.logical_and, checks, jnp.array(True))
 
 
+def commit(finite: jax.Array, new, old):
+    """`new` where the scalar `finite` holds, else `old` (trees of the same structure)."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
 def train_step(
     state: TrainState,
     batch: Batch,
@@ -151,12 +156,8 @@ def train_step(
     # A finite loss and gradient can still give a non-finite update (an overflowing
     # learning rate): the state that is accepted, and later checkpointed, must be finite.
     finite = finite & all_finite((new_params, new_opt_state))
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_state = TrainState(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        opt_state=keep(new_opt_state, state.opt_state),
-    )
+    params, opt_state = commit(finite, (new_params, new_opt_state), (state.params, state.opt_state))
+    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
