@@ -419,7 +419,9 @@ def main() -> None:
     size = SIZES[args.size]
     n = args.prompts or size.prompts
     torch.set_num_threads(os.cpu_count() or 1)
-    from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+    # The random-weight classifier builder is test support, kept in tests/.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from fake_classifiers import make_fake_detoxify
 
     texts = corpus_texts()
     prompts = (

@@ -17,19 +17,22 @@ import argparse
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The random-weight classifier builder is test support, kept in tests/.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import torch  # noqa: E402
+from fake_classifiers import make_fake_detoxify  # noqa: E402
 
 from toxjax import corpus  # noqa: E402
 from toxjax.toxicity.detoxify_jax import DetoxifyJaxScorer  # noqa: E402
 from toxjax.toxicity.detoxify_torch import DetoxifyTorchScorer  # noqa: E402
-from toxjax.toxicity.fake_checkpoint import make_fake_detoxify  # noqa: E402
 
 RTP_TEXTS = 2_500_000  # 99,442 prompts x 25 continuations
 

@@ -414,7 +414,7 @@ def test_kill_during_the_first_batch_resumes(tmp_path, capsys):
     assert out2.read_bytes() == ref.read_bytes()
 
 
-def test_bad_paths_are_one_line_before_any_work(tmp_path):
+def test_bad_paths_are_one_line_before_any_work(tmp_path, capsys):
     from toxjax import cli
 
     src = tmp_path / "in.jsonl"
@@ -445,9 +445,14 @@ def test_bad_paths_are_one_line_before_any_work(tmp_path):
         argv = {"--input": src, "--output": tmp_path / "o" / "out.jsonl"}
         argv.update(dict(zip(extra[::2], extra[1::2], strict=True)))
         flags = [str(x) for kv in argv.items() for x in kv]
-        with pytest.raises(SystemExit) as e:
-            cli.main(["score", *flags])
-        msg = str(e.value)
+        capsys.readouterr()
+        if "--scorer" in extra or "--checkpoint" in extra:  # scorer flags: refused, exit 2
+            assert cli.main(["score", *flags]) == 2
+            msg = capsys.readouterr().err.rstrip("\n")
+        else:
+            with pytest.raises(SystemExit) as e:
+                cli.main(["score", *flags])
+            msg = str(e.value)
         assert want in msg and "\n" not in msg, (extra, msg)
     assert not (tmp_path / "o").exists()  # nothing was written for any of them
     # A missing output folder is created.

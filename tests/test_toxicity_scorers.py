@@ -5,11 +5,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from fake_classifiers import make_fake_detoxify
 
 from toxjax.toxicity import get_scorer
 from toxjax.toxicity.base import ScoreResult, max_over_windows
 from toxjax.toxicity.detoxify_torch import DetoxifyTorchScorer, load_checkpoint_dict
-from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
 from toxjax.toxicity.windows import (
     SampleWindower,
     encode_windows,
@@ -170,7 +170,7 @@ class _RunsCode:
         return (open, (self.path, "w"))
 
 
-def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path):
+def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path, capsys):
     import pickle
 
     from toxjax import cli
@@ -203,14 +203,14 @@ def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_
             f"{path}: refused to load: it holds {what}, not just weights"
         ), e.value
         assert not ran.exists()  # the code did not run
-    # Through the CLI: one line, exit code 1 (SystemExit with a message), no traceback.
+    # Through the CLI: one line, exit code 2 (refused input), no traceback.
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "hello"}\n')
     argv = ["score", "--input", str(src), "--output", str(tmp_path / "out.jsonl")]
     argv += ["--scorer", "detoxify-original", "--checkpoint", str(crafted["zip"])]
-    with pytest.raises(SystemExit) as e:
-        cli.main([*argv, "--config_dir", cfg])
-    msg = str(e.value)
+    capsys.readouterr()
+    assert cli.main([*argv, "--config_dir", cfg]) == 2
+    msg = capsys.readouterr().err.rstrip("\n")
     assert msg.startswith(
         f"toxjax score: cannot load --scorer detoxify-original: {crafted['zip']}: refused to "
         "load: it holds the Python object io.open, not just weights"

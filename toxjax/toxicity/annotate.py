@@ -37,8 +37,10 @@ from collections.abc import Iterator
 from tqdm.auto import tqdm
 
 from toxjax import fileio
+from toxjax.errors import Refused
 from toxjax.locking import LockHeldError, WriterLock
 from toxjax.toxicity import options
+from toxjax.toxicity.base import ScorerUnavailable
 from toxjax.toxicity.records import (
     Item,
     add_record_flags,
@@ -232,7 +234,10 @@ def run(args: argparse.Namespace, scorer=None) -> Progress:
         # Committed before the outputs exist (and only once the scorer loaded, so a scorer
         # that fails to load leaves nothing behind): a kill in the first batch resumes.
         prog.save(paths["progress"])
-        _annotate(args, fmt, paths, prog, scorer)
+        try:
+            _annotate(args, fmt, paths, prog, scorer)
+        except ScorerUnavailable as e:  # e.g. Perspective retired: the batch is not committed
+            raise Refused(f"{PROG}: {e}") from None
     finally:
         lock.release()
     return prog

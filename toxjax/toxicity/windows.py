@@ -64,6 +64,25 @@ def encode_windows(
     return windows, np.asarray(owner, dtype=np.int64)
 
 
+def classifier_max_length(config, tokenizer=None) -> int:
+    """Tokens per classifier window, special tokens included.
+
+    The model's absolute positions, at most 512 (RoBERTa-style models number positions
+    from `pad_token_id + 1`), and the tokenizer's `model_max_length` when lower.
+
+    Args:
+      config: the classifier's transformers config.
+      tokenizer: its tokenizer, or None.
+    """
+    n = min(int(config.max_position_embeddings), 512)
+    if config.model_type in ("roberta", "xlm-roberta"):
+        n = min(n, int(config.max_position_embeddings) - (config.pad_token_id or 0) - 1)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < n:
+        n = limit
+    return n
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One padded classifier batch.
