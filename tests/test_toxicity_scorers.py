@@ -1,5 +1,7 @@
 """Scorer interface, windowing, profanity-check and the PyTorch Detoxify path."""
 
+import json
+import os
 import random
 
 import numpy as np
@@ -239,3 +241,61 @@ def test_detoxify_format_checkpoint_loads_as_data(bert_ckpt, tmp_path):
     junk.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(ValueError, match=r"junk.ckpt: "):
         load_checkpoint_dict(checkpoint=str(junk))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_checkpoint_whose_weights_do_not_fit_is_refused(bert_ckpt, tmp_path, backend, capsys):
+    """Issue 24 item 1: missing weights were filled at random and every text scored ~0.5."""
+    from toxjax import cli
+
+    ckpt, cfg = bert_ckpt
+    loaded = load_checkpoint_dict(checkpoint=ckpt)
+    state = loaded["state_dict"]
+    bad = {
+        # no classifier head (a backbone saved on its own)
+        "headless": (
+            {k: v for k, v in state.items() if not k.startswith("classifier.")},
+            "missing 2 (classifier.bias, classifier.weight), unexpected 0; the checkpoint has "
+            "no classification head (a base model?)",
+        ),
+        # keys of another layout
+        "renamed": (
+            {k.replace("bert.encoder.", "bert.enc."): v for k, v in state.items()},
+            "missing 32 (bert.encoder.layer.0.attention.output.LayerNorm.bias, "
+            "bert.encoder.layer.0.attention.output.LayerNorm.weight, "
+            "bert.encoder.layer.0.attention.output.dense.bias, "
+            "bert.encoder.layer.0.attention.output.dense.weight, ...), unexpected 32 "
+            "(bert.enc.layer.0.attention.output.LayerNorm.bias, "
+            "bert.enc.layer.0.attention.output.LayerNorm.weight, "
+            "bert.enc.layer.0.attention.output.dense.bias, "
+            "bert.enc.layer.0.attention.output.dense.weight, ...)",
+        ),
+    }
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "you are lovely"}\n{"text": "idiot"}\n')
+    for name, (weights, what) in bad.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({**loaded, "state_dict": weights}, path)
+        out = tmp_path / f"{name}.jsonl"
+        argv = ["score", "--input", str(src), "--output", str(out), "--backend", backend]
+        argv += ["--scorer", "detoxify-original", "--checkpoint", str(path), "--config_dir", cfg]
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"toxjax score: cannot load --scorer detoxify-original: {path}: the weights do not "
+            f"fit a BertForSequenceClassification with 6 labels: {what}; refusing to score "
+            "with randomly initialised weights\n"
+        )
+        assert not out.exists()
+    # PyTorch Lightning's layout (a self-trained Detoxify: every key under `model.`) is
+    # mapped, and scores exactly as the plain checkpoint does.
+    lightning = tmp_path / "lightning.ckpt"
+    torch.save({**loaded, "state_dict": {f"model.{k}": v for k, v in state.items()}}, lightning)
+    outs = []
+    for path in (ckpt, lightning):
+        out = tmp_path / f"{os.path.basename(path)}.jsonl"
+        argv = ["score", "--input", str(src), "--output", str(out), "--backend", backend]
+        argv += ["--scorer", "detoxify-original", "--checkpoint", str(path), "--config_dir", cfg]
+        assert cli.main(argv) == 0
+        outs.append([json.loads(line)["scores"] for line in open(out)])
+    assert outs[0] == outs[1]
