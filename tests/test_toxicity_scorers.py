@@ -299,3 +299,27 @@ def test_checkpoint_whose_weights_do_not_fit_is_refused(bert_ckpt, tmp_path, bac
         assert cli.main(argv) == 0
         outs.append([json.loads(line)["scores"] for line in open(out)])
     assert outs[0] == outs[1]
+
+
+def test_windows_carry_the_special_tokens_the_tokenizer_adds(bert_ckpt):
+    """A generic `PreTrainedTokenizerFast` (a bare tokenizer.json, as some hf:DIR
+    checkpoints ship) adds nothing in `build_inputs_with_special_tokens`; windows read
+    `[CLS]` / `[SEP]` from the tokenizer's own encoding instead."""
+    import transformers
+    from tokenizers.processors import TemplateProcessing
+
+    bert = DetoxifyTorchScorer(checkpoint=bert_ckpt[0], config_dir=bert_ckpt[1]).tokenizer
+    backend = bert.backend_tokenizer
+    cls, sep = bert.cls_token_id, bert.sep_token_id
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    generic = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]"
+    )
+    assert generic.build_inputs_with_special_tokens([7, 8]) == [7, 8]  # the trap
+    for tok in (bert, generic):
+        text = "you are an idiot"
+        windows, _ = encode_windows(tok, [text, ""], 64)
+        assert windows == [tok(text)["input_ids"], [cls, sep]]
+        assert windows[0][0] == cls and windows[0][-1] == sep

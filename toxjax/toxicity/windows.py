@@ -50,7 +50,8 @@ def encode_windows(
       window `w` came from, `[num_windows]`. Every text has at least one window (an empty
       text is scored as the classifier scores the empty string).
     """
-    body = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_tokens(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
     encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
         "input_ids"
     ]
@@ -59,9 +60,29 @@ def encode_windows(
     for i, ids in enumerate(encoded):
         starts = range(0, len(ids), body) if ids else [0]
         for s in starts:
-            windows.append(tokenizer.build_inputs_with_special_tokens(ids[s : s + body]))
+            windows.append(prefix + ids[s : s + body] + suffix)
             owner.append(i)
     return windows, np.asarray(owner, dtype=np.int64)
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """`(prefix, suffix)`: the ids a tokenizer puts around one text (`[CLS]` / `[SEP]`,
+    `<s>` / `</s>`...), read from its own encoding of a probe text.
+
+    Asking the tokenizer how it encodes, rather than `build_inputs_with_special_tokens`,
+    also covers a generic `PreTrainedTokenizerFast` (a `tokenizer.json` with a template
+    post-processor), whose `build_inputs_with_special_tokens` adds nothing.
+    """
+    probe = "a b"
+    body = tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True, verbose=False)["input_ids"]
+    for at in range(len(full) - len(body) + 1):
+        if full[at : at + len(body)] == body:
+            return list(full[:at]), list(full[at + len(body) :])
+    raise ValueError(
+        f"cannot tell the special tokens of {type(tokenizer).__name__}: it encodes {probe!r} "
+        f"as {full} with special tokens and {body} without"
+    )
 
 
 def classifier_max_length(config, tokenizer=None) -> int:
