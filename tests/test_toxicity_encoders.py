@@ -49,6 +49,8 @@ ARCHS = {
     "distilbert": ("distilbert", {}),
     "deberta-v3": ("deberta-v2", DEBERTA_V3),
     "deberta-v2": ("deberta-v2", DEBERTA_V2),
+    # one layer: the conv needs every position of the (last) layer's output
+    "deberta-v2-1-layer": ("deberta-v2", dict(DEBERTA_V2, num_layers=1)),
 }
 
 

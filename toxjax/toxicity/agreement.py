@@ -122,7 +122,7 @@ def split_scorers(argv: Sequence[str]) -> tuple[list[str], list[list[str]]]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description=__doc__.split("\n\n")[0],
+        description="\n\n".join(__doc__.split("\n\n")[:2]),
         epilog="Scorer flags (repeat --scorer; options after each apply to it): "
         + _scorer_parser().format_help().split("scorer:", 1)[-1],
         formatter_class=argparse.RawDescriptionHelpFormatter,

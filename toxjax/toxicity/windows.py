@@ -30,8 +30,18 @@ from tqdm.auto import tqdm
 
 from toxjax.toxicity.base import ScoreResult
 
-# Padded lengths used when a backend wants few distinct shapes (each is one XLA compile).
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
+# Padded lengths used when a backend wants few distinct shapes (each is one XLA compile,
+# about 1.5 s for BERT-base on a CPU). Steps of 8 to 64 tokens, then 16, 32, 64: a batch
+# pads its longest window by at most a fifth (RTP continuations are ~20-40 tokens, where
+# steps of 16 would pad a 33-token batch to 48). The coarser (16, 32, 64, 128, 256, 384,
+# 512) padded 30% more tokens than per-batch padding on mixed texts, enough to make the
+# JAX path slower than PyTorch on a CPU (docs/benchmarks.md).
+DEFAULT_BUCKETS = (
+    (8, 16, 24, 32, 40, 48, 56, 64)
+    + (80, 96, 112, 128, 144, 160)
+    + (192, 224, 256, 288, 320)
+    + (384, 448, 512)
+)
 
 
 def encode_windows(

@@ -18,6 +18,7 @@ from toxjax.toxicity.encoders.layers import (
     dense,
     key_mask_bias,
     layer_norm,
+    queries,
     split_heads,
 )
 
@@ -28,23 +29,21 @@ class _AlbertAttention(nn.Module):
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, cls_only: bool = False):
         cfg = self.cfg
-        q, k, v = (
-            split_heads(cfg, dense(cfg, cfg.hidden_size, name)(x))
-            for name in ("query", "key", "value")
-        )
+        q = split_heads(cfg, dense(cfg, cfg.hidden_size, "query")(queries(x, cls_only)))
+        k, v = (split_heads(cfg, dense(cfg, cfg.hidden_size, n)(x)) for n in ("key", "value"))
         y = dense(cfg, cfg.hidden_size, "dense")(attention(cfg, q, k, v, bias))
-        return layer_norm(cfg, "LayerNorm")(x + y.astype(jnp.float32))
+        return layer_norm(cfg, "LayerNorm")(queries(x, cls_only) + y.astype(jnp.float32))
 
 
 class _AlbertLayer(nn.Module):
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, cls_only: bool = False):
         cfg = self.cfg
-        x = _AlbertAttention(cfg, name="attention")(x, bias)
+        x = _AlbertAttention(cfg, name="attention")(x, bias, cls_only)
         h = act(cfg.hidden_act)(dense(cfg, cfg.intermediate_size, "ffn")(x))
         h = dense(cfg, cfg.hidden_size, "ffn_output")(h)
         return layer_norm(cfg, "full_layer_layer_norm")(x + h.astype(jnp.float32))
@@ -61,12 +60,12 @@ class _Encoder(nn.Module):
         if cfg.arch == "albert":
             x = dense(cfg, cfg.hidden_size, "embedding_hidden_mapping_in")(x).astype(jnp.float32)
             layer = _AlbertLayer(cfg, name="albert_layer_groups_0_albert_layers_0")
-            for _ in range(cfg.num_layers):
-                x = layer(x, bias)
+            for i in range(cfg.num_layers):
+                x = layer(x, bias, cls_only=i == cfg.num_layers - 1)
             return x
         for i in range(cfg.num_layers):
-            x = Layer(cfg, name=f"layer_{i}")(x, bias)
-        return x
+            x = Layer(cfg, name=f"layer_{i}")(x, bias, cls_only=i == cfg.num_layers - 1)
+        return x  # [batch, 1, hidden]: [CLS] only
 
 
 class _Backbone(nn.Module):

@@ -34,6 +34,7 @@ from toxjax.toxicity.encoders.layers import (
     dense,
     key_mask_bias,
     layer_norm,
+    queries,
     split_heads,
 )
 
@@ -61,21 +62,23 @@ class _DisentangledSelfAttention(nn.Module):
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias, rel_emb):
+    def __call__(self, x, bias, rel_emb, cls_only: bool = False):
         cfg = self.cfg
         width = cfg.num_heads * cfg.head_dim
         proj = {n: dense(cfg, width, n) for n in ("query_proj", "key_proj", "value_proj")}
-        q, k, v = (split_heads(cfg, proj[n](x)) for n in ("query_proj", "key_proj", "value_proj"))
+        q = split_heads(cfg, proj["query_proj"](queries(x, cls_only)))
+        k, v = (split_heads(cfg, proj[n](x)) for n in ("key_proj", "value_proj"))
+        nq = q.shape[1]
         terms = cfg.pos_att_type
         scale = 1.0 / math.sqrt(cfg.head_dim * (1 + len(terms)))
         extra = None
         if cfg.relative_attention and terms:
             n, span = x.shape[1], cfg.att_span
             rel = relative_positions(n, cfg.position_buckets, cfg.max_relative_positions)
-            c2p_idx = jnp.asarray(np.clip(rel + span, 0, 2 * span - 1))  # [q, k]
-            p2c_idx = jnp.asarray(np.clip(-rel + span, 0, 2 * span - 1))  # [k, q] after .T
+            c2p_idx = jnp.asarray(np.clip(rel + span, 0, 2 * span - 1)[:nq])  # [q, k]
+            p2c_idx = jnp.asarray(np.clip(-rel + span, 0, 2 * span - 1)[:, :nq])  # [k, q]
             extra = 0.0
-            rows = (x.shape[0], cfg.num_heads, n, n)
+            rows = (x.shape[0], cfg.num_heads, nq, n)
             if "c2p" in terms:
                 pk = proj["key_proj"] if cfg.share_att_key else dense(cfg, width, "pos_key_proj")
                 pos_key = split_heads(cfg, pk(rel_emb))  # [2 span, heads, dim]
@@ -101,7 +104,7 @@ class _DisentangledSelfAttention(nn.Module):
                     preferred_element_type=jnp.float32,
                 )
                 # [b, h, key, query] gathered at r'(key, query), then keys to the last axis.
-                idx = jnp.broadcast_to(p2c_idx, rows)
+                idx = jnp.broadcast_to(p2c_idx, (x.shape[0], cfg.num_heads, n, nq))
                 extra = extra + jnp.swapaxes(jnp.take_along_axis(p2c, idx, axis=-1), -1, -2) * scale
         return attention(cfg, q, k, v, bias, scale=scale, extra=extra)
 
@@ -143,7 +146,10 @@ class _Encoder(nn.Module):
         bias = key_mask_bias(mask)
         embedded = x
         for i in range(cfg.num_layers):
-            x = Layer(cfg, _DisentangledSelfAttention, name=f"layer_{i}")(x, bias, rel_emb)
+            # The last layer computes [CLS] only, unless the conv still needs every position.
+            last = i == cfg.num_layers - 1 and not (i == 0 and cfg.conv_kernel_size > 0)
+            layer = Layer(cfg, _DisentangledSelfAttention, name=f"layer_{i}")
+            x = layer(x, bias, rel_emb, cls_only=last)
             if i == 0 and cfg.conv_kernel_size > 0:
                 x = _ConvLayer(cfg, name="conv")(embedded, x, mask)
         return x

@@ -20,6 +20,7 @@ from toxjax.toxicity.encoders.layers import (
     dense,
     key_mask_bias,
     layer_norm,
+    queries,
     split_heads,
 )
 
@@ -28,12 +29,10 @@ class _Attention(nn.Module):
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, cls_only: bool = False):
         cfg = self.cfg
-        q, k, v = (
-            split_heads(cfg, dense(cfg, cfg.hidden_size, name)(x))
-            for name in ("q_lin", "k_lin", "v_lin")
-        )
+        q = split_heads(cfg, dense(cfg, cfg.hidden_size, "q_lin")(queries(x, cls_only)))
+        k, v = (split_heads(cfg, dense(cfg, cfg.hidden_size, n)(x)) for n in ("k_lin", "v_lin"))
         return dense(cfg, cfg.hidden_size, "out_lin")(attention(cfg, q, k, v, bias))
 
 
@@ -51,10 +50,10 @@ class _Block(nn.Module):
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, cls_only: bool = False):
         cfg = self.cfg
-        sa = _Attention(cfg, name="attention")(x, bias).astype(jnp.float32)
-        x = layer_norm(cfg, "sa_layer_norm")(sa + x)
+        sa = _Attention(cfg, name="attention")(x, bias, cls_only).astype(jnp.float32)
+        x = layer_norm(cfg, "sa_layer_norm")(sa + queries(x, cls_only))
         y = _Ffn(cfg, name="ffn")(x).astype(jnp.float32)
         return layer_norm(cfg, "output_layer_norm")(y + x)
 
@@ -64,9 +63,10 @@ class _Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, bias):
+        last = self.cfg.num_layers - 1
         for i in range(self.cfg.num_layers):
-            x = _Block(self.cfg, name=f"layer_{i}")(x, bias)
-        return x
+            x = _Block(self.cfg, name=f"layer_{i}")(x, bias, cls_only=i == last)
+        return x  # [batch, 1, hidden]: [CLS] only
 
 
 class _Backbone(nn.Module):

@@ -89,18 +89,26 @@ def attention(
     return ctx.reshape(b, n, h * d)
 
 
+def queries(x: jax.Array, cls_only: bool) -> jax.Array:
+    """The positions a layer computes outputs for: all, or only `[CLS]` (position 0).
+
+    A sequence classifier reads only `[CLS]` of the last layer, so that layer's queries,
+    attention output and feed-forward run for position 0 alone (keys and values still
+    cover every token): the same logits, about 1/3 of one layer's work instead of all.
+    """
+    return x[:, :1] if cls_only else x
+
+
 class SelfAttention(nn.Module):
     """BERT's `attention.self`: query/key/value projections and softmax attention."""
 
     cfg: EncoderConfig
 
     @nn.compact
-    def __call__(self, x, bias):
+    def __call__(self, x, bias, cls_only: bool = False):
         cfg = self.cfg
-        q, k, v = (
-            split_heads(cfg, dense(cfg, cfg.hidden_size, name)(x))
-            for name in ("query", "key", "value")
-        )
+        q = split_heads(cfg, dense(cfg, cfg.hidden_size, "query")(queries(x, cls_only)))
+        k, v = (split_heads(cfg, dense(cfg, cfg.hidden_size, n)(x)) for n in ("key", "value"))
         return attention(cfg, q, k, v, bias)
 
 
@@ -125,15 +133,18 @@ class Intermediate(nn.Module):
 
 class Layer(nn.Module):
     """A post-LayerNorm transformer layer, `attention.{self,output}`, `intermediate`,
-    `output`; `attention_cls` computes `attention.self` (BERT's, or DeBERTa's)."""
+    `output`; `attention_cls` computes `attention.self` (BERT's, or DeBERTa's).
+    `cls_only`: outputs for position 0 only (see `queries`)."""
 
     cfg: EncoderConfig
     attention_cls: type = SelfAttention
 
     @nn.compact
-    def __call__(self, x, bias, *args):
+    def __call__(self, x, bias, *args, cls_only: bool = False):
         cfg = self.cfg
-        ctx = Attention(cfg, self.attention_cls, name="attention")(x, bias, *args)
+        ctx = Attention(cfg, self.attention_cls, name="attention")(
+            x, bias, *args, cls_only=cls_only
+        )
         return AddNorm(cfg, name="output")(Intermediate(cfg, name="intermediate")(ctx), ctx)
 
 
@@ -142,9 +153,9 @@ class Attention(nn.Module):
     attention_cls: type
 
     @nn.compact
-    def __call__(self, x, bias, *args):
-        ctx = self.attention_cls(self.cfg, name="self")(x, bias, *args)
-        return AddNorm(self.cfg, name="output")(ctx, x)
+    def __call__(self, x, bias, *args, cls_only: bool = False):
+        ctx = self.attention_cls(self.cfg, name="self")(x, bias, *args, cls_only=cls_only)
+        return AddNorm(self.cfg, name="output")(ctx, queries(x, cls_only))
 
 
 class Embeddings(nn.Module):
