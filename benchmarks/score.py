@@ -16,8 +16,9 @@ itself when installed and `--path detoxify`), and a per-text loop of it (`--loop
 Texts (`--mix`): `short`, RealToxicityPrompts continuations (8 to 20 words, about 20
 GPT-2 tokens); `mixed`, 3 to 200 words. Cut from the embedded fortune corpus when it is
 installed, else from a fixed word list. Every path scores the same texts; medians over
-`--reps` timed passes after a warm-up pass (for JAX a full pass: it compiles every
-bucket shape). Scores are checked against each other before anything is timed.
+`--reps` timed passes, interleaved (pass r of every contender before pass r + 1 of
+any), after a warm-up pass (for JAX a full pass: it compiles every bucket shape).
+Scores are checked against each other before anything is timed.
 
 `--gpu` (default on a GPU backend): BERT-base in bfloat16 (`dtype="bfloat16"`, and the
 torch peers in bf16 autocast on CUDA), `--texts 100000` short texts, target >= 20,000
@@ -222,14 +223,20 @@ def main() -> None:
         t = time.perf_counter()
         fn(batch if warm_texts is None else batch[:warm_texts])
         warm[name] = time.perf_counter() - t
-    for name, (fn, _) in contenders.items():
-        batch = texts[: args.loop_texts] if name == "loop" else texts
-        times = []
-        for _ in range(1 if name == "loop" else args.reps):
+    # Interleaved: rep r of every contender runs before rep r + 1 of any, so a shared
+    # machine's load drifts over all of them alike; medians over reps.
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for rep in range(args.reps):
+        for name, (fn, _) in contenders.items():
+            if name == "loop" and rep:
+                continue  # slow: once
+            batch = texts[: args.loop_texts] if name == "loop" else texts
             t = time.perf_counter()
             fn(batch)
-            times.append(time.perf_counter() - t)
-        rates[name] = len(batch) / statistics.median(times)
+            times[name].append(time.perf_counter() - t)
+    for name in contenders:
+        size = args.loop_texts if name == "loop" else len(texts)
+        rates[name] = size / statistics.median(times[name])
         print(f"{name:>13}: {rates[name]:10,.1f} texts/s (warm-up {warm[name]:.1f} s)", flush=True)
     lens = sorted(len(ids) for ids in tokenizer(texts[:5000])["input_ids"])
     print(
