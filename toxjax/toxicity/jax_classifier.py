@@ -46,14 +46,15 @@ _MAX_DEVICE_TOKENS = 2**18
 def device_batch(cfg: EncoderConfig, mesh: Mesh) -> tuple[int, int]:
     """`(tokens_per_batch, max_rows)` sized to the mesh's devices.
 
-    CPU takes PyTorch's batches (8,192 tokens, at most 128 rows): larger ones gain no
-    matmul speed there and pad more, since a length-sorted batch spans more lengths. An accelerator gets the largest power of two of tokens whose activations (a
+    CPU takes the PyTorch path's batches (`WindowedClassifier`'s 16,384 tokens, at most
+    512 rows: a short text's batch is then 512 rows, where 128 left the two CPU cores
+    waiting on each other between small matmuls). An accelerator gets the largest power of two of tokens whose activations (a
     rough per-token bound: Q/K/V/context, the feed-forward and 512-key attention rows,
     float32) fit a quarter of its memory, at most 2**18, per device on `data`.
     """
     device = mesh.devices.flat[0]
     if device.platform == "cpu":
-        return 8192, 128
+        return 16384, 512
     try:
         limit = int((device.memory_stats() or {}).get("bytes_limit", 16 * 2**30))
     except Exception:  # a backend without memory statistics: assume a 16 GiB device
@@ -84,7 +85,8 @@ class JaxClassifier(WindowedClassifier):
       dtype: `"float32"` (scores as PyTorch's to 1e-4) or `"bfloat16"`.
       buckets: padded lengths (each a separate compile).
       **kwargs: batching options of `WindowedClassifier`; `tokens_per_batch` and
-        `max_rows` default to `device_batch` (sized to the device).
+        `max_rows` default to `device_batch` (sized to the device), `chunk_texts` to
+        8 batches' rows (at least 8,192).
     """
 
     def __init__(
@@ -133,6 +135,9 @@ class JaxClassifier(WindowedClassifier):
         tokens, max_rows = device_batch(self.config, mesh)
         kwargs.setdefault("tokens_per_batch", tokens)
         kwargs.setdefault("max_rows", max_rows)
+        # Length-sorted chunks of several batches each: a batch then spans few lengths
+        # (an accelerator's 8,192-row batch would otherwise be a whole 8,192-text chunk).
+        kwargs.setdefault("chunk_texts", max(8192, 8 * kwargs["max_rows"]))
         super().__init__(name, tokenizer, attributes, max_length, **kwargs)
 
     def _dispatch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> jax.Array:

@@ -150,8 +150,10 @@ def length_sorted_batches(
         short windows go in wide batches and long ones in narrow batches.
       max_rows: upper bound on rows per batch.
       buckets: if set, lengths are padded up to the next bucket (a few static shapes for
-        jit) and row counts are powers of two times `row_multiple`; otherwise each batch
-        is padded to its own longest window (best for eager PyTorch).
+        jit) and row counts are powers of two times `row_multiple` (a tail of `n` windows
+        goes in batches of the powers of two that sum to it, so no batch carries more
+        than `row_multiple - 1` padding rows); otherwise each batch is padded to its own
+        longest window (best for eager PyTorch).
       row_multiple: rows are padded to a multiple of this (the device count, so a batch
         splits evenly over the mesh's data axis).
 
@@ -170,13 +172,15 @@ def length_sorted_batches(
         rows = max(1, min(max_rows, tokens_per_batch // max(length, 1)))
         if buckets:
             rows = _round_up(1 << (rows.bit_length() - 1), row_multiple)  # power of two
-            fits = order[i : i + rows]
-            # Take only windows that fit this bucket; the next batch opens the next bucket.
-            fits = fits[lengths[fits] <= length]
-            take = len(fits)
-            if take < rows:  # tail of a bucket: shrink rows to a power of two that holds it
-                small = _round_up(1 << max(take - 1, 0).bit_length(), row_multiple)
-                rows = min(rows, small)
+            left = len(order) - i
+            if left < rows:
+                # The tail: the largest power of two of rows it fills, the rest in smaller
+                # batches after it, so padding rows stay under `row_multiple` however few
+                # windows are left (the shapes are the same powers of two either way).
+                groups = left // row_multiple
+                rows = (1 << (groups.bit_length() - 1)) * row_multiple if groups else row_multiple
+            # Sorted longest first: every window after i fits the bucket of window i.
+            take = min(rows, left)
         else:
             take = min(rows, len(order) - i)
             rows = _round_up(take, row_multiple)
@@ -220,8 +224,8 @@ class WindowedClassifier:
         tokenizer,
         class_names: Sequence[str],
         max_length: int = 512,
-        tokens_per_batch: int = 8192,
-        max_rows: int = 128,
+        tokens_per_batch: int = 16384,
+        max_rows: int = 512,
         progress: bool = False,
         chunk_texts: int = 8192,
     ):
@@ -257,13 +261,23 @@ class WindowedClassifier:
         """Scores every classifier window: `([num_windows, num_classes], owner)`.
 
         `owner[w]` is the index in `texts` of window `w`'s text; windows are in text
-        order.
+        order. One batch stays in flight across chunk boundaries too, so an asynchronous
+        device is never left idle while the host cuts the next chunk's batches.
         """
         if not len(texts):
             return np.zeros((0, len(self.attributes)), np.float32), np.zeros((0,), np.int64)
         chunks = [texts[i : i + self.chunk_texts] for i in range(0, len(texts), self.chunk_texts)]
         parts, owners = [], []
         pad_id = self.tokenizer.pad_token_id or 0
+        in_flight = None
+
+        def collect(flight):
+            probs, share, batch, handle = flight
+            out = self._fetch(handle)
+            real = batch.index >= 0
+            probs[batch.index[real]] = out[real]
+            bar.update(float(share[batch.index[real]].sum()))
+
         with (
             ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool,
             tqdm(total=len(texts), unit="text", disable=not self.progress, desc=self.name) as bar,
@@ -275,33 +289,25 @@ class WindowedClassifier:
                     pending = pool.submit(
                         encode_windows, self.tokenizer, chunks[c + 1], self.max_length
                     )
-                parts.append(self._score_windows(windows, owner, pad_id, bar))
+                probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
+                share = 1.0 / np.bincount(owner)[owner]  # progress counts texts, not windows
+                parts.append(probs)
                 owners.append(owner + c * self.chunk_texts)
-        return np.concatenate(parts), np.concatenate(owners)
-
-    def _score_windows(self, windows, owner: np.ndarray, pad_id: int, bar) -> np.ndarray:
-        """`[num_windows, num_classes]` probabilities, one batch in flight ahead."""
-        probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
-        share = 1.0 / np.bincount(owner)[owner]  # progress counts texts, not windows
-        in_flight = None
-
-        def collect(flight):
-            batch, handle = flight
-            out = self._fetch(handle)
-            real = batch.index >= 0
-            probs[batch.index[real]] = out[real]
-            bar.update(float(share[batch.index[real]].sum()))
-
-        for batch in length_sorted_batches(
-            windows, pad_id, self.tokens_per_batch, self.max_rows, self.buckets, self.row_multiple
-        ):
-            handle = self._dispatch(batch.input_ids, batch.attention_mask)
+                for batch in length_sorted_batches(
+                    windows,
+                    pad_id,
+                    self.tokens_per_batch,
+                    self.max_rows,
+                    self.buckets,
+                    self.row_multiple,
+                ):
+                    handle = self._dispatch(batch.input_ids, batch.attention_mask)
+                    if in_flight is not None:
+                        collect(in_flight)
+                    in_flight = (probs, share, batch, handle)
             if in_flight is not None:
                 collect(in_flight)
-            in_flight = (batch, handle)
-        if in_flight is not None:
-            collect(in_flight)
-        return probs
+        return np.concatenate(parts), np.concatenate(owners)
 
     def score(self, texts: Sequence[str]) -> list[ScoreResult]:
         results: list[ScoreResult | None] = [None] * len(texts)
