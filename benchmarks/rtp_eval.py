@@ -35,6 +35,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 
@@ -148,8 +149,8 @@ def ours(args, size, vocab, prompts, ckpt, cfg_dir, workdir) -> dict:
 
     from toxjax import decode
     from toxjax.evaluation import toxicity as tox
-    from toxjax.evaluation.prompts import load_prompts
     from toxjax.evaluation.lm import ModelLM
+    from toxjax.evaluation.prompts import load_prompts
     from toxjax.model import CACHE_BATCH_AXIS, DecoderLM, ModelConfig
     from toxjax.toxicity.detoxify_jax import DetoxifyJaxScorer
 
@@ -359,7 +360,9 @@ def main() -> None:
     size = SIZES[args.size]
     n = args.prompts or size.prompts
     torch.set_num_threads(os.cpu_count() or 1)
-    from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+    # The random-weight classifier builder is test support, kept in tests/.
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from fake_classifiers import make_fake_detoxify
 
     texts = fortune_texts()
     prompts = (

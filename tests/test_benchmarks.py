@@ -101,7 +101,7 @@ def test_rtp_eval_tiny(tmp_path):
 @pytest.mark.slow
 def test_score_smallest_setting():
     args = ("--texts", "8", "--loop_texts", "2", "--reps", "1")
-    assert "ratio" in _result(_run(_py("score.py", *args)))
+    assert "jax_vs_torch" in _result(_run(_py("score.py", *args)))
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def fake_checkpoint(monkeypatch, tmp_path):
 
 
 def test_eval_commands_and_report(tmp_path, fake_checkpoint):
-    from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+    from fake_classifiers import make_fake_detoxify
 
     detox_ckpt, detox_cfg = make_fake_detoxify(
         str(tmp_path / "detox"), ["you are nice", "what an idiot", "hello there"]

@@ -414,7 +414,7 @@ def test_kill_during_the_first_batch_resumes(tmp_path, capsys):
     assert out2.read_bytes() == ref.read_bytes()
 
 
-def test_bad_paths_are_one_line_before_any_work(tmp_path):
+def test_bad_paths_are_one_line_before_any_work(tmp_path, capsys):
     from toxjax import cli
 
     src = tmp_path / "in.jsonl"
@@ -448,6 +448,7 @@ def test_bad_paths_are_one_line_before_any_work(tmp_path):
         with pytest.raises(SystemExit) as e:
             cli.main(["score", *flags])
         msg = str(e.value)
+        assert e.value.code == 2, (extra, e.value.code)  # refused: exit 2
         assert want in msg and "\n" not in msg, (extra, msg)
     assert not (tmp_path / "o").exists()  # nothing was written for any of them
     # A missing output folder is created.

@@ -1,4 +1,6 @@
-"""Detoxify in JAX: parity with PyTorch Detoxify, other backbones, data-sharded batches."""
+"""Detoxify in JAX: parity with PyTorch Detoxify, data-sharded batches, strict conversion.
+
+Every other architecture's parity is in test_toxicity_encoders.py."""
 
 import random
 
@@ -8,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from fake_classifiers import make_fake_detoxify
 from jax.sharding import Mesh
 
 from toxjax.toxicity import get_scorer
-from toxjax.toxicity.detoxify_jax import DetoxifyClassifier, EncoderConfig, params_from_torch
-from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
+from toxjax.toxicity.encoders import EncoderConfig, params_from_torch
 
 WORDS = "the cat sat on a mat and you are an idiot what lovely day hate love people never".split()
 
@@ -82,55 +84,6 @@ def test_jax_matches_pytorch_detoxify(arch, tmp_path):
     assert 0 < np.abs(got_bf16 - want).max() <= 3e-2
 
 
-@pytest.mark.parametrize(
-    "config_cls,model_cls,kw",
-    [
-        (
-            transformers.AlbertConfig,
-            transformers.AlbertForSequenceClassification,
-            dict(embedding_size=16, num_labels=6),
-        ),
-        (
-            transformers.XLMRobertaConfig,
-            transformers.XLMRobertaForSequenceClassification,
-            dict(
-                max_position_embeddings=66,
-                num_labels=16,
-                pad_token_id=1,
-                type_vocab_size=1,
-                layer_norm_eps=1e-5,
-            ),
-        ),
-    ],
-)
-def test_albert_and_xlmr_match_pytorch(config_cls, model_cls, kw):
-    torch.manual_seed(0)
-    base = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=100,
-        max_position_embeddings=64,
-        initializer_range=0.3,
-    )
-    model = model_cls(config_cls(**{**base, **kw})).eval()
-    ids = torch.randint(3, 100, (4, 20))
-    mask = torch.ones_like(ids)
-    mask[1, 12:] = 0
-    mask[3, 5:] = 0
-    ids = ids.masked_fill(mask == 0, model.config.pad_token_id)
-    with torch.no_grad():
-        want = torch.sigmoid(model(input_ids=ids, attention_mask=mask).logits).numpy()
-    cfg = EncoderConfig.from_hf(model.config)
-    params = params_from_torch(model.state_dict(), cfg)
-    got = DetoxifyClassifier(cfg).apply(
-        {"params": params}, jnp.asarray(ids.numpy()), jnp.asarray(mask.numpy())
-    )
-    assert want.std() > 0.05
-    assert np.abs(np.asarray(got) - want).max() <= 1e-4
-
-
 def test_layout_mismatch_names_the_keys():
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(
@@ -146,5 +99,10 @@ def test_layout_mismatch_names_the_keys():
     cfg = EncoderConfig.from_hf(model.config)
     state = model.state_dict()
     state.pop("classifier.bias")
-    with pytest.raises(ValueError, match="missing \\['classifier/bias'\\]"):
-        params_from_torch(state, cfg)
+    state["classifier.extra"] = state["classifier.weight"]
+    with pytest.raises(ValueError) as e:
+        params_from_torch(state, cfg, "x.ckpt")
+    assert str(e.value) == (
+        "x.ckpt: the weights do not fit a bert classifier: missing 1 (classifier.bias), "
+        "unexpected 1 (classifier.extra); refusing to score with randomly initialised weights"
+    )

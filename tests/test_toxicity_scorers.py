@@ -1,15 +1,17 @@
 """Scorer interface, windowing, profanity-check and the PyTorch Detoxify path."""
 
+import json
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
+from fake_classifiers import make_fake_detoxify
 
 from toxjax.toxicity import get_scorer
 from toxjax.toxicity.base import ScoreResult, max_over_windows
 from toxjax.toxicity.detoxify_torch import DetoxifyTorchScorer, load_checkpoint_dict
-from toxjax.toxicity.fake_checkpoint import make_fake_detoxify
 from toxjax.toxicity.windows import (
     SampleWindower,
     encode_windows,
@@ -70,6 +72,7 @@ def test_length_sorted_batches_cover_each_window_once():
             if buckets:
                 assert b.input_ids.shape[1] in buckets
             real = b.index[b.index >= 0]
+            assert b.input_ids.shape[0] - len(real) < multiple  # no padding row beyond that
             seen += real.tolist()
             assert (b.attention_mask.sum(1)[: len(real)] == [len(windows[i]) for i in real]).all()
             assert (b.attention_mask[len(real) :] == 0).all()
@@ -170,7 +173,7 @@ class _RunsCode:
         return (open, (self.path, "w"))
 
 
-def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path):
+def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path, capsys):
     import pickle
 
     from toxjax import cli
@@ -203,14 +206,14 @@ def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_
             f"{path}: refused to load: it holds {what}, not just weights"
         ), e.value
         assert not ran.exists()  # the code did not run
-    # Through the CLI: one line, exit code 1 (SystemExit with a message), no traceback.
+    # Through the CLI: one line, exit code 2 (refused input), no traceback.
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "hello"}\n')
     argv = ["score", "--input", str(src), "--output", str(tmp_path / "out.jsonl")]
     argv += ["--scorer", "detoxify-original", "--checkpoint", str(crafted["zip"])]
-    with pytest.raises(SystemExit) as e:
-        cli.main([*argv, "--config_dir", cfg])
-    msg = str(e.value)
+    capsys.readouterr()
+    assert cli.main([*argv, "--config_dir", cfg]) == 2
+    msg = capsys.readouterr().err.rstrip("\n")
     assert msg.startswith(
         f"toxjax score: cannot load --scorer detoxify-original: {crafted['zip']}: refused to "
         "load: it holds the Python object io.open, not just weights"
@@ -239,3 +242,85 @@ def test_detoxify_format_checkpoint_loads_as_data(bert_ckpt, tmp_path):
     junk.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(ValueError, match=r"junk.ckpt: "):
         load_checkpoint_dict(checkpoint=str(junk))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_checkpoint_whose_weights_do_not_fit_is_refused(bert_ckpt, tmp_path, backend, capsys):
+    """Issue 24 item 1: missing weights were filled at random and every text scored ~0.5."""
+    from toxjax import cli
+
+    ckpt, cfg = bert_ckpt
+    loaded = load_checkpoint_dict(checkpoint=ckpt)
+    state = loaded["state_dict"]
+    bad = {
+        # no classifier head (a backbone saved on its own)
+        "headless": (
+            {k: v for k, v in state.items() if not k.startswith("classifier.")},
+            "missing 2 (classifier.bias, classifier.weight), unexpected 0; the checkpoint has "
+            "no classification head (a base model?)",
+        ),
+        # keys of another layout
+        "renamed": (
+            {k.replace("bert.encoder.", "bert.enc."): v for k, v in state.items()},
+            "missing 32 (bert.encoder.layer.0.attention.output.LayerNorm.bias, "
+            "bert.encoder.layer.0.attention.output.LayerNorm.weight, "
+            "bert.encoder.layer.0.attention.output.dense.bias, "
+            "bert.encoder.layer.0.attention.output.dense.weight, ...), unexpected 32 "
+            "(bert.enc.layer.0.attention.output.LayerNorm.bias, "
+            "bert.enc.layer.0.attention.output.LayerNorm.weight, "
+            "bert.enc.layer.0.attention.output.dense.bias, "
+            "bert.enc.layer.0.attention.output.dense.weight, ...)",
+        ),
+    }
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "you are lovely"}\n{"text": "idiot"}\n')
+    for name, (weights, what) in bad.items():
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({**loaded, "state_dict": weights}, path)
+        out = tmp_path / f"{name}.jsonl"
+        argv = ["score", "--input", str(src), "--output", str(out), "--backend", backend]
+        argv += ["--scorer", "detoxify-original", "--checkpoint", str(path), "--config_dir", cfg]
+        capsys.readouterr()
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == (
+            f"toxjax score: cannot load --scorer detoxify-original: {path}: the weights do not "
+            f"fit a BertForSequenceClassification with 6 labels: {what}; refusing to score "
+            "with randomly initialised weights\n"
+        )
+        assert not out.exists()
+    # PyTorch Lightning's layout (a self-trained Detoxify: every key under `model.`) is
+    # mapped, and scores exactly as the plain checkpoint does.
+    lightning = tmp_path / "lightning.ckpt"
+    torch.save({**loaded, "state_dict": {f"model.{k}": v for k, v in state.items()}}, lightning)
+    outs = []
+    for path in (ckpt, lightning):
+        out = tmp_path / f"{os.path.basename(path)}.jsonl"
+        argv = ["score", "--input", str(src), "--output", str(out), "--backend", backend]
+        argv += ["--scorer", "detoxify-original", "--checkpoint", str(path), "--config_dir", cfg]
+        assert cli.main(argv) == 0
+        outs.append([json.loads(line)["scores"] for line in open(out)])
+    assert outs[0] == outs[1]
+
+
+def test_windows_carry_the_special_tokens_the_tokenizer_adds(bert_ckpt):
+    """A generic `PreTrainedTokenizerFast` (a bare tokenizer.json, as some hf:DIR
+    checkpoints ship) adds nothing in `build_inputs_with_special_tokens`; windows read
+    `[CLS]` / `[SEP]` from the tokenizer's own encoding instead."""
+    import transformers
+    from tokenizers.processors import TemplateProcessing
+
+    bert = DetoxifyTorchScorer(checkpoint=bert_ckpt[0], config_dir=bert_ckpt[1]).tokenizer
+    backend = bert.backend_tokenizer
+    cls, sep = bert.cls_token_id, bert.sep_token_id
+    backend.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    generic = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]"
+    )
+    assert generic.build_inputs_with_special_tokens([7, 8]) == [7, 8]  # the trap
+    for tok in (bert, generic):
+        text = "you are an idiot"
+        windows, _ = encode_windows(tok, [text, ""], 64)
+        assert windows == [tok(text)["input_ids"], [cls, sep]]
+        assert windows[0][0] == cls and windows[0][-1] == sep

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": ("toxjax.evaluation.report", "gather metrics of several runs into tables and a plot"),
     "demo": ("toxjax.demo", "end-to-end demo on the embedded corpus"),
+    "scorers": ("toxjax.toxicity.agreement", "how far scorers agree with a reference score"),
     "compile-check": ("toxjax.compile_check", "AOT-compile a train step for a TPU topology"),
 }
 
@@ -51,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         from toxjax import host_memory
 
         host_memory.keep_freed_memory()
+    from toxjax.errors import Refused
+
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except Refused as e:  # bad input: one line, exit 2 (a crash exits 1)
+        print(e, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

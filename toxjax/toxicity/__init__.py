@@ -4,7 +4,11 @@ Backends (`get_scorer(name, **kw)`):
 - `"profanity-check"`: the offline default, alt-profanity-check's linear profanity model.
 - `"detoxify-<model>"` for model in original, unbiased, multilingual, original-small,
   unbiased-small: Detoxify, with `backend="torch"` (default) or `backend="jax"`.
-- `"perspective"`: the Perspective API (key from `$PERSPECTIVE_API_KEY`).
+- `"perspective"`: the Perspective API (key from `$PERSPECTIVE_API_KEY`; retired at the
+  end of 2026, see `perspective.RETIREMENT_DATE`).
+- `"hf:DIR"`: any local transformers sequence classifier (`toxjax.toxicity.hf`), with
+  `backend="torch"` (every architecture) or `"jax"` (`toxjax.toxicity.encoders`), and
+  `label=` the output scored as toxicity.
 
 `toxjax score` (`toxjax.toxicity.annotate`) writes a scored corpus; `toxjax.toxicity.beam`
 runs the same annotation as an Apache Beam pipeline.
@@ -24,11 +28,12 @@ def get_scorer(name: str, **kw) -> Scorer:
     """Builds a scorer by name.
 
     Args:
-      name: one of `SCORER_NAMES`.
+      name: one of `SCORER_NAMES`, or `hf:DIR`.
       **kw: backend options. Detoxify: `backend` ("torch" or "jax"), `checkpoint`,
         `config_dir`, `tokens_per_batch`, `max_rows`, `progress`, `chunk_texts`,
-        (torch) `device`, `num_threads`, (jax) `mesh`, `precision`, `dtype`. Perspective: see `PerspectiveScorer`.
-        profanity-check: `batch_size`.
+        (torch) `device`, `num_threads`, (jax) `mesh`, `precision`, `dtype`.
+        `hf:DIR`: `label`, `backend` and the same batching and backend options.
+        Perspective: see `PerspectiveScorer`. profanity-check: `batch_size`.
 
     Returns:
       A `Scorer`.
@@ -37,6 +42,10 @@ def get_scorer(name: str, **kw) -> Scorer:
         from toxjax.toxicity.profanity import ProfanityCheckScorer
 
         return ProfanityCheckScorer(**kw)
+    if name.startswith("hf:"):
+        from toxjax.toxicity import hf
+
+        return hf.build(hf.directory_of(name), **kw)
     if name == "perspective":
         from toxjax.toxicity.perspective import PerspectiveScorer
 
@@ -53,4 +62,4 @@ def get_scorer(name: str, **kw) -> Scorer:
 
             return DetoxifyJaxScorer(model=model, **kw)
         raise ValueError(f"backend must be 'torch' or 'jax', got {backend!r}")
-    raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORER_NAMES)}")
+    raise ValueError(f"unknown scorer {name!r}; choose one of {', '.join(SCORER_NAMES)}, or hf:DIR")

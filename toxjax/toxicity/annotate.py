@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from toxjax import fileio
 from toxjax.locking import LockHeldError, UnsafeLockError, WriterLock
 from toxjax.toxicity import options
+from toxjax.toxicity.base import ScorerUnavailable
 from toxjax.toxicity.progress import Progress, ResumeRefused, open_progress
 from toxjax.toxicity.records import (
     TFDS_PREFIX,
@@ -242,7 +243,10 @@ def run(args: argparse.Namespace, scorer=None) -> Progress:
         # that fails to load leaves nothing behind): a kill in the first batch resumes.
         with _writing(paths["progress"], prog.records):
             prog.save(paths["progress"])
-        _annotate(args, fmt, paths, prog, scorer)
+        try:
+            _annotate(args, fmt, paths, prog, scorer)
+        except ScorerUnavailable as e:  # e.g. Perspective retired: the batch is not committed
+            raise ScoreExit(f"{PROG}: {e}") from None
     finally:
         lock.release()
     return prog

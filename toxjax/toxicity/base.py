@@ -48,6 +48,14 @@ class ScoreResult:
         return cls(scores=None, error=error)
 
 
+class ScorerUnavailable(ValueError):
+    """The scorer can score nothing more (e.g. a retired API): the run stops, one line.
+
+    Unlike a failed text (a `ScoreResult.failed`), this ends the command; what was
+    committed before stays, and a resumable output resumes once a scorer is available.
+    """
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """A toxicity backend: a batch of texts in, one `ScoreResult` per text out.

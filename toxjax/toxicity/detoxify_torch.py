@@ -12,13 +12,12 @@ fetched.
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
-import numpy as np
-
-from toxjax.toxicity import DETOXIFY_MODELS
-from toxjax.toxicity.windows import WindowedClassifier
+from toxjax.toxicity import DETOXIFY_MODELS, weights
+from toxjax.toxicity.torch_classifier import TorchClassifier, strict_from_pretrained
+from toxjax.toxicity.weights import torch_load_data
+from toxjax.toxicity.windows import classifier_max_length
 
 # Detoxify renames these Jigsaw labels so that every model reports the same names.
 _RENAME = {
@@ -51,40 +50,6 @@ def check_local_files(checkpoint: str | None, config_dir: str | None) -> None:
         )
 
 
-def _torch_load(load, source: str) -> dict:
-    """Runs a `torch.load`-like `load()` that reads plain data only, with one-line errors.
-
-    `weights_only=True` unpickles tensors and plain containers and refuses everything
-    else, so a crafted checkpoint cannot run code while it loads (Detoxify's own loader
-    uses `weights_only=False`).
-    """
-    import pickle
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # its protocol note would be a second line
-            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
-            return load()
-    except pickle.UnpicklingError as e:
-        text = " ".join(str(e).split())
-        if "Weights only load failed" not in text:  # not a pickle at all
-            raise ValueError(f"{source}: not a readable torch checkpoint ({text})") from None
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        detail = re.search(r"WeightsUnpickler error: (.+?)(?: Check the documentation|$)", text)
-        what = (
-            f"the Python object {found.group(1)}"
-            if found
-            else f"pickle instructions beyond plain data ({detail.group(1) if detail else '?'})"
-        )
-        raise ValueError(
-            f"{source}: refused to load: it holds {what}, not just weights, and unpickling it "
-            "could run code; a Detoxify checkpoint is a dict of plain config values and "
-            "tensors ({'config': ..., 'state_dict': ...}); load only files you trust"
-        ) from None
-    except RuntimeError as e:  # not a torch file at all (truncated, wrong format)
-        raise ValueError(f"{source}: not a readable torch checkpoint ({e})") from None
-
-
 def load_checkpoint_dict(model: str = "original", checkpoint: str | None = None) -> dict:
     """Reads a Detoxify checkpoint dict (`{"config": ..., "state_dict": ...}`), data only.
 
@@ -106,12 +71,12 @@ def load_checkpoint_dict(model: str = "original", checkpoint: str | None = None)
         if model not in MODEL_URLS:
             raise ValueError(f"unknown Detoxify model {model!r}; choose one of {DETOXIFY_MODELS}")
         url = MODEL_URLS[model]
-        return _torch_load(
+        return torch_load_data(
             lambda: torch.hub.load_state_dict_from_url(url, map_location="cpu", weights_only=True),
             url,
         )
     check_local_files(checkpoint, None)
-    loaded = _torch_load(
+    loaded = torch_load_data(
         lambda: torch.load(checkpoint, map_location="cpu", weights_only=True), checkpoint
     )
     if not isinstance(loaded, dict) or "config" not in loaded or "state_dict" not in loaded:
@@ -126,16 +91,26 @@ def class_names_of(loaded: dict) -> list[str]:
     return [_RENAME.get(c, c) for c in loaded["config"]["dataset"]["args"]["classes"]]
 
 
-def build_model_and_tokenizer(loaded: dict, config_dir: str | None = None) -> tuple[Any, Any]:
+def build_model_and_tokenizer(
+    loaded: dict, config_dir: str | None = None, checkpoint: str | None = None
+) -> tuple[Any, Any]:
     """Builds the Hugging Face classifier and a fast tokenizer from a checkpoint dict.
+
+    The weights must fit the classifier exactly (`torch_classifier.strict_from_pretrained`):
+    Lightning's `model.` prefix is mapped, any other missing, unexpected or wrongly shaped
+    weight is refused, never filled at random.
 
     Args:
       loaded: the checkpoint dict.
       config_dir: local directory with the backbone's `config.json` and tokenizer files;
         when given, nothing is fetched from the hub (this is the offline path).
+      checkpoint: the checkpoint's path, for messages.
 
     Returns:
       `(model, tokenizer)`, the model in eval mode on CPU.
+
+    Raises:
+      weights.WeightsMismatch: the weights do not fit (one line naming the keys).
     """
     import transformers
 
@@ -152,10 +127,18 @@ def build_model_and_tokenizer(loaded: dict, config_dir: str | None = None) -> tu
     config = model_class.config_class.from_pretrained(
         source, num_labels=args["num_classes"], local_files_only=local
     )
-    model = model_class.from_pretrained(
-        pretrained_model_name_or_path=None, config=config, state_dict=loaded["state_dict"]
+    state = loaded["state_dict"]
+    # A self-trained Detoxify is a Lightning module holding the classifier as `self.model`.
+    names = weights.normalize_keys(state)
+    state = {names[k]: v for k, v in state.items()}
+    model = strict_from_pretrained(
+        model_class,
+        checkpoint or "the Detoxify checkpoint",
+        f"a {args['model_name']} with {args['num_classes']} labels",
+        pretrained_model_name_or_path=None,
+        config=config,
+        state_dict=state,
     )
-    model.eval()
     # The fast twin of Detoxify's (slow) tokenizer: same ids, much faster, and it can
     # tokenize a multi-megabyte document.
     name = args["tokenizer_name"]
@@ -164,7 +147,7 @@ def build_model_and_tokenizer(loaded: dict, config_dir: str | None = None) -> tu
     return model, tokenizer
 
 
-class DetoxifyTorchScorer(WindowedClassifier):
+class DetoxifyTorchScorer(TorchClassifier):
     """A Detoxify model run with PyTorch.
 
     Args:
@@ -187,27 +170,18 @@ class DetoxifyTorchScorer(WindowedClassifier):
         num_threads: int | None = None,
         **kwargs,
     ):
-        import torch
-
-        if num_threads:
-            torch.set_num_threads(num_threads)
         loaded = load_checkpoint_dict(model, checkpoint)
-        self.model, tokenizer = build_model_and_tokenizer(loaded, config_dir)
-        self.model.to(device)
-        self.device = device
-        max_length = min(int(self.model.config.max_position_embeddings), 512)
-        if self.model.config.model_type in ("roberta", "xlm-roberta"):
-            max_length = min(max_length, self.model.config.max_position_embeddings - 2)
+        classifier, tokenizer = build_model_and_tokenizer(loaded, config_dir, checkpoint)
+        names = class_names_of(loaded)
         super().__init__(
-            f"detoxify-{model}", tokenizer, class_names_of(loaded), max_length, **kwargs
+            f"detoxify-{model}",
+            classifier,
+            tokenizer,
+            names,
+            range(len(names)),
+            "sigmoid",
+            classifier_max_length(classifier.config),
+            device=device,
+            num_threads=num_threads,
+            **kwargs,
         )
-
-    def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            logits = self.model(
-                input_ids=torch.from_numpy(input_ids).long().to(self.device),
-                attention_mask=torch.from_numpy(attention_mask).long().to(self.device),
-            ).logits
-            return torch.sigmoid(logits).float().cpu().numpy()

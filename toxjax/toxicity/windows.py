@@ -30,8 +30,18 @@ from tqdm.auto import tqdm
 
 from toxjax.toxicity.base import ScoreResult
 
-# Padded lengths used when a backend wants few distinct shapes (each is one XLA compile).
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
+# Padded lengths used when a backend wants few distinct shapes (each is one XLA compile,
+# about 1.5 s for BERT-base on a CPU). Steps of 8 to 64 tokens, then 16, 32, 64: a batch
+# pads its longest window by at most a fifth (RTP continuations are ~20-40 tokens, where
+# steps of 16 would pad a 33-token batch to 48). The coarser (16, 32, 64, 128, 256, 384,
+# 512) padded 30% more tokens than per-batch padding on mixed texts, enough to make the
+# JAX path slower than PyTorch on a CPU (docs/benchmarks.md).
+DEFAULT_BUCKETS = (
+    (8, 16, 24, 32, 40, 48, 56, 64)
+    + (80, 96, 112, 128, 144, 160)
+    + (192, 224, 256, 288, 320)
+    + (384, 448, 512)
+)
 
 
 def encode_windows(
@@ -50,7 +60,8 @@ def encode_windows(
       window `w` came from, `[num_windows]`. Every text has at least one window (an empty
       text is scored as the classifier scores the empty string).
     """
-    body = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    prefix, suffix = special_tokens(tokenizer)
+    body = max_length - len(prefix) - len(suffix)
     encoded = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
         "input_ids"
     ]
@@ -59,9 +70,48 @@ def encode_windows(
     for i, ids in enumerate(encoded):
         starts = range(0, len(ids), body) if ids else [0]
         for s in starts:
-            windows.append(tokenizer.build_inputs_with_special_tokens(ids[s : s + body]))
+            windows.append(prefix + ids[s : s + body] + suffix)
             owner.append(i)
     return windows, np.asarray(owner, dtype=np.int64)
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """`(prefix, suffix)`: the ids a tokenizer puts around one text (`[CLS]` / `[SEP]`,
+    `<s>` / `</s>`...), read from its own encoding of a probe text.
+
+    Asking the tokenizer how it encodes, rather than `build_inputs_with_special_tokens`,
+    also covers a generic `PreTrainedTokenizerFast` (a `tokenizer.json` with a template
+    post-processor), whose `build_inputs_with_special_tokens` adds nothing.
+    """
+    probe = "a b"
+    body = tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True, verbose=False)["input_ids"]
+    for at in range(len(full) - len(body) + 1):
+        if full[at : at + len(body)] == body:
+            return list(full[:at]), list(full[at + len(body) :])
+    raise ValueError(
+        f"cannot tell the special tokens of {type(tokenizer).__name__}: it encodes {probe!r} "
+        f"as {full} with special tokens and {body} without"
+    )
+
+
+def classifier_max_length(config, tokenizer=None) -> int:
+    """Tokens per classifier window, special tokens included.
+
+    The model's absolute positions, at most 512 (RoBERTa-style models number positions
+    from `pad_token_id + 1`), and the tokenizer's `model_max_length` when lower.
+
+    Args:
+      config: the classifier's transformers config.
+      tokenizer: its tokenizer, or None.
+    """
+    n = min(int(config.max_position_embeddings), 512)
+    if config.model_type in ("roberta", "xlm-roberta"):
+        n = min(n, int(config.max_position_embeddings) - (config.pad_token_id or 0) - 1)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < n:
+        n = limit
+    return n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +150,10 @@ def length_sorted_batches(
         short windows go in wide batches and long ones in narrow batches.
       max_rows: upper bound on rows per batch.
       buckets: if set, lengths are padded up to the next bucket (a few static shapes for
-        jit) and row counts are powers of two times `row_multiple`; otherwise each batch
-        is padded to its own longest window (best for eager PyTorch).
+        jit) and row counts are powers of two times `row_multiple` (a tail of `n` windows
+        goes in batches of the powers of two that sum to it, so no batch carries more
+        than `row_multiple - 1` padding rows); otherwise each batch is padded to its own
+        longest window (best for eager PyTorch).
       row_multiple: rows are padded to a multiple of this (the device count, so a batch
         splits evenly over the mesh's data axis).
 
@@ -120,13 +172,15 @@ def length_sorted_batches(
         rows = max(1, min(max_rows, tokens_per_batch // max(length, 1)))
         if buckets:
             rows = _round_up(1 << (rows.bit_length() - 1), row_multiple)  # power of two
-            fits = order[i : i + rows]
-            # Take only windows that fit this bucket; the next batch opens the next bucket.
-            fits = fits[lengths[fits] <= length]
-            take = len(fits)
-            if take < rows:  # tail of a bucket: shrink rows to a power of two that holds it
-                small = _round_up(1 << max(take - 1, 0).bit_length(), row_multiple)
-                rows = min(rows, small)
+            left = len(order) - i
+            if left < rows:
+                # The tail: the largest power of two of rows it fills, the rest in smaller
+                # batches after it, so padding rows stay under `row_multiple` however few
+                # windows are left (the shapes are the same powers of two either way).
+                groups = left // row_multiple
+                rows = (1 << (groups.bit_length() - 1)) * row_multiple if groups else row_multiple
+            # Sorted longest first: every window after i fits the bucket of window i.
+            take = min(rows, left)
         else:
             take = min(rows, len(order) - i)
             rows = _round_up(take, row_multiple)
@@ -170,8 +224,8 @@ class WindowedClassifier:
         tokenizer,
         class_names: Sequence[str],
         max_length: int = 512,
-        tokens_per_batch: int = 8192,
-        max_rows: int = 128,
+        tokens_per_batch: int = 16384,
+        max_rows: int = 512,
         progress: bool = False,
         chunk_texts: int = 8192,
     ):
@@ -207,13 +261,23 @@ class WindowedClassifier:
         """Scores every classifier window: `([num_windows, num_classes], owner)`.
 
         `owner[w]` is the index in `texts` of window `w`'s text; windows are in text
-        order.
+        order. One batch stays in flight across chunk boundaries too, so an asynchronous
+        device is never left idle while the host cuts the next chunk's batches.
         """
         if not len(texts):
             return np.zeros((0, len(self.attributes)), np.float32), np.zeros((0,), np.int64)
         chunks = [texts[i : i + self.chunk_texts] for i in range(0, len(texts), self.chunk_texts)]
         parts, owners = [], []
         pad_id = self.tokenizer.pad_token_id or 0
+        in_flight = None
+
+        def collect(flight):
+            probs, share, batch, handle = flight
+            out = self._fetch(handle)
+            real = batch.index >= 0
+            probs[batch.index[real]] = out[real]
+            bar.update(float(share[batch.index[real]].sum()))
+
         with (
             ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool,
             tqdm(total=len(texts), unit="text", disable=not self.progress, desc=self.name) as bar,
@@ -225,33 +289,25 @@ class WindowedClassifier:
                     pending = pool.submit(
                         encode_windows, self.tokenizer, chunks[c + 1], self.max_length
                     )
-                parts.append(self._score_windows(windows, owner, pad_id, bar))
+                probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
+                share = 1.0 / np.bincount(owner)[owner]  # progress counts texts, not windows
+                parts.append(probs)
                 owners.append(owner + c * self.chunk_texts)
-        return np.concatenate(parts), np.concatenate(owners)
-
-    def _score_windows(self, windows, owner: np.ndarray, pad_id: int, bar) -> np.ndarray:
-        """`[num_windows, num_classes]` probabilities, one batch in flight ahead."""
-        probs = np.zeros((len(windows), len(self.attributes)), dtype=np.float32)
-        share = 1.0 / np.bincount(owner)[owner]  # progress counts texts, not windows
-        in_flight = None
-
-        def collect(flight):
-            batch, handle = flight
-            out = self._fetch(handle)
-            real = batch.index >= 0
-            probs[batch.index[real]] = out[real]
-            bar.update(float(share[batch.index[real]].sum()))
-
-        for batch in length_sorted_batches(
-            windows, pad_id, self.tokens_per_batch, self.max_rows, self.buckets, self.row_multiple
-        ):
-            handle = self._dispatch(batch.input_ids, batch.attention_mask)
+                for batch in length_sorted_batches(
+                    windows,
+                    pad_id,
+                    self.tokens_per_batch,
+                    self.max_rows,
+                    self.buckets,
+                    self.row_multiple,
+                ):
+                    handle = self._dispatch(batch.input_ids, batch.attention_mask)
+                    if in_flight is not None:
+                        collect(in_flight)
+                    in_flight = (probs, share, batch, handle)
             if in_flight is not None:
                 collect(in_flight)
-            in_flight = (batch, handle)
-        if in_flight is not None:
-            collect(in_flight)
-        return probs
+        return np.concatenate(parts), np.concatenate(owners)
 
     def score(self, texts: Sequence[str]) -> list[ScoreResult]:
         results: list[ScoreResult | None] = [None] * len(texts)
