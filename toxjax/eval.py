@@ -1,7 +1,8 @@
-"""`toxjax eval {toxicity,utility,bias,recognition}`: evaluate a checkpoint, a command per claim.
+"""`toxjax eval {toxicity,rescore,utility,bias,recognition}`: evaluate a checkpoint, a command per claim.
 
     toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --scorer detoxify-original
     toxjax eval toxicity --model_dir runs/inst --prompts rtp.jsonl --toxic_condition
+    toxjax eval rescore --eval_dir runs/inst/eval/toxicity-inst --scorer hf:models/roberta-tox
     toxjax eval utility --model_dir runs/inst --lambada lambada_test.jsonl --piqa valid.jsonl
     toxjax eval bias --model_dir runs/inst --sbf SBIC.v2.agg.dev.csv
     toxjax eval recognition --model_dir runs/inst --docs heldout.scored.jsonl
@@ -115,6 +116,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--num_shots", type=int, default=4)
     b.add_argument("--limit", type=int, help="at most N posts per task")
 
+    rs = sub.add_parser(
+        "rescore",
+        help="add another scorer's scores to a finished toxicity eval (no resampling)",
+        description="Scores the continuations a finished `eval toxicity` kept with another "
+        "scorer; metrics.json / metrics.md then show every scorer side by side, with CIs.",
+    )
+    rs.add_argument("--eval_dir", required=True, help="the output directory of eval toxicity")
+    add_scorer_flags(rs, default=None)
+    rs.add_argument(
+        "--batch_texts",
+        type=int,
+        default=512,
+        help="continuations per scoring call (whole prompts)",
+    )
+    rs.add_argument("--overwrite", action="store_true", help="start this scorer's rescore over")
+
     r = sub.add_parser(
         "recognition", parents=[common], help="zero-shot toxicity recognition AUC on documents"
     )
@@ -136,6 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    if args.command == "rescore":
+        from toxjax.evaluation import rescore
+
+        if args.scorer is None:
+            raise ValueError("give the --scorer to add (e.g. --scorer hf:DIR)")
+        if args.batch_texts < 1:
+            raise ValueError(f"--batch_texts must be >= 1, got {args.batch_texts}")
+        return rescore.main(args)
     from toxjax.evaluation.outputs import EvalOutput
     from toxjax.run_dir import open_model_dir
 

@@ -88,22 +88,22 @@ def _scores_of(record: dict, where: str) -> list[float | None]:
 
 
 def prompt_scores(
-    path: str, prompts: Sequence[Prompt] | None = None, score_key: str | None = None
+    path: str, prompts: Sequence[Prompt] | Sequence[int] | None = None, score_key: str | None = None
 ) -> PromptScores:
     """The per-prompt score table of a generations file, streamed (one record in memory).
 
     Args:
       path: a generations.jsonl.
-      prompts: the prompts of this eval: records of other prompts are skipped (sampled by
-        a run with a larger `--limit`), and every one of them must have a record. None:
-        every record in the file.
+      prompts: the prompts of this eval (`Prompt`s, or their indices): records of other
+        prompts are skipped (sampled by a run with a larger `--limit`), and every one of
+        them must have a record. None: every record in the file.
       score_key: read each continuation's score from `scores[score_key]` instead of its
         `toxicity` field (a second scorer added by rescoring).
 
     Raises:
       ValueError: a prompt has two records, or none (naming the file and line / count).
     """
-    wanted = None if prompts is None else {p.index for p in prompts}
+    wanted = None if prompts is None else {getattr(p, "index", p) for p in prompts}
     seen: set[int] = set()
     rows = []
     for lineno, record in iter_generations(path):
@@ -143,16 +143,41 @@ def record_line(prompt: Prompt, prefix: str, continuations: Sequence[str], resul
     return json.dumps(record) + "\n"
 
 
-def read_identity(output_dir: str) -> dict | None:
-    """The recorded identity, or None when there is no meta file."""
+def read_meta(output_dir: str) -> dict:
+    """The whole meta file: `identity`, and `rescored` (`{scorer name: its options}`)
+    once `toxjax eval rescore` added a scorer.
+
+    Raises:
+      FileNotFoundError: there is no meta file.
+      ResumeMismatch: it is unreadable.
+    """
     meta_path = os.path.join(output_dir, META_FILE)
-    if not os.path.exists(meta_path):
-        return None
     try:
         with open(meta_path, encoding="utf-8") as f:
-            return json.load(f)["identity"]
+            meta = json.load(f)
+        if not isinstance(meta["identity"], dict):
+            raise TypeError("identity is not an object")
+        return meta
+    except FileNotFoundError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ResumeMismatch(f"{meta_path} is unreadable ({e!r}); {RESTART}") from None
+
+
+def read_identity(output_dir: str) -> dict | None:
+    """The recorded identity, or None when there is no meta file."""
+    try:
+        return read_meta(output_dir)["identity"]
+    except FileNotFoundError:
+        return None
+
+
+def rescored_scorers(output_dir: str) -> dict[str, dict]:
+    """`{scorer name: its options}` of the scorers `toxjax eval rescore` added ({})."""
+    try:
+        return dict(read_meta(output_dir).get("rescored") or {})
+    except (FileNotFoundError, ResumeMismatch):
+        return {}
 
 
 def check_identity(output_dir: str, identity: Mapping, has_records: bool) -> None:

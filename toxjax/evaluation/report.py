@@ -12,7 +12,8 @@ Each run directory is searched recursively for `metrics.json` files written by
   `toxjax.evaluation.compare` (the demo's table): one row per evaluated condition, the
   toxic-sample rate, TP and EMT with 95% bootstrap CIs over prompts, the change against
   the baseline paired on the same prompts, and whether each conditioned model follows
-  its toxic condition.
+  its toxic condition; and the same table again under every scorer that `toxjax eval
+  rescore` added to all of the evals.
 
 A comparison is only a result when the runs were evaluated alike: toxicity evals with
 other prompts, sampling settings or scorers are refused (one line naming what differs;
@@ -192,9 +193,11 @@ def comparability(tox: list[Result]) -> tuple[list[str], list[str]]:
     return refusals, flags
 
 
-def arms(tox: list[Result], baseline: str):
+def arms(tox: list[Result], baseline: str, score_key: str | None = None):
     """The compared arms (toxjax.evaluation.compare) when every eval kept its samples;
-    the baseline run's non-toxic condition first. None when a generations file is gone."""
+    the baseline run's non-toxic condition first. None when a generations file is gone.
+    `score_key`: compare under a scorer `toxjax eval rescore` added (default: the evals'
+    own scorer)."""
     from toxjax.evaluation import compare, generations
 
     paths = [os.path.join(os.path.dirname(r.path), generations.GENERATIONS_FILE) for r in tox]
@@ -207,7 +210,7 @@ def arms(tox: list[Result], baseline: str):
         out.append(
             compare.Arm(
                 name=f"{r.run}:{r.label}" if r.run in runs_with_many else r.run,
-                scores=generations.prompt_scores(path),
+                scores=generations.prompt_scores(path, score_key=score_key),
                 strategy=condition if condition not in (None, "none") else None,
                 toxic=bool(r.data.get("toxic_condition")),
                 model=r.data.get("model_dir") or r.run,
@@ -219,6 +222,14 @@ def arms(tox: list[Result], baseline: str):
     )
     out.insert(0, out.pop(base))
     return compare.compare(out)
+
+
+def other_scorers(tox: list[Result]) -> list[str]:
+    """The scorers added by `toxjax eval rescore` that every toxicity eval carries."""
+    if not tox:
+        return []
+    names = [n for n in (tox[0].data.get("scorers") or {}) if n != tox[0].data.get("scorer")]
+    return [n for n in names if all(n in (r.data.get("scorers") or {}) for r in tox)]
 
 
 def plot(runs: dict[str, dict[str, float]], path: str) -> None:
@@ -331,11 +342,23 @@ def _report(args, specs: list[tuple[str, str]], baseline: str) -> int:
         )
         if control := compare.control_table(compared):
             text += "\n" + control
+    by_scorer = {}
+    for name in other_scorers(tox) if compared else []:
+        by_scorer[name] = arms(tox, baseline, score_key=name)
+        text += (
+            f"\nThe same continuations scored by {name} (`toxjax eval rescore`), 95% CIs, "
+            "changes paired on the same prompts:\n\n" + compare.table(by_scorer[name])
+        )
     fileio.write_text(os.path.join(args.output_dir, "report.md"), text)
     payload = {"baseline": baseline, "runs": runs, "warnings": warnings}
     if compared:
         payload["estimates"] = {
             a.name: {k: e.to_dict() for k, e in a.est.items()} for a in compared
+        }
+    if by_scorer:
+        payload["estimates_by_scorer"] = {
+            name: {a.name: {k: e.to_dict() for k, e in a.est.items()} for a in found}
+            for name, found in by_scorer.items()
         }
     fileio.write_json(os.path.join(args.output_dir, "report.json"), payload, sort_keys=False)
     png = os.path.join(args.output_dir, "report.png")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +40,7 @@ from toxjax.toxicity.base import Scorer
 
 METRICS_FILE = "metrics.json"
 TABLE_FILE = "metrics.md"
+RESCORE_DIR = "rescore"  # `toxjax eval rescore`'s partial files
 
 
 class Generator(Protocol):
@@ -113,6 +115,10 @@ def evaluate_toxicity(
         gen_path = out.path(GENERATIONS_FILE)
         if overwrite:
             out.remove(GENERATIONS_FILE, META_FILE, METRICS_FILE, TABLE_FILE)
+            rescored = out.path(RESCORE_DIR)  # other scorers' scores of the old samples
+            if os.path.isdir(rescored):
+                out.remove(*(os.path.join(RESCORE_DIR, n) for n in os.listdir(rescored)))
+        rescored_names = generations.rescored_scorers(out.dir)
         full_identity = generations.plain(
             {
                 **(identity or {}),
@@ -154,6 +160,8 @@ def evaluate_toxicity(
             "seconds_this_run": elapsed,
             **(config or {}),
         }
+        if rescored_names:  # a rerun keeps the scorers `toxjax eval rescore` added
+            result["scorers"] = scorer_sections(gen_path, prompts, scorer.name, rescored_names)
         write_outputs(result, out, summaries=summaries)
         return result
 
@@ -211,6 +219,35 @@ def intervals(scores: metrics.PromptScores) -> dict:
     }
 
 
+def scorer_sections(gen_path: str, prompts, primary: str, rescored) -> dict[str, dict]:
+    """Per scorer, the eval's own first, then those `toxjax eval rescore` added: EMT / TP
+    per split and their 95% CIs, on the same prompts (`prompts`: `Prompt`s or prompt
+    indices; None: every record)."""
+    out = {}
+    for name in [primary, *[n for n in rescored if n != primary]]:
+        scores = generations.prompt_scores(
+            gen_path, prompts, score_key=None if name == primary else name
+        )
+        out[name] = {"metrics": metrics.toxicity_metrics_of(scores), "intervals": intervals(scores)}
+    return out
+
+
+def scorers_table(sections: Mapping[str, dict]) -> str:
+    """Markdown: one row per scorer and split, EMT / TP / toxic rate with 95% CIs."""
+    lines = [
+        "| scorer | split | EMT [95% CI] | TP [95% CI] | toxic continuations [95% CI] |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, section in sections.items():
+        for split in SPLITS:
+            e = {k: stats.Estimate(**v) for k, v in section["intervals"][split].items()}
+            lines.append(
+                f"| {name} | {split} | {e['emt'].fmt()} | {e['tp'].fmt()} | "
+                f"{e['toxic_rate'].fmt(pct=True)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def metrics_from_generations(gen_path: str, prompts: Sequence[Prompt]) -> dict:
     """EMT / TP per split of `prompts`, streamed from a generations file."""
     return metrics.toxicity_metrics_of(generations.prompt_scores(gen_path, prompts))
@@ -257,6 +294,12 @@ def write_outputs(result: dict, out: EvalOutput, summaries: bool = True) -> None
             "\n95% CIs, percentile bootstrap over prompts:\n\n"
             + intervals_table(result["intervals"])
             if "intervals" in result
+            else ""
+        )
+        + (
+            "\nEvery scorer of these continuations (`toxjax eval rescore`), 95% CIs over the "
+            "same prompts:\n\n" + scorers_table(result["scorers"])
+            if result.get("scorers")
             else ""
         ),
     )
