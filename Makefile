@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install demo test test-pythons which-python lint bench clean
+.PHONY: install demo test test-slow test-pythons which-python lint bench clean
 
 $(BIN)/toxjax: pyproject.toml
 	@test -n "$(PY)" || { echo "make: no python3.11, 3.12 or 3.13 runs here; install one (toxjax supports 3.11-3.13) or pass PY=/path/to/python" >&2; exit 2; }
@@ -26,8 +26,14 @@ install: $(BIN)/toxjax
 demo: install
 	$(BIN)/toxjax demo $(ARGS)
 
+# The default suite leaves out the tests marked slow (whole demos, benchmarks, kill -9
+# resumes, exports): `make test-slow` runs those, `make test MARK=` everything.
+MARK ?= not slow
 test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q $(if $(MARK),-m "$(MARK)") $(ARGS)
+
+test-slow:
+	$(MAKE) --no-print-directory test MARK=slow
 
 # The suite once per supported Python that runs here, each in its own .venv-3.x.
 test-pythons:

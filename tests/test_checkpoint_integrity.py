@@ -104,6 +104,7 @@ def _steps(model_dir) -> list[int]:
     return sorted(int(p) for p in os.listdir(model_dir) if p.isdigit())
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_skipped_and_never_trained_from(tmp_path, capfd):
     run = tmp_path / "run"
     straight = gin_train(run, *COMMON)

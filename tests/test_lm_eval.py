@@ -322,6 +322,7 @@ def test_bad_input_is_one_line_exit_2(model_args, metadata, message, tmp_path, c
     assert len(err) == 1 and message.format(tmp=tmp_path) in err[0], err
 
 
+@pytest.mark.slow
 def test_a_toxjax_run_is_served_under_its_own_condition(local_tasks, tmp_path, monkeypatch):
     """A run trained with INST: by default every context reads after INST's non-toxic
     instruction (as `toxjax eval utility`), `condition=none` drops it."""

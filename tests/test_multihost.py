@@ -151,6 +151,7 @@ def _two_host_reference(monkeypatch, model_dir, *extra_bindings):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_train_one_model(tmp_path, monkeypatch):
     import task_fixtures  # noqa: F401  (registers the test task in this process)

@@ -172,6 +172,7 @@ def test_custom_templates_reach_run_json_and_eval_both_ways(tmp_path, scored, pr
         assert metrics["prefix_ids"] == vocab.encode(template)
 
 
+@pytest.mark.slow
 def test_condition_override_warns_and_mismatches_are_refused(tmp_path, scored, prompts, capsys):
     _train(tmp_path / "run", "inst", scored, "--gin.CORPUS=pp_override")
     capsys.readouterr()

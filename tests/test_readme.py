@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,6 +19,7 @@ def _block(name: str) -> str:
     return m.group(1)
 
 
+@pytest.mark.slow
 def test_tiny_paper_path_block_runs(tmp_path):
     # The block starts with `. .venv/bin/activate` (run from the repository root): give
     # this temporary root the environment running the tests.

@@ -25,6 +25,17 @@ WORDS = (
 ).split()
 
 
+def _exit_code(argv) -> int:
+    """`toxjax ARGV`'s exit code: `toxjax score` refuses by raising `SystemExit` with its
+    code after printing its one line."""
+    from toxjax import cli
+
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def make_texts(n, lo, hi, seed=0):
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
@@ -176,8 +187,6 @@ class _RunsCode:
 def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_path, capsys):
     import pickle
 
-    from toxjax import cli
-
     ckpt, cfg = bert_ckpt
     ran = tmp_path / "code-ran"
     crafted = {
@@ -212,7 +221,7 @@ def test_checkpoint_with_code_is_refused_and_the_code_never_runs(bert_ckpt, tmp_
     argv = ["score", "--input", str(src), "--output", str(tmp_path / "out.jsonl")]
     argv += ["--scorer", "detoxify-original", "--checkpoint", str(crafted["zip"])]
     capsys.readouterr()
-    assert cli.main([*argv, "--config_dir", cfg]) == 2
+    assert _exit_code([*argv, "--config_dir", cfg]) == 2
     msg = capsys.readouterr().err.rstrip("\n")
     assert msg.startswith(
         f"toxjax score: cannot load --scorer detoxify-original: {crafted['zip']}: refused to "
@@ -281,7 +290,7 @@ def test_checkpoint_whose_weights_do_not_fit_is_refused(bert_ckpt, tmp_path, bac
         argv = ["score", "--input", str(src), "--output", str(out), "--backend", backend]
         argv += ["--scorer", "detoxify-original", "--checkpoint", str(path), "--config_dir", cfg]
         capsys.readouterr()
-        assert cli.main(argv) == 2
+        assert _exit_code(argv) == 2
         assert capsys.readouterr().err == (
             f"toxjax score: cannot load --scorer detoxify-original: {path}: the weights do not "
             f"fit a BertForSequenceClassification with 6 labels: {what}; refusing to score "

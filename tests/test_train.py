@@ -69,6 +69,7 @@ def _metrics_losses(model_dir):
     return [m["loss"] for m in run_logs.read_metrics(str(model_dir))]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_resumes_exactly(tmp_path):
     """A second trainer on the running run's MODEL_DIR is refused before it does any work;
     the first is killed with -9 mid-run, and the rerun takes its lock over and resumes
