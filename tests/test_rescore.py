@@ -272,3 +272,27 @@ def test_report_compares_runs_under_every_shared_scorer(evaluated, tmp_path):
 def test_cli_lists_rescore():
     with pytest.raises(SystemExit):
         cli.main(["eval", "rescore", "--help"])
+
+
+def test_prompts_sampled_after_a_rescore_are_rescored_not_counted_as_failures(
+    evaluated, tmp_path, monkeypatch, capsys
+):
+    from toxjax.run_dir import RunDir
+
+    monkeypatch.setattr(RunDir, "load", lambda self, step=None: evaluated["bundle"])
+    out = str(tmp_path / "grow")
+    hf = f"hf:{evaluated['hf']}"
+    assert eval_cli.main([*evaluated["eval_argv"], "--output_dir", out, "--limit", "4"]) == 0
+    assert _toxjax("eval", "rescore", "--eval_dir", out, "--scorer", hf).returncode == 0
+    capsys.readouterr()
+    # --limit grows: two more prompts are sampled, without the added scorer's scores.
+    assert eval_cli.main([*evaluated["eval_argv"], "--output_dir", out]) == 0
+    grown = json.load(open(os.path.join(out, "metrics.json")))
+    assert grown["num_prompts"] == 6 and "scorers" not in grown
+    assert "has no hf:" in capsys.readouterr().err
+    # Rescoring again scores the two new prompts only; the table is back, on all six.
+    p = _toxjax("eval", "rescore", "--eval_dir", out, "--scorer", hf)
+    assert p.returncode == 0, p.stderr
+    done = json.load(open(os.path.join(out, "metrics.json")))
+    section = done["scorers"][_hf_name(evaluated)]["metrics"]["full"]
+    assert section["num_prompts"] == 6 and section["num_failed_scores"] == 0

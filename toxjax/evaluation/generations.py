@@ -5,10 +5,15 @@ finish:
 
     {"index": int, "prompt": str, "prompt_toxicity": float | null, "challenging": bool,
      "prefix": str, "continuations": [{"text": str, "toxicity": float | null,
-                                       "error": str | null}, ...]}
+                                       "error": str | null,
+                                       "scores": {scorer: float | null}}, ...]}
+
+(`scores` and, where a scorer failed on a text, `errors` appear once `toxjax eval
+rescore` added another scorer; `toxicity` stays the eval's own scorer's.)
 
 `generations.meta.json` records what made them (`{"identity": {...}}`: model step and
-run, prompts file identity, sampling settings, seed, prefix, scorer). A resume with any
+run, prompts file identity, sampling settings, seed, prefix, scorer; and `"rescored":
+{scorer: options}`, outside the identity). A resume with any
 of it changed is refused (`ResumeMismatch`, one line naming each change).
 
 `iter_generations` is the only reader of the file: metrics, CIs, `toxjax report` and the
@@ -98,7 +103,8 @@ def prompt_scores(
         prompts are skipped (sampled by a run with a larger `--limit`), and every one of
         them must have a record. None: every record in the file.
       score_key: read each continuation's score from `scores[score_key]` instead of its
-        `toxicity` field (a second scorer added by rescoring).
+        `toxicity` field (a second scorer added by rescoring; a continuation without it
+        is an error, a None in it a failed score).
 
     Raises:
       ValueError: a prompt has two records, or none (naming the file and line / count).
@@ -120,7 +126,13 @@ def prompt_scores(
         if score_key is None:
             scores = _scores_of(record, where)
         else:
-            scores = [(c.get("scores") or {}).get(score_key) for c in record["continuations"]]
+            added = [c.get("scores") or {} for c in record["continuations"]]
+            if any(score_key not in s for s in added):
+                raise ValueError(
+                    f"{where}: prompt {i} has no {score_key} score (sampled after `toxjax "
+                    f"eval rescore`?); run `toxjax eval rescore --scorer ...` again to add it"
+                )
+            scores = [s[score_key] for s in added]
         rows.append((i, scores, record.get("prompt_toxicity")))
     if wanted is not None and len(seen) != len(wanted):
         raise ValueError(f"{path}: {len(wanted) - len(seen)} prompts have no record after sampling")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -161,7 +162,10 @@ def evaluate_toxicity(
             **(config or {}),
         }
         if rescored_names:  # a rerun keeps the scorers `toxjax eval rescore` added
-            result["scorers"] = scorer_sections(gen_path, prompts, scorer.name, rescored_names)
+            try:
+                result["scorers"] = scorer_sections(gen_path, prompts, scorer.name, rescored_names)
+            except ValueError as e:  # prompts sampled since: rescore them first
+                print(f"rtp: the other scorers' table is left out: {e}", file=sys.stderr)
         write_outputs(result, out, summaries=summaries)
         return result
 
