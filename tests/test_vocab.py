@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from toxjax import vocab as vocab_lib
+from toxjax import vocab_specs
 from toxjax.vocab import ControlTokenVocabulary, Gpt2Vocabulary, init_new_embeddings
 from toxjax.vocab_train import train_sentencepiece
 
@@ -141,10 +142,10 @@ def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
     }
     specs = {}
     for kind, v in vocabs.items():
-        spec = json.loads(json.dumps(vocab_lib.vocab_spec(v, str(run))))  # as in run.json
+        spec = json.loads(json.dumps(vocab_specs.vocab_spec(v, str(run))))  # as in run.json
         assert spec["kind"] == kind
         specs[kind] = spec
-        again = vocab_lib.vocab_from_spec(spec, str(run))
+        again = vocab_specs.vocab_from_spec(spec, str(run))
         for s in TEXTS[:5] + ["<|a|>x<|b|>"]:
             assert again.encode(s) == v.encode(s), (kind, s)
         assert again.vocab_size == v.vocab_size and again.eos_id == v.eos_id
@@ -153,15 +154,15 @@ def test_every_vocabulary_round_trips_through_its_spec(tmp_path, gpt2):
     shutil.rmtree(tmp_path / "src")
     moved = tmp_path / "moved"
     shutil.copytree(run, moved)
-    again = vocab_lib.vocab_from_spec(specs["control_tokens"], str(moved))
+    again = vocab_specs.vocab_from_spec(specs["control_tokens"], str(moved))
     assert again.encode("the cat <|b|>") == vocabs["control_tokens"].encode("the cat <|b|>")
     kept = moved / specs["sentencepiece"]["model"]["file"]
     kept.write_bytes(kept.read_bytes()[:-1] + b"x")
     os.remove(run / specs["sentencepiece"]["model"]["file"])
     with pytest.raises(ValueError, match="is not the one the model was trained with"):
-        vocab_lib.vocab_from_spec(specs["sentencepiece"], str(moved))
+        vocab_specs.vocab_from_spec(specs["sentencepiece"], str(moved))
     with pytest.raises(ValueError, match="unknown vocabulary kind 'wordpiece'"):
-        vocab_lib.vocab_from_spec({"kind": "wordpiece"})
+        vocab_specs.vocab_from_spec({"kind": "wordpiece"})
 
 
 def test_batched_encoding_equals_encode_for_every_vocabulary(tmp_path, gpt2):

@@ -125,7 +125,7 @@ class RunDir:
           ValueError: run.json unreadable, or a vocabulary file that is not the one trained
             with.
         """
-        from toxjax.vocab import vocab_from_spec
+        from toxjax.vocab_specs import vocab_from_spec
 
         path = fileio.resolve(model_dir)
         info = RunInfo.read(path)

@@ -6,7 +6,7 @@ directory alone says how to rebuild the model and how it was trained:
 
     {"format": 2,
      "model_config": {...},              # toxjax.model.ModelConfig
-     "vocabulary": {"kind": ...},        # toxjax.vocab.vocab_spec
+     "vocabulary": {"kind": ...},        # toxjax.vocab_specs.vocab_spec
      "task": "corpus_inst_v1", "sequence_length": 2048,
      "strategy": "inst",                 # an entry of the strategy table, or null
      "augment": {...},                   # the AugmentConfig the task was built with

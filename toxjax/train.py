@@ -38,7 +38,7 @@ from toxjax.optim import OptimizerConfig
 from toxjax.preprocessors import AugmentConfig
 from toxjax.run_info import RunInfo
 from toxjax.train_state import param_count
-from toxjax.vocab import vocab_spec
+from toxjax.vocab_specs import vocab_spec
 
 # Frozen config dataclasses are the only library objects gin binds.
 for _cls in (ModelConfig, DataConfig, OptimizerConfig, AugmentConfig):
