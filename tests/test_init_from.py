@@ -23,31 +23,21 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import hf_fixtures  # noqa: E402
+import paper_fixtures  # noqa: E402
 
 from toxjax import cli, corpus, fileio  # noqa: E402
 from toxjax.interop import hf  # noqa: E402
 from toxjax.run_dir import RunDir  # noqa: E402
 
 TINY = [
-    "--gin.NUM_STEPS=2",
-    "--gin.BATCH_SIZE=8",
-    "--gin.SEQUENCE_LENGTH=32",
-    "--gin.WARMUP_STEPS=1",
-    "--gin.train.grad_accum_steps=1",
-    "--gin.train.checkpoint_every=2",
-    "--gin.train.log_every=1",
+    *paper_fixtures.TINY_RUN,
 ]
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "scored.jsonl"
-    with open(path, "w") as f:
-        for i, (_, text) in enumerate(corpus.read_fortunes("fortunes")[:64]):
-            tox = 0.9 if i % 4 == 0 else 0.1
-            rec = {"text": text, "toxicity": tox, "scores": {"toxicity": tox}}
-            f.write(json.dumps({**rec, "scorer": "profanity-check"}) + "\n")
-    return str(path)
+    """A small scored corpus as `toxjax score` writes it (every 4th entry toxic)."""
+    return paper_fixtures.write_scored_corpus(tmp_path_factory.mktemp("corpus") / "scored.jsonl")
 
 
 @pytest.fixture(scope="module")

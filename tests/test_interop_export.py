@@ -17,13 +17,14 @@ import subprocess
 import sys
 
 import gin
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
+
+import paper_fixtures  # noqa: E402
 
 from toxjax import cli, corpus, fileio  # noqa: E402
 from toxjax.evaluation.lm import ModelLM  # noqa: E402
@@ -33,16 +34,9 @@ from toxjax.model import DecoderLM  # noqa: E402
 from toxjax.run_dir import RunDir  # noqa: E402
 from toxjax.run_info import RunInfo  # noqa: E402
 from toxjax.vocab import Gpt2Vocabulary  # noqa: E402
-from toxjax.vocab_train import train_sentencepiece  # noqa: E402
 
 TINY = [
-    "--gin.NUM_STEPS=2",
-    "--gin.BATCH_SIZE=8",
-    "--gin.SEQUENCE_LENGTH=32",
-    "--gin.WARMUP_STEPS=1",
-    "--gin.train.grad_accum_steps=1",
-    "--gin.train.checkpoint_every=2",
-    "--gin.train.log_every=1",
+    *paper_fixtures.TINY_RUN,
     "--gin.ModelConfig.num_layers=2",
     "--gin.ModelConfig.num_heads=2",
     "--gin.ModelConfig.embed_dim=32",
@@ -95,35 +89,19 @@ print(json.dumps({"records": records, "tokenizer": type(tok).__name__,
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    with paper_fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "scored.jsonl"
-    texts = [t for _, t in corpus.read_fortunes("fortunes")[:64]]
-    with open(path, "w") as f:
-        for i, text in enumerate(texts):
-            tox = 0.9 if i % 4 == 0 else 0.1
-            rec = {"text": text, "toxicity": tox, "scores": {"toxicity": tox}}
-            f.write(json.dumps({**rec, "scorer": "profanity-check"}) + "\n")
-    return str(path)
+    """A small scored corpus as `toxjax score` writes it (every 4th entry toxic)."""
+    return paper_fixtures.write_scored_corpus(tmp_path_factory.mktemp("corpus") / "scored.jsonl")
 
 
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
-    texts = [t for _, t in corpus.read_fortunes("fortunes")[:2000]]
-    src = tmp_path_factory.mktemp("spm") / "text.txt"
-    src.write_text("\n".join(texts))
-    return train_sentencepiece([str(src)], str(src.parent / "tiny.model"), vocab_size=400)
+    return paper_fixtures.tiny_sentencepiece(tmp_path_factory.mktemp("spm"))
 
 
 _TRAINED: dict[str, str] = {}

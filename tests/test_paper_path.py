@@ -14,29 +14,24 @@ import os
 
 import gin
 import jax
+import paper_fixtures  # noqa: E402
 import pytest
 import seqio
 
-from toxjax import cli, corpus, gin_utils, registry, steps
+from toxjax import cli, gin_utils, registry, steps
 from toxjax import compile_check as cc
 from toxjax import train as train_lib
 from toxjax.preprocessors import STRATEGIES, AugmentConfig, conditioning_prefix_ids
 from toxjax.run_info import RunInfo
-from toxjax.vocab import Gpt2Vocabulary, vocab_from_spec
-from toxjax.vocab_train import train_sentencepiece
+from toxjax.vocab import Gpt2Vocabulary
+from toxjax.vocab_specs import vocab_from_spec
 
 CONFIGS = gin_utils.REPO_CONFIGS
 EXPERIMENTS = sorted(
     os.path.relpath(p, CONFIGS) for p in glob.glob(os.path.join(CONFIGS, "experiments", "*.gin"))
 )
 TINY = [
-    "--gin.NUM_STEPS=2",
-    "--gin.BATCH_SIZE=8",
-    "--gin.SEQUENCE_LENGTH=32",
-    "--gin.WARMUP_STEPS=1",
-    "--gin.train.grad_accum_steps=1",
-    "--gin.train.checkpoint_every=2",
-    "--gin.train.log_every=1",
+    *paper_fixtures.TINY_RUN,
     "--gin.ModelConfig.num_layers=1",
     "--gin.ModelConfig.num_heads=2",
     "--gin.ModelConfig.embed_dim=32",
@@ -46,37 +41,19 @@ TINY = [
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """Every run here compiles the same few shapes: let XLA reuse its work."""
-    old = (
-        jax.config.jax_compilation_cache_dir,
-        jax.config.jax_persistent_cache_min_compile_time_secs,
-    )
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    with paper_fixtures.compilation_cache(tmp_path_factory.mktemp("xla_cache")):
+        yield
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
     """A small scored corpus as `toxjax score` writes it (every 4th entry toxic)."""
-    path = tmp_path_factory.mktemp("corpus") / "scored.jsonl"
-    texts = [t for _, t in corpus.read_fortunes("fortunes")[:64]]
-    with open(path, "w") as f:
-        for i, text in enumerate(texts):
-            tox = 0.9 if i % 4 == 0 else 0.1
-            rec = {"text": text, "toxicity": tox, "scores": {"toxicity": tox}}
-            f.write(json.dumps({**rec, "scorer": "profanity-check"}) + "\n")
-    return str(path)
+    return paper_fixtures.write_scored_corpus(tmp_path_factory.mktemp("corpus") / "scored.jsonl")
 
 
 @pytest.fixture(scope="module")
 def spm(tmp_path_factory):
-    texts = [t for _, t in corpus.read_fortunes("fortunes")[:2000]]
-    src = tmp_path_factory.mktemp("spm") / "text.txt"
-    src.write_text("\n".join(texts))
-    return train_sentencepiece([str(src)], str(src.parent / "tiny.model"), vocab_size=400)
+    return paper_fixtures.tiny_sentencepiece(tmp_path_factory.mktemp("spm"))
 
 
 @pytest.fixture(scope="module")
