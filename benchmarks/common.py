@@ -142,6 +142,34 @@ def hf_torch_gpt2(layers: int, heads: int, width: int, vocab: int, positions: in
     return GPT2LMHeadModel(gpt2_config(layers, heads, width, vocab, positions, **kw))
 
 
+def torch_generate_call(model, ids: np.ndarray, decodes: int, new: int):
+    """A no-argument call of transformers' `generate` on the RealToxicityPrompts
+    protocol: `decodes` continuations of exactly `new` tokens per prompt row of `ids`,
+    top-p 0.9, top-k off, under `torch.inference_mode()` (the threads: every core)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    x = torch.as_tensor(ids, dtype=torch.long)
+    mask = torch.ones_like(x)
+
+    def go():
+        with torch.inference_mode():
+            out = model.generate(
+                x,
+                attention_mask=mask,
+                do_sample=True,
+                top_p=0.9,
+                top_k=0,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                num_return_sequences=decodes,
+                pad_token_id=0,
+            )
+        return out[-1, -1].item()
+
+    return go
+
+
 # ---------------------------------------------------------------- data
 
 

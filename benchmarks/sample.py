@@ -27,14 +27,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from common import hf_flax_gpt2, hf_torch_gpt2, machine_line, median_time, peak_flops
+from common import (
+    hf_flax_gpt2,
+    hf_torch_gpt2,
+    machine_line,
+    median_time,
+    peak_flops,
+    torch_generate_call,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,31 +184,8 @@ def hf_flax(ids: np.ndarray, reps: int) -> tuple[float, float]:
 
 
 def hf_torch(ids: np.ndarray, reps: int) -> tuple[float, float]:
-    import torch
-
-    torch.set_num_threads(os.cpu_count() or 1)
     model = hf_torch_gpt2(W.layers, W.heads, W.width, W.vocab, 64).eval()
-    x = torch.as_tensor(ids, dtype=torch.long)
-    mask = torch.ones_like(x)
-
-    def run(new):
-        def go():
-            with torch.inference_mode():
-                out = model.generate(
-                    x,
-                    attention_mask=mask,
-                    do_sample=True,
-                    top_p=0.9,
-                    top_k=0,
-                    max_new_tokens=new,
-                    min_new_tokens=new,
-                    num_return_sequences=W.decodes,
-                    pad_token_id=0,
-                )
-            return out[-1, -1].item()
-
-        return go
-
+    run = lambda new: torch_generate_call(model, ids, W.decodes, new)  # noqa: E731
     return timed(run(W.new), reps), timed(run(1), reps)
 
 

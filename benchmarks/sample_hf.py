@@ -116,32 +116,11 @@ def transformers_generate(
     w: Workload, directory: str, ids: np.ndarray, reps: int
 ) -> tuple[float, float]:
     """(end-to-end seconds, 1-new-token seconds) of transformers' generate."""
-    import torch
+    from common import torch_generate_call
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(os.cpu_count() or 1)
     model = AutoModelForCausalLM.from_pretrained(directory).eval()
-    x = torch.as_tensor(ids, dtype=torch.long)
-    mask = torch.ones_like(x)
-
-    def run(new):
-        def go():
-            with torch.inference_mode():
-                out = model.generate(
-                    x,
-                    attention_mask=mask,
-                    do_sample=True,
-                    top_p=0.9,
-                    top_k=0,
-                    max_new_tokens=new,
-                    min_new_tokens=new,
-                    num_return_sequences=w.decodes,
-                    pad_token_id=0,
-                )
-            return out[-1, -1].item()
-
-        return go
-
+    run = lambda new: torch_generate_call(model, ids, w.decodes, new)  # noqa: E731
     return timed(run(w.new), reps), timed(run(1), reps)
 
 
