@@ -141,7 +141,7 @@ def demo_contender(tiny: bool, scan_unroll: int = 0) -> Contender:
     import gin
 
     from toxjax import gin_utils
-    from toxjax import train as _  # noqa: F401  (registers `train` with gin)
+    from toxjax import train as train_lib
     from toxjax.demo.stages import DemoConfig
 
     cfg = DemoConfig.quick() if tiny else DemoConfig.full()
@@ -155,7 +155,9 @@ def demo_contender(tiny: bool, scan_unroll: int = 0) -> Contender:
             *cfg.model_bindings,
         ],
     )
-    model = dataclasses.replace(ModelConfig(), vocab_size=-(-cfg.vocab_size // 128) * 128)
+    # The gin-bound ModelConfig (a bare `ModelConfig()` would ignore the gin files).
+    model = gin_utils.bound_arguments(train_lib.train, ("model_config",))["model_config"]
+    model = dataclasses.replace(model, vocab_size=-(-cfg.vocab_size // 128) * 128)
     if scan_unroll:
         model = dataclasses.replace(model, scan_unroll=scan_unroll)
     gin.clear_config()

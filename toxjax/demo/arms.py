@@ -181,6 +181,7 @@ def conditions(arms: list[str], extras: list[Condition] = ()) -> list[Condition]
 # one eval condition (300 prompts x 25 samples x 20 tokens, two perplexity passes) took
 # 1.5-1.7 minutes. Guided sampling runs two branches: about twice a plain eval.
 TRAIN_MINUTES, TRAIN_TOKENS, TRAIN_MODEL = 10.7, 900 * 16 * 128, "models/cpu_demo.gin"
+TRAIN_BINDINGS = ("ModelConfig.scan_unroll = 4",)
 EVAL_MINUTES, EVAL_TOKENS = 1.6, 300 * 25 * 20
 # Recognition of one conditioned cpu_demo-size model on the 816 held-out documents (62
 # tokens each): 65 CPU-seconds, measured with random parameters (the cost does not depend
@@ -191,7 +192,7 @@ RECOGNITION_MINUTES = 0.6
 def estimate_minutes(cfg, models: int, evals: int, guided: int, recognitions: int) -> float | None:
     """Minutes of the work still to do, from the measured recipe scaled by tokens; None
     for another model size (no measurement to scale)."""
-    if cfg.model_gin != TRAIN_MODEL or cfg.model_bindings:
+    if cfg.model_gin != TRAIN_MODEL or cfg.model_bindings != TRAIN_BINDINGS:
         return None
     train = TRAIN_MINUTES * cfg.num_steps * cfg.batch_size * cfg.sequence_length / TRAIN_TOKENS
     sample = EVAL_MINUTES * cfg.num_prompts * cfg.num_decodes * cfg.max_new_tokens / EVAL_TOKENS
