@@ -53,3 +53,35 @@ def compilation_cache(cache_dir):
     finally:
         jax.config.update("jax_compilation_cache_dir", old[0])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def inst_byte_run(run_dir, monkeypatch, **model_kw):
+    """A run directory trained with INST on bytes, as `RunDir` reads it, whose model is a
+    1-layer `DecoderLM` with random weights at step 3 (`RunDir.load` is patched to return
+    it, so no checkpoint is written): `(vocabulary, the LoadedModel)`."""
+    import jax.numpy as jnp
+    import seqio
+    from flax.core import meta
+
+    from toxjax.model import DecoderLM, ModelConfig
+    from toxjax.preprocessors import AugmentConfig
+    from toxjax.run_dir import LoadedModel, RunDir
+    from toxjax.run_info import RunInfo
+
+    vocab = seqio.ByteVocabulary()
+    cfg = ModelConfig(
+        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, **model_kw
+    )
+    run = RunInfo(
+        model_config=cfg,
+        vocabulary={"kind": "byte", "extra_ids": 0},
+        strategy="inst",
+        augment=AugmentConfig(),
+    )
+    run_dir.mkdir()
+    run.write(str(run_dir))
+    model = DecoderLM(cfg)
+    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=3, run=run)
+    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
+    return vocab, bundle

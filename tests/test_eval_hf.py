@@ -21,6 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import hf_fixtures  # noqa: E402
+import paper_fixtures  # noqa: E402
 
 from toxjax import cli, fileio  # noqa: E402
 from toxjax.evaluation import report  # noqa: E402
@@ -195,31 +196,10 @@ def test_bad_input_is_one_line_exit_2(case, message, tmp_path, capsys):
 def test_condition_text_on_a_run_trained_with_a_strategy(tmp_path, capsys, monkeypatch):
     """A run with a strategy has its own prefix: `--condition_text` alone is refused (one
     line naming the run's prefix); with `--condition none` it replaces it."""
-    import jax
-    import jax.numpy as jnp
-    import seqio
-    from flax.core import meta
-
-    from toxjax.model import DecoderLM, ModelConfig
     from toxjax.preprocessors import AugmentConfig
-    from toxjax.run_dir import LoadedModel, RunDir
-    from toxjax.run_info import RunInfo
 
-    vocab = seqio.ByteVocabulary()
-    cfg = ModelConfig(vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32)
-    run = RunInfo(
-        model_config=cfg,
-        vocabulary={"kind": "byte", "extra_ids": 0},
-        strategy="inst",
-        augment=AugmentConfig(),
-    )
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    run.write(str(run_dir))
-    model = DecoderLM(cfg)
-    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=3, run=run)
-    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
+    vocab, _ = paper_fixtures.inst_byte_run(run_dir, monkeypatch)
     _, lam, _ = _files(tmp_path)
     argv = ["eval", "utility", "--model_dir", str(run_dir), "--lambada", lam]
     capsys.readouterr()

@@ -23,6 +23,7 @@ pytest.importorskip("accelerate")  # lm-eval's `hf` model (the [lm-eval] extra h
 torch = pytest.importorskip("torch")
 
 import hf_fixtures  # noqa: E402
+import paper_fixtures  # noqa: E402
 
 from toxjax import cli, corpus  # noqa: E402
 from toxjax.run_dir import open_model_dir  # noqa: E402
@@ -326,33 +327,10 @@ def test_bad_input_is_one_line_exit_2(model_args, metadata, message, tmp_path, c
 def test_a_toxjax_run_is_served_under_its_own_condition(local_tasks, tmp_path, monkeypatch):
     """A run trained with INST: by default every context reads after INST's non-toxic
     instruction (as `toxjax eval utility`), `condition=none` drops it."""
-    import jax
-    import jax.numpy as jnp
-    import seqio
-    from flax.core import meta
-
-    from toxjax.model import DecoderLM, ModelConfig
     from toxjax.preprocessors import AugmentConfig
-    from toxjax.run_dir import LoadedModel, RunDir
-    from toxjax.run_info import RunInfo
 
-    vocab = seqio.ByteVocabulary()
-    cfg = ModelConfig(
-        vocab_size=vocab.vocab_size, num_layers=1, num_heads=2, embed_dim=32, max_len=1024
-    )
-    run = RunInfo(
-        model_config=cfg,
-        vocabulary={"kind": "byte", "extra_ids": 0},
-        strategy="inst",
-        augment=AugmentConfig(),
-    )
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    run.write(str(run_dir))
-    model = DecoderLM(cfg)
-    params = meta.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
-    bundle = LoadedModel(model=model, params=params, vocabulary=vocab, config=cfg, step=3, run=run)
-    monkeypatch.setattr(RunDir, "load", lambda self, step=None: bundle)
+    vocab, bundle = paper_fixtures.inst_byte_run(run_dir, monkeypatch, max_len=1024)
     tasks, pairs = local_tasks
     for condition, prefix in (("", AugmentConfig().inst_templates[0]), (",condition=none", "")):
         out = str(tmp_path / f"out{condition}")
