@@ -64,6 +64,33 @@ def test_train_step_times_each_contender_twice_and_the_demo_step():
         assert f"\n{name} " in out
 
 
+@pytest.mark.parametrize("tiny", [True, False])
+def test_the_demo_step_is_the_demo_model(tiny):
+    """`--demo` times the model the demo trains: its gin file with its bindings (a bare
+    `ModelConfig()` once ignored them and timed the default size)."""
+    import jax
+    import jax.numpy as jnp
+    import train_step
+    from flax.core import meta
+
+    from toxjax.demo.stages import DemoConfig
+    from toxjax.model import DecoderLM, ModelConfig
+
+    cfg = DemoConfig.quick() if tiny else DemoConfig.full()
+    shape = dict(
+        num_layers=2, num_heads=4, embed_dim=64, vocab_size=512, max_len=cfg.sequence_length
+    )
+    if not tiny:
+        shape.update(num_layers=4, embed_dim=256, vocab_size=4096, scan_unroll=4)
+    model = ModelConfig(position="learned", tied_embeddings=True, **shape)
+    contender = train_step.demo_contender(tiny)
+    tokens = cfg.batch_size * cfg.sequence_length
+    assert contender.flops_per_step == model.train_flops_per_token(cfg.sequence_length) * tokens
+    init = jax.eval_shape(DecoderLM(model).init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    shapes = lambda tree: jax.tree.map(lambda x: x.shape, meta.unbox(tree))  # noqa: E731
+    assert shapes(contender.state.params) == shapes(init["params"])
+
+
 @pytest.mark.slow
 def test_train_step_ablations_builds_and_times_every_row():
     out = _run(_py("train_step_ablations.py", "--tiny", "--steps", "1", "--repeats", "1"))

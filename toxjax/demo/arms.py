@@ -176,17 +176,17 @@ def conditions(arms: list[str], extras: list[Condition] = ()) -> list[Condition]
 
 
 # --------------------------------------------------------------------------- the clock
-# The full recipe on this project's 2-core CPU dev machine, quiet (docs/demo.md, run1):
-# 900 steps x 16 x 128 tokens of models/cpu_demo.gin trained in 10.9 and 10.4 minutes;
-# one eval condition (300 prompts x 25 samples x 20 tokens, two perplexity passes) took
-# 1.5-1.7 minutes. Guided sampling runs two branches: about twice a plain eval.
-TRAIN_MINUTES, TRAIN_TOKENS, TRAIN_MODEL = 10.7, 900 * 16 * 128, "models/cpu_demo.gin"
+# The full recipe on this project's 2-core CPU dev machine, quiet (docs/demo.md, the
+# `--seeds 3` run of 2026-12-05): 900 steps x 16 x 128 tokens of models/cpu_demo.gin
+# with its layers unrolled trained in 6.3-6.8 minutes (10.4-10.9 rolled, before the
+# page-fault fix); one eval condition (300 prompts x 25 samples x 20 tokens, two
+# perplexity passes) took 1.1-1.3 minutes, a guided one (two branches) 1.8-2.0; six
+# recognition passes and the split, score, vocabulary and report stages ~3.5 minutes.
+TRAIN_MINUTES, TRAIN_TOKENS, TRAIN_MODEL = 6.4, 900 * 16 * 128, "models/cpu_demo.gin"
 TRAIN_BINDINGS = ("ModelConfig.scan_unroll = 4",)
-EVAL_MINUTES, EVAL_TOKENS = 1.6, 300 * 25 * 20
-# Recognition of one conditioned cpu_demo-size model on the 816 held-out documents (62
-# tokens each): 65 CPU-seconds, measured with random parameters (the cost does not depend
-# on them), so ~0.6 min on the 2 cores when quiet; a baseline reads 3 of its 5 passes.
-RECOGNITION_MINUTES = 0.6
+EVAL_MINUTES, EVAL_TOKENS = 1.2, 300 * 25 * 20
+GUIDED_EVAL_MINUTES = 1.9
+RECOGNITION_MINUTES = 0.5
 
 
 def estimate_minutes(cfg, models: int, evals: int, guided: int, recognitions: int) -> float | None:
@@ -196,4 +196,5 @@ def estimate_minutes(cfg, models: int, evals: int, guided: int, recognitions: in
         return None
     train = TRAIN_MINUTES * cfg.num_steps * cfg.batch_size * cfg.sequence_length / TRAIN_TOKENS
     sample = EVAL_MINUTES * cfg.num_prompts * cfg.num_decodes * cfg.max_new_tokens / EVAL_TOKENS
-    return models * train + (evals + 2 * guided) * sample + recognitions * RECOGNITION_MINUTES
+    guided_extra = (GUIDED_EVAL_MINUTES / EVAL_MINUTES - 1) * guided  # evals counts them once
+    return models * train + (evals + guided_extra) * sample + recognitions * RECOGNITION_MINUTES
