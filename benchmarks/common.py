@@ -142,32 +142,35 @@ def hf_torch_gpt2(layers: int, heads: int, width: int, vocab: int, positions: in
     return GPT2LMHeadModel(gpt2_config(layers, heads, width, vocab, positions, **kw))
 
 
+def torch_generate(model, x, mask, decodes: int, new: int, pad_id: int):
+    """transformers' `generate` on the RealToxicityPrompts protocol: `decodes`
+    continuations of exactly `new` tokens per row of `x`, top-p 0.9, top-k off, under
+    `torch.inference_mode()`; the prompts and continuations, `[rows * decodes, l + new]`."""
+    import torch
+
+    with torch.inference_mode():
+        return model.generate(
+            x,
+            attention_mask=mask,
+            do_sample=True,
+            top_p=0.9,
+            top_k=0,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            num_return_sequences=decodes,
+            pad_token_id=pad_id,
+        )
+
+
 def torch_generate_call(model, ids: np.ndarray, decodes: int, new: int):
-    """A no-argument call of transformers' `generate` on the RealToxicityPrompts
-    protocol: `decodes` continuations of exactly `new` tokens per prompt row of `ids`,
-    top-p 0.9, top-k off, under `torch.inference_mode()` (the threads: every core)."""
+    """A no-argument `torch_generate` of the prompt rows `ids` (unpadded; the threads:
+    every core)."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     x = torch.as_tensor(ids, dtype=torch.long)
     mask = torch.ones_like(x)
-
-    def go():
-        with torch.inference_mode():
-            out = model.generate(
-                x,
-                attention_mask=mask,
-                do_sample=True,
-                top_p=0.9,
-                top_k=0,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                num_return_sequences=decodes,
-                pad_token_id=0,
-            )
-        return out[-1, -1].item()
-
-    return go
+    return lambda: torch_generate(model, x, mask, decodes, new, pad_id=0)[-1, -1].item()
 
 
 # ---------------------------------------------------------------- data

@@ -283,18 +283,7 @@ def peer(args, size, vocab, prompts, ckpt, cfg_dir) -> dict:
         batches.append((x.to(device), m.to(device)))
 
     def generate(x, m):
-        with torch.inference_mode():
-            out = model.generate(
-                x,
-                attention_mask=m,
-                do_sample=True,
-                top_p=0.9,
-                top_k=0,
-                max_new_tokens=args.new_tokens,
-                min_new_tokens=args.new_tokens,
-                num_return_sequences=args.num_decodes,
-                pad_token_id=vocab.eos_id,
-            )
+        out = common.torch_generate(model, x, m, args.num_decodes, args.new_tokens, vocab.eos_id)
         return out[:, x.shape[1] :].cpu().numpy()
 
     generate(*batches[0])  # warm-up
