@@ -202,7 +202,8 @@ def main() -> None:
         "--demo_scan_unroll",
         type=int,
         default=0,
-        help="N > 0: also time the demo's step with N layers per scan iteration",
+        help="N > 0: also time the demo's step with N layers per scan iteration (the demo "
+        "unrolls its 4 layers; 1 times the rolled scan it used before)",
     )
     parser.add_argument(
         "--default_malloc", action="store_true", help="leave glibc's allocator settings alone"
@@ -260,7 +261,9 @@ def main() -> None:
         extra += f" chunked_vs_whole={ours_s / statistics.median(contenders[3].times):.2f}"
     for c in contenders:
         if c.name.startswith("demo"):
-            key = "demo_frac_peak" + ("_unrolled" if "unroll" in c.name else "")
+            key = "demo_frac_peak" + (
+                f"_unroll{args.demo_scan_unroll}" if "unroll" in c.name else ""
+            )
             extra += f" {key}={c.flops_per_step / statistics.median(c.times) / peak:.3f}"
     print(
         f"RESULT ours_tok_s={tokens / ours_s:.0f} peer_tok_s={tokens / same:.0f} "
